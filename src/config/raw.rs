@@ -1,0 +1,135 @@
+//! Raw config: serde structs that mirror the TOML file one to one.
+//!
+//! Every table rejects unknown keys. Values that need checking beyond their TOML type (durations,
+//! addresses, percentages) stay strings here, wrapped in [`Spanned`] so validation can point at
+//! the line they came from. Nothing here fills defaults or checks cross references: that is
+//! `validate`'s job.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The `[admin]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+}
+
+/// One `[[pool]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub name: Spanned<String>,
+    pub members: Spanned<Vec<Spanned<RawMember>>>,
+    #[serde(default)]
+    pub check: Vec<Spanned<RawCheck>>,
+}
+
+/// One member of a pool: `{ addr = "10.1.0.11", weight = 2, state = "drain" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMember {
+    pub addr: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+    pub state: Option<RawMemberState>,
+}
+
+/// Operator state of a member, as written in the file.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawMemberState {
+    Up,
+    Drain,
+    Maint,
+}
+
+/// One `[[pool.check]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub kind: RawCheckKind,
+    pub port: Option<Spanned<i64>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+}
+
+/// Probe kinds, as written in the file.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawCheckKind {
+    Tcp,
+    Tls,
+    Http,
+    Https,
+    Sip,
+    SendExpect,
+}
+
+/// One `[[service]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Spanned<String>,
+    pub listen: Spanned<String>,
+    pub protocol: Option<RawProtocol>,
+    pub port: Option<Spanned<i64>>,
+    pub pool: Spanned<String>,
+    pub backup_pool: Option<Spanned<String>>,
+    pub failover: Option<RawFailover>,
+    pub min_healthy: Option<Spanned<RawMinHealthy>>,
+    pub failback_after: Option<Spanned<String>>,
+    pub hash: Option<RawHash>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub proxy_protocol: Option<RawProxyProtocol>,
+    pub drain_timeout: Option<Spanned<String>>,
+}
+
+/// `protocol = "tcp" | "udp"`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProtocol {
+    Tcp,
+    Udp,
+}
+
+/// `failover = "auto" | "local" | "remote"`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawFailover {
+    Auto,
+    Local,
+    Remote,
+}
+
+/// `hash = "source-ip" | "source-ip-port"`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawHash {
+    SourceIp,
+    SourceIpPort,
+}
+
+/// `proxy_protocol = "off" | "v1" | "v2"`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProxyProtocol {
+    Off,
+    V1,
+    V2,
+}
+
+/// `min_healthy = 2` or `min_healthy = "50%"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a member count (integer) or a percentage such as \"50%\""
+)]
+pub enum RawMinHealthy {
+    Count(i64),
+    Text(String),
+}

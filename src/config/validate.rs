@@ -1,0 +1,817 @@
+//! Second config stage: TOML text -> [`Config`], collecting every problem with its place.
+//!
+//! The document is parsed into spanned TOML values first, then each `[admin]`, `[[pool]]` and
+//! `[[service]]` entry is deserialized on its own, so one broken entry does not hide the
+//! problems of the others. Semantic checks (references, duplicates, ranges) run on whatever
+//! entries deserialized. Pure: no I/O.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::raw::*;
+use super::*;
+use crate::hash::maglev;
+
+/// Parses and validates a whole config. `file` names the source in problem messages.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigProblems> {
+    let mut cx = Cx::new(text, file);
+    let config = cx.config();
+    if cx.problems.is_empty() {
+        Ok(config)
+    } else {
+        cx.problems.sort_by_key(|p| (p.line, p.column));
+        Err(ConfigProblems(cx.problems))
+    }
+}
+
+/// Collects problems while walking the document.
+struct Cx<'a> {
+    text: &'a str,
+    file: &'a str,
+    problems: Vec<ConfigProblem>,
+}
+
+impl<'a> Cx<'a> {
+    fn new(text: &'a str, file: &'a str) -> Self {
+        Cx {
+            text,
+            file,
+            problems: Vec::new(),
+        }
+    }
+
+    fn problem(&mut self, span: Range<usize>, path: &str, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.problems.push(ConfigProblem {
+            file: self.file.to_string(),
+            line,
+            column,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self) -> Config {
+        let (doc, errors) = DeTable::parse_recoverable(self.text);
+        if !errors.is_empty() {
+            // A syntax error leaves the document's shape uncertain: report the syntax problems
+            // alone rather than a cascade of follow-on ones.
+            for e in errors {
+                self.problem(e.span().unwrap_or(0..0), "", e.message().to_string());
+            }
+            return empty_config();
+        }
+
+        let mut admin = None;
+        let mut raw_pools = Vec::new();
+        let mut raw_services = Vec::new();
+        // Names of every pool entry, valid or not, so a service naming a broken pool is not
+        // also reported as naming an undefined one.
+        let mut declared_pools = HashSet::new();
+        for (key, value) in doc.get_ref().iter() {
+            match key.get_ref().as_ref() {
+                "admin" => {
+                    admin = self
+                        .entry::<RawAdmin>(value, "admin")
+                        .map(|a| self.admin(a));
+                }
+                "pool" => {
+                    for (i, entry) in self.entries(value, "pool").into_iter().enumerate() {
+                        let path = entry_path("pool", &entry, i);
+                        if let Some(name) = entry
+                            .get_ref()
+                            .get("name")
+                            .and_then(|n| n.get_ref().as_str())
+                        {
+                            declared_pools.insert(name.to_string());
+                        }
+                        if let Some(p) = self.entry::<RawPool>(&entry, &path) {
+                            raw_pools.push((path, p));
+                        }
+                    }
+                }
+                "service" => {
+                    for (i, entry) in self.entries(value, "service").into_iter().enumerate() {
+                        let path = entry_path("service", &entry, i);
+                        if let Some(s) = self.entry::<RawService>(&entry, &path) {
+                            raw_services.push((path, s));
+                        }
+                    }
+                }
+                other => self.problem(
+                    key.span(),
+                    "",
+                    format!("unknown key `{other}`, expected one of `admin`, `pool`, `service`"),
+                ),
+            }
+        }
+
+        let pools = self.pools(raw_pools);
+        let services = self.services(raw_services, &pools, &declared_pools);
+        Config {
+            admin: admin.flatten(),
+            pools,
+            services,
+        }
+    }
+
+    /// The elements of an array of tables (`[[pool]]`), or a problem if it is something else.
+    fn entries(&mut self, value: &Spanned<DeValue<'a>>, what: &str) -> Vec<Spanned<DeValue<'a>>> {
+        match value.get_ref() {
+            DeValue::Array(items) => items.iter().cloned().collect(),
+            other => {
+                self.problem(
+                    value.span(),
+                    what,
+                    format!(
+                        "expected an array of tables (`[[{what}]]`), found {}",
+                        other.type_str()
+                    ),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// Deserializes one table, recording serde's problem (unknown key, wrong type) with its place.
+    fn entry<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        value: &Spanned<DeValue<'a>>,
+        path: &str,
+    ) -> Option<T> {
+        match T::deserialize(value.clone().into_deserializer()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let span = e.span().unwrap_or(value.span());
+                let key = key_path_at(value, span.start);
+                let message = if key.is_empty() || e.message().contains(&format!("`{key}`")) {
+                    e.message().to_string()
+                } else {
+                    format!("{key}: {}", e.message())
+                };
+                self.problem(span, path, message);
+                None
+            }
+        }
+    }
+
+    fn admin(&mut self, raw: RawAdmin) -> Option<Admin> {
+        let listen = match raw.listen {
+            Some(l) => self.listen_addr(&l, "admin", "listen")?,
+            None => DEFAULT_ADMIN_LISTEN.parse().ok()?,
+        };
+        Some(Admin {
+            listen,
+            token_file: raw.token_file.map(|t| PathBuf::from(t.into_inner())),
+        })
+    }
+
+    fn pools(&mut self, raw: Vec<(String, RawPool)>) -> Vec<Pool> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut pools = Vec::new();
+        for (path, rp) in raw {
+            let name = rp.name.get_ref().clone();
+            if self
+                .check_name(&rp.name, &path, "pool", &mut seen)
+                .is_some()
+            {
+                continue;
+            }
+            let members = self.members(&rp, &path);
+            let checks = rp
+                .check
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| self.check(c, &format!("{path} check {}", i + 1)))
+                .collect();
+            if let Some(members) = members {
+                pools.push(Pool {
+                    name,
+                    members,
+                    checks,
+                });
+            }
+        }
+        pools
+    }
+
+    /// Checks a pool or service name; returns `Some(())` when it must be skipped (duplicate or
+    /// empty) and records the problem.
+    fn check_name(
+        &mut self,
+        name: &Spanned<String>,
+        path: &str,
+        what: &str,
+        seen: &mut HashMap<String, usize>,
+    ) -> Option<()> {
+        let n = name.get_ref();
+        if n.trim().is_empty() {
+            self.problem(name.span(), path, format!("{what} name must not be empty"));
+            return Some(());
+        }
+        let (line, _) = line_col(self.text, name.span().start);
+        if let Some(first) = seen.get(n) {
+            let first = *first;
+            self.problem(
+                name.span(),
+                path,
+                format!("duplicate {what} name \"{n}\" (first defined on line {first})"),
+            );
+            return Some(());
+        }
+        seen.insert(n.clone(), line);
+        None
+    }
+
+    fn members(&mut self, rp: &RawPool, path: &str) -> Option<Vec<Member>> {
+        if rp.members.get_ref().is_empty() {
+            self.problem(
+                rp.members.span(),
+                path,
+                "members: a pool needs at least one member",
+            );
+            return None;
+        }
+        let mut out: Vec<Member> = Vec::new();
+        let mut ok = true;
+        for (i, m) in rp.members.get_ref().iter().enumerate() {
+            let mpath = format!("{path} member {}", i + 1);
+            let m = m.get_ref();
+            let Some(addr) = self.member_addr(&m.addr, &mpath) else {
+                ok = false;
+                continue;
+            };
+            let weight = match &m.weight {
+                None => 1,
+                Some(w) => match u32::try_from(*w.get_ref()) {
+                    Ok(w) if (1..=MAX_WEIGHT).contains(&w) => w,
+                    _ => {
+                        self.problem(
+                            w.span(),
+                            &mpath,
+                            format!(
+                                "weight {} is out of range, expected 1..={MAX_WEIGHT}",
+                                w.get_ref()
+                            ),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                },
+            };
+            if out.iter().any(|o| o.addr == addr) {
+                self.problem(
+                    m.addr.span(),
+                    &mpath,
+                    format!("duplicate member {addr} in this pool"),
+                );
+                ok = false;
+                continue;
+            }
+            let state = match m.state {
+                None | Some(RawMemberState::Up) => OperatorState::Up,
+                Some(RawMemberState::Drain) => OperatorState::Drain,
+                Some(RawMemberState::Maint) => OperatorState::Maint,
+            };
+            out.push(Member {
+                addr,
+                weight,
+                state,
+            });
+        }
+        let total: u64 = out.iter().map(|m| u64::from(m.weight)).sum();
+        if ok && total > maglev::DEFAULT_TABLE_SIZE as u64 {
+            // Every unit of weight needs a slot of the hash table.
+            self.problem(
+                rp.members.span(),
+                path,
+                format!(
+                    "members: total weight {total} exceeds {}; lower the weights",
+                    maglev::DEFAULT_TABLE_SIZE
+                ),
+            );
+            ok = false;
+        }
+        ok.then_some(out)
+    }
+
+    fn member_addr(&mut self, raw: &Spanned<String>, path: &str) -> Option<MemberAddr> {
+        let s = raw.get_ref().trim();
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Some(MemberAddr { ip, port: None });
+        }
+        // `[v6]` without a port is accepted too, for symmetry with `[v6]:port`.
+        if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'))
+            && let Ok(ip) = inner.parse::<IpAddr>()
+        {
+            return Some(MemberAddr { ip, port: None });
+        }
+        match s.parse::<SocketAddr>() {
+            Ok(sa) if sa.port() == 0 => {
+                self.problem(
+                    raw.span(),
+                    path,
+                    format!("addr \"{s}\": port 0 is not a member port"),
+                );
+                None
+            }
+            Ok(sa) => Some(MemberAddr {
+                ip: sa.ip(),
+                port: Some(sa.port()),
+            }),
+            Err(_) => {
+                self.problem(
+                    raw.span(),
+                    path,
+                    format!(
+                        "addr \"{s}\" is not an IP address or IP:port \
+                         (host names are not resolved; IPv6 with a port is written [addr]:port)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn check(&mut self, rc: &Spanned<RawCheck>, path: &str) -> Option<Check> {
+        let rc = rc.get_ref();
+        let mut ok = true;
+        let port = match &rc.port {
+            None => None,
+            Some(p) => {
+                let v = self.port(p, path, "port", false);
+                ok &= v.is_some();
+                v
+            }
+        };
+        let interval = self.duration(
+            &rc.interval,
+            path,
+            "interval",
+            DEFAULT_CHECK_INTERVAL,
+            false,
+        );
+        let timeout = self.duration(&rc.timeout, path, "timeout", DEFAULT_CHECK_TIMEOUT, false);
+        let rise = self.count(&rc.rise, path, "rise", DEFAULT_RISE, 1..=100);
+        let fall = self.count(&rc.fall, path, "fall", DEFAULT_FALL, 1..=100);
+        let kind = match rc.kind {
+            RawCheckKind::Tcp => CheckKind::Tcp,
+            RawCheckKind::Tls => CheckKind::Tls,
+            RawCheckKind::Http => CheckKind::Http,
+            RawCheckKind::Https => CheckKind::Https,
+            RawCheckKind::Sip => CheckKind::Sip,
+            RawCheckKind::SendExpect => CheckKind::SendExpect,
+        };
+        Some(Check {
+            kind,
+            port,
+            interval: interval?,
+            timeout: timeout?,
+            rise: rise?,
+            fall: fall?,
+        })
+        .filter(|_| ok)
+    }
+
+    fn services(
+        &mut self,
+        raw: Vec<(String, RawService)>,
+        pools: &[Pool],
+        declared: &HashSet<String>,
+    ) -> Vec<Service> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut listens: Vec<(Protocol, SocketAddr, String, usize)> = Vec::new();
+        let mut out = Vec::new();
+        for (path, rs) in raw {
+            if self
+                .check_name(&rs.name, &path, "service", &mut seen)
+                .is_some()
+            {
+                continue;
+            }
+            if let Some(s) = self.service(&rs, &path, pools, declared) {
+                let (line, _) = line_col(self.text, rs.listen.span().start);
+                if let Some((_, _, other, other_line)) =
+                    listens.iter().find(|(proto, addr, _, _)| {
+                        *proto == s.protocol && listen_overlap(*addr, s.listen)
+                    })
+                {
+                    let msg = format!(
+                        "listen {} ({}) overlaps service \"{other}\" on line {other_line}",
+                        s.listen, s.protocol
+                    );
+                    self.problem(rs.listen.span(), &path, msg);
+                    continue;
+                }
+                listens.push((s.protocol, s.listen, s.name.clone(), line));
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    fn service(
+        &mut self,
+        rs: &RawService,
+        path: &str,
+        pools: &[Pool],
+        declared: &HashSet<String>,
+    ) -> Option<Service> {
+        let mut ok = true;
+        let listen = self.listen_addr(&rs.listen, path, "listen");
+        let protocol = match rs.protocol {
+            None | Some(RawProtocol::Tcp) => Protocol::Tcp,
+            Some(RawProtocol::Udp) => Protocol::Udp,
+        };
+        let port = match &rs.port {
+            Some(p) => self.port(p, path, "port", false),
+            None => listen.map(|l| l.port()),
+        };
+        if rs.port.is_none()
+            && listen.is_some_and(|l| l.port() == 0)
+            && self.members_without_port(rs, pools)
+        {
+            self.problem(
+                rs.listen.span(),
+                path,
+                "port: listen port is 0 and some members have no port; set `port` for them",
+            );
+            ok = false;
+        }
+
+        let pool = self.pool_ref(&rs.pool, path, "pool", pools, declared);
+        let backup_pool = match &rs.backup_pool {
+            None => None,
+            Some(b) => {
+                let found = self.pool_ref(b, path, "backup_pool", pools, declared);
+                if found.is_some() && b.get_ref() == rs.pool.get_ref() {
+                    self.problem(
+                        b.span(),
+                        path,
+                        format!("backup_pool \"{}\" is the same as pool", b.get_ref()),
+                    );
+                    ok = false;
+                }
+                ok &= found.is_some();
+                found.map(|p| p.name.clone())
+            }
+        };
+        let min_healthy = match (&rs.min_healthy, pool) {
+            (None, _) => Some(1),
+            (Some(m), Some(pool)) => self.min_healthy(m, path, pool),
+            (Some(_), None) => None,
+        };
+
+        let udp = protocol == Protocol::Udp;
+        let idle_default = if udp {
+            DEFAULT_UDP_IDLE_TIMEOUT
+        } else {
+            DEFAULT_TCP_IDLE_TIMEOUT
+        };
+        let failback_after = self.duration(
+            &rs.failback_after,
+            path,
+            "failback_after",
+            DEFAULT_FAILBACK_AFTER,
+            true,
+        );
+        let idle_timeout =
+            self.duration(&rs.idle_timeout, path, "idle_timeout", idle_default, false);
+        let connect_timeout = self.duration(
+            &rs.connect_timeout,
+            path,
+            "connect_timeout",
+            DEFAULT_CONNECT_TIMEOUT,
+            false,
+        );
+        let drain_timeout = self.duration(
+            &rs.drain_timeout,
+            path,
+            "drain_timeout",
+            DEFAULT_DRAIN_TIMEOUT,
+            true,
+        );
+        let max_connections = match &rs.max_connections {
+            None => Some(DEFAULT_MAX_CONNECTIONS),
+            Some(m) => match usize::try_from(*m.get_ref()) {
+                Ok(v) if (1..=10_000_000).contains(&v) => Some(v),
+                _ => {
+                    self.problem(
+                        m.span(),
+                        path,
+                        format!(
+                            "max_connections {} is out of range, expected 1..=10000000",
+                            m.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let proxy_protocol = match rs.proxy_protocol {
+            None | Some(RawProxyProtocol::Off) => ProxyProtocol::Off,
+            Some(RawProxyProtocol::V1) => ProxyProtocol::V1,
+            Some(RawProxyProtocol::V2) => ProxyProtocol::V2,
+        };
+        if udp && proxy_protocol != ProxyProtocol::Off {
+            self.problem(
+                rs.name.span(),
+                path,
+                "proxy_protocol: PROXY protocol headers are only sent on tcp services",
+            );
+            ok = false;
+        }
+        let failover = match rs.failover {
+            None | Some(RawFailover::Auto) => FailoverMode::Auto,
+            Some(RawFailover::Local) => FailoverMode::Local,
+            Some(RawFailover::Remote) => FailoverMode::Remote,
+        };
+        if failover == FailoverMode::Remote && rs.backup_pool.is_none() {
+            self.problem(
+                rs.name.span(),
+                path,
+                "failover = \"remote\" needs a backup_pool to send traffic to",
+            );
+            ok = false;
+        }
+        let hash = match rs.hash {
+            None | Some(RawHash::SourceIp) => HashMode::SourceIp,
+            Some(RawHash::SourceIpPort) => HashMode::SourceIpPort,
+        };
+
+        if !ok {
+            return None;
+        }
+        Some(Service {
+            name: rs.name.get_ref().clone(),
+            listen: listen?,
+            protocol,
+            port: port?,
+            pool: pool?.name.clone(),
+            backup_pool,
+            failover,
+            min_healthy: min_healthy?,
+            failback_after: failback_after?,
+            hash,
+            idle_timeout: idle_timeout?,
+            connect_timeout: connect_timeout?,
+            max_connections: max_connections?,
+            proxy_protocol,
+            drain_timeout: drain_timeout?,
+        })
+    }
+
+    fn members_without_port(&self, rs: &RawService, pools: &[Pool]) -> bool {
+        [Some(&rs.pool), rs.backup_pool.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|name| pools.iter().find(|p| &p.name == name.get_ref()))
+            .any(|p| p.members.iter().any(|m| m.addr.port.is_none()))
+    }
+
+    fn pool_ref<'p>(
+        &mut self,
+        name: &Spanned<String>,
+        path: &str,
+        key: &str,
+        pools: &'p [Pool],
+        declared: &HashSet<String>,
+    ) -> Option<&'p Pool> {
+        let found = pools.iter().find(|p| &p.name == name.get_ref());
+        if found.is_none() && !declared.contains(name.get_ref()) {
+            self.problem(
+                name.span(),
+                path,
+                format!("{key} \"{}\" is not a defined pool", name.get_ref()),
+            );
+        }
+        found
+    }
+
+    fn min_healthy(
+        &mut self,
+        m: &Spanned<RawMinHealthy>,
+        path: &str,
+        pool: &Pool,
+    ) -> Option<usize> {
+        let size = pool.members.len();
+        let count = match m.get_ref() {
+            RawMinHealthy::Count(c) => usize::try_from(*c).ok().filter(|c| *c >= 1),
+            RawMinHealthy::Text(t) => t
+                .trim()
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .filter(|p| (1..=100).contains(p))
+                // Rounded up: "50%" of a 3-member pool is 2, a Lync Front End quorum.
+                .map(|p| (size * p as usize).div_ceil(100).max(1)),
+        };
+        let Some(count) = count else {
+            self.problem(
+                m.span(),
+                path,
+                "min_healthy must be a count of at least 1 or a percentage from \"1%\" to \"100%\"",
+            );
+            return None;
+        };
+        if count > size {
+            self.problem(
+                m.span(),
+                path,
+                format!(
+                    "min_healthy {count} is above the size of pool \"{}\" ({size} member(s))",
+                    pool.name
+                ),
+            );
+            return None;
+        }
+        Some(count)
+    }
+
+    fn listen_addr(&mut self, raw: &Spanned<String>, path: &str, key: &str) -> Option<SocketAddr> {
+        match raw.get_ref().trim().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    raw.span(),
+                    path,
+                    format!(
+                        "{key} \"{}\" is not an IP:port address (e.g. \"0.0.0.0:5061\" or \"[::]:5061\")",
+                        raw.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn port(&mut self, raw: &Spanned<i64>, path: &str, key: &str, allow_zero: bool) -> Option<u16> {
+        let lo = if allow_zero { 0 } else { 1 };
+        match u16::try_from(*raw.get_ref()) {
+            Ok(p) if p >= lo => Some(p),
+            _ => {
+                self.problem(
+                    raw.span(),
+                    path,
+                    format!(
+                        "{key} {} is not a port number ({lo}..=65535)",
+                        raw.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        raw: &Option<Spanned<String>>,
+        path: &str,
+        key: &str,
+        default: Duration,
+        allow_zero: bool,
+    ) -> Option<Duration> {
+        let Some(raw) = raw else {
+            return Some(default);
+        };
+        match humantime::parse_duration(raw.get_ref().trim()) {
+            Ok(d) if d.is_zero() && !allow_zero => {
+                self.problem(raw.span(), path, format!("{key} must be longer than 0"));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(
+                    raw.span(),
+                    path,
+                    format!(
+                        "{key} \"{}\" is not a duration ({e}); write it with a unit, e.g. \"2s\", \"500ms\", \"30m\"",
+                        raw.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn count(
+        &mut self,
+        raw: &Option<Spanned<i64>>,
+        path: &str,
+        key: &str,
+        default: u32,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Option<u32> {
+        let Some(raw) = raw else {
+            return Some(default);
+        };
+        match u32::try_from(*raw.get_ref()) {
+            Ok(v) if range.contains(&v) => Some(v),
+            _ => {
+                self.problem(
+                    raw.span(),
+                    path,
+                    format!(
+                        "{key} {} is out of range, expected {}..={}",
+                        raw.get_ref(),
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn empty_config() -> Config {
+    Config {
+        admin: None,
+        pools: Vec::new(),
+        services: Vec::new(),
+    }
+}
+
+/// `pool "fe-dc1"` when the entry has a string name, else `pool #2`.
+fn entry_path(what: &str, entry: &Spanned<DeValue<'_>>, index: usize) -> String {
+    match entry
+        .get_ref()
+        .get("name")
+        .and_then(|n| n.get_ref().as_str())
+    {
+        Some(name) => format!("{what} \"{name}\""),
+        None => format!("{what} #{}", index + 1),
+    }
+}
+
+/// The dotted key path (`members[2].weight`) of the innermost value containing byte offset `at`.
+fn key_path_at(value: &Spanned<DeValue<'_>>, at: usize) -> String {
+    let mut path = String::new();
+    let mut current = value;
+    loop {
+        let next = match current.get_ref() {
+            DeValue::Table(t) => t.iter().find_map(|(k, v)| {
+                if k.span().contains(&at) {
+                    // The key itself (an unknown field): serde's message names it already.
+                    None
+                } else if contains(v, at) {
+                    Some((
+                        format!("{}{}", if path.is_empty() { "" } else { "." }, k.get_ref()),
+                        v,
+                    ))
+                } else {
+                    None
+                }
+            }),
+            DeValue::Array(items) => items
+                .iter()
+                .enumerate()
+                .find(|(_, v)| contains(v, at))
+                .map(|(i, v)| (format!("[{}]", i + 1), v)),
+            _ => None,
+        };
+        match next {
+            Some((step, v)) => {
+                path.push_str(&step);
+                current = v;
+            }
+            None => return path,
+        }
+    }
+}
+
+/// Whether `v` or anything inside it spans byte offset `at`. Arrays of tables (`[[pool.check]]`)
+/// do not always span their elements, so the elements are asked too.
+fn contains(v: &Spanned<DeValue<'_>>, at: usize) -> bool {
+    v.span().contains(&at)
+        || match v.get_ref() {
+            DeValue::Array(items) => items.iter().any(|i| contains(i, at)),
+            DeValue::Table(t) => t.iter().any(|(_, i)| contains(i, at)),
+            _ => false,
+        }
+}
+
+/// Whether two listeners of the same protocol would fight over a port.
+fn listen_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}

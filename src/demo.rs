@@ -1,0 +1,240 @@
+//! `tandem demo`: two small pools of demo members on loopback with a balancer in front, so a
+//! newcomer sees hashing and member loss with no setup. The demo members and the client helpers
+//! are also what the integration tests run against.
+//!
+//! A demo member greets every connection with one line naming itself, then echoes what it
+//! receives until the client finishes sending, and then closes its side.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::app::App;
+use crate::config;
+
+/// A greeting-and-echo TCP server on a fixed address that can be stopped and restarted.
+pub struct DemoMember {
+    name: Arc<str>,
+    addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl DemoMember {
+    /// Starts a member on `addr`; port 0 picks a free port, kept across restarts.
+    pub async fn start(name: &str, addr: SocketAddr) -> io::Result<DemoMember> {
+        let mut member = DemoMember {
+            name: Arc::from(name),
+            addr,
+            task: None,
+        };
+        member.restart().await?;
+        Ok(member)
+    }
+
+    /// The member's name (its greeting).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address the member listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes the listener and every open connection: new connects are refused.
+    pub fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Listens again on the same address (no-op when running).
+    pub async fn restart(&mut self) -> io::Result<()> {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            // Wait for the abort so the old listener is closed before we rebind.
+            let _ = task.await;
+        }
+        let socket = match self.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(self.addr)?;
+        let listener = socket.listen(1024)?;
+        self.addr = listener.local_addr()?;
+        let name = self.name.clone();
+        self.task = Some(tokio::spawn(async move {
+            // Connections live in this set, so aborting the server task closes them too.
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            conns.spawn(greet_and_echo(stream, name.clone()));
+                        }
+                        // Out of descriptors or similar: yield instead of spinning.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    },
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        }));
+        Ok(())
+    }
+}
+
+impl Drop for DemoMember {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn greet_and_echo(mut stream: TcpStream, name: Arc<str>) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    stream.write_all(format!("{name}\n").as_bytes()).await?;
+    let (mut r, mut w) = stream.split();
+    tokio::io::copy(&mut r, &mut w).await?;
+    w.shutdown().await
+}
+
+/// Connects to `to` from source address `from` (any port), as a distinct client would.
+pub async fn connect_from(from: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match from {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(to).await
+}
+
+/// Connects from `from` and returns the greeting of the member that answered, and the stream
+/// positioned after it.
+pub async fn greeting_from(from: IpAddr, to: SocketAddr) -> io::Result<(String, TcpStream)> {
+    let stream = connect_from(from, to).await?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    if !line.ends_with('\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a greeting",
+        ));
+    }
+    line.pop();
+    // The member sends nothing after its greeting until we send, so nothing is lost here.
+    Ok((line, reader.into_inner()))
+}
+
+/// Which member serves client `from`: connects, reads the greeting, closes.
+pub async fn who_serves(from: IpAddr, to: SocketAddr) -> io::Result<String> {
+    greeting_from(from, to).await.map(|(name, _)| name)
+}
+
+/// The i-th distinct demo client address, 127.0.2.1 onwards (wrapping into 127.0.3.x, ...).
+pub fn client_ip(i: u32) -> IpAddr {
+    let n = 2 * 256 + 1 + i;
+    IpAddr::V4(Ipv4Addr::new(127, 0, (n / 256) as u8, (n % 256) as u8))
+}
+
+/// Runs the demo until `stop` resolves: members, balancer, a hashing walk-through, then serving.
+pub async fn run(
+    listen: SocketAddr,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut dc1 = Vec::new();
+    for (i, tag) in ["a", "b", "c"].iter().enumerate() {
+        let ip = Ipv4Addr::new(127, 0, 1, 1 + i as u8);
+        dc1.push(DemoMember::start(&format!("dc1-{tag}"), SocketAddr::new(ip.into(), 0)).await?);
+    }
+    let mut dc2 = Vec::new();
+    for (i, tag) in ["a", "b"].iter().enumerate() {
+        let ip = Ipv4Addr::new(127, 0, 1, 11 + i as u8);
+        dc2.push(DemoMember::start(&format!("dc2-{tag}"), SocketAddr::new(ip.into(), 0)).await?);
+    }
+    let text = demo_config(listen, &dc1, &dc2);
+    let cfg = config::parse(&text, "demo.toml").map_err(|p| anyhow::anyhow!("{p}"))?;
+    let app = App::start(cfg).await?;
+    let addr = app
+        .local_addr("demo")
+        .ok_or_else(|| anyhow::anyhow!("demo service did not start"))?;
+
+    println!("tandem demo: a balancer on {addr} in front of pool dc1, paired with pool dc2.\n");
+    println!("The config it runs:\n\n{text}");
+    let clients: Vec<IpAddr> = (0..12).map(client_ip).collect();
+    println!("Twelve clients, each from its own source address, connect (source-ip hashing):");
+    let before = placement(&clients, addr).await;
+    print_placement(&clients, &before, None);
+
+    let victim = 1;
+    println!(
+        "\nMember {} stops (its port now refuses). The same clients connect again:",
+        dc1[victim].name()
+    );
+    dc1[victim].stop();
+    let after = placement(&clients, addr).await;
+    print_placement(&clients, &after, Some(&before));
+    println!(
+        "Only the clients of {} moved; everyone else kept their member.",
+        dc1[victim].name()
+    );
+    dc1[victim].restart().await?;
+
+    println!(
+        "\n{} is back. Try it yourself (each source address is a different client):\n\
+         \n    nc -s 127.0.2.7 {} {}\n\
+         \nEvery member greets with its name, then echoes what you type. Ctrl-C stops the demo.",
+        dc1[victim].name(),
+        addr.ip(),
+        addr.port()
+    );
+    stop.await;
+    println!("\nstopping");
+    app.shutdown(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+async fn placement(clients: &[IpAddr], addr: SocketAddr) -> Vec<String> {
+    let mut out = Vec::new();
+    for &c in clients {
+        out.push(match who_serves(c, addr).await {
+            Ok(name) => name,
+            Err(e) => format!("(failed: {e})"),
+        });
+    }
+    out
+}
+
+fn print_placement(clients: &[IpAddr], now: &[String], before: Option<&[String]>) {
+    for (i, (client, member)) in clients.iter().zip(now).enumerate() {
+        let moved = match before.and_then(|b| b.get(i)) {
+            Some(old) if old != member => format!("   (moved from {old})"),
+            _ => String::new(),
+        };
+        println!("    client {client:<12} -> {member}{moved}");
+    }
+}
+
+fn demo_config(listen: SocketAddr, dc1: &[DemoMember], dc2: &[DemoMember]) -> String {
+    let members = |ms: &[DemoMember]| {
+        ms.iter()
+            .map(|m| format!("  {{ addr = \"{}\" }},  # {}\n", m.addr(), m.name()))
+            .collect::<String>()
+    };
+    let mut t = String::new();
+    let _ = write!(
+        t,
+        "[[pool]]\nname = \"dc1\"\nmembers = [\n{}]\n\n[[pool]]\nname = \"dc2\"\nmembers = [\n{}]\n\n\
+         [[service]]\nname = \"demo\"\nlisten = \"{listen}\"\npool = \"dc1\"\nbackup_pool = \"dc2\"\n\
+         connect_timeout = \"500ms\"\n",
+        members(dc1),
+        members(dc2)
+    );
+    t
+}

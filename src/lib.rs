@@ -1,0 +1,21 @@
+//! tandem: a Layer-4 (TCP, and soon UDP) load balancer for paired server pools.
+//!
+//! Data flows one way through the modules:
+//!
+//! - [`config`] reads a TOML file into validated types ([`config::raw`] mirrors the file,
+//!   [`config::validate`] checks it and reports every problem with its line and column).
+//! - [`hash::maglev`] builds the consistent-hash table of a pool (pure).
+//! - [`pool`] turns a config into the immutable routing [`pool::Snapshot`]: pools, members,
+//!   tables, and each service's route; `pick` walks a client's preference order.
+//! - [`proxy`] is the data path: accept, pick, connect with retries, PROXY header, relay.
+//! - [`app`] wires it together: binds listeners, owns the snapshot, shuts down gracefully.
+//! - [`stats`] holds the per-service counters the data path bumps.
+//! - [`demo`] runs demo pools on loopback for `tandem demo` and the tests.
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod hash;
+pub mod pool;
+pub mod proxy;
+pub mod stats;

@@ -1,0 +1,215 @@
+//! The `tandem` command: parses arguments, sets up logging, loads the config, and hands over to
+//! the library. Nothing here binds a port before the config has been validated.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use tandem::app::App;
+use tandem::config::{self, ConfigError};
+
+#[derive(Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Layer-4 load balancer for paired server pools"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true, env = "TANDEM_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the balancer.
+    Run {
+        /// Config file.
+        #[arg(
+            short,
+            long,
+            default_value = "/etc/tandem/tandem.toml",
+            env = "TANDEM_CONFIG"
+        )]
+        config: PathBuf,
+        /// How long open connections may finish after SIGTERM/SIGINT before they are closed.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        shutdown_grace: Duration,
+    },
+    /// Validate a config file and report every problem in it.
+    Check {
+        /// Config file.
+        #[arg(
+            short,
+            long,
+            default_value = "/etc/tandem/tandem.toml",
+            env = "TANDEM_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Start demo pools on loopback with a balancer in front and walk through hashing.
+    Demo {
+        /// Address of the demo balancer.
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run {
+            config,
+            shutdown_grace,
+        } => run(&config, shutdown_grace),
+        Command::Demo { listen } => demo(listen),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(cfg) => {
+            println!("{}: ok, {}", path.display(), cfg.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => report(&e),
+    }
+}
+
+fn report(e: &ConfigError) -> ExitCode {
+    match e {
+        ConfigError::Invalid(problems) => {
+            for p in &problems.0 {
+                eprintln!("{p}");
+            }
+            eprintln!("{} problem(s) found", problems.0.len());
+        }
+        other => eprintln!("{other}"),
+    }
+    ExitCode::FAILURE
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn run(path: &std::path::Path, grace: Duration) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => return report(&e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        // Signal handlers go in before the listeners, so an early SIGTERM is not lost.
+        let signals = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        info!(config = %path.display(), summary = %cfg.summary(), "starting");
+        let app = match App::start(cfg).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        signals.wait_for_stop().await;
+        let report = app.shutdown(grace).await;
+        info!(forced = report.forced, "stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+fn demo(listen: SocketAddr) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let signals = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match tandem::demo::run(listen, signals.wait_for_stop()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("demo failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            // Caught so that SIGHUP's default action (exit) never takes the balancer down.
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    async fn wait_for_stop(mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { info!("SIGTERM: shutting down"); return; }
+                _ = self.int.recv() => { info!("SIGINT: shutting down"); return; }
+                _ = self.hup.recv() => {
+                    warn!("SIGHUP received: config reload is not implemented in this build; keeping the current config");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The data path: listeners, member selection per connection, and byte relaying.
+//!
+//! Reads the routing snapshot; never builds tables or parses config.
+
+pub mod proxy_protocol;
+pub mod relay;
+pub mod tcp;

@@ -1,0 +1,132 @@
+//! Copies bytes both ways between a client and a member until both directions end.
+//!
+//! Half-close is kept: when one side finishes sending (FIN), the other side's write half is shut
+//! down and the opposite direction keeps flowing until it ends too. An error on either side ends
+//! both (the sockets are dropped, which closes them). The connection ends early when no byte has
+//! moved in either direction for the idle timeout, or when the caller's `force` token fires.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes read per syscall in each direction.
+const BUFFER_SIZE: usize = 16 * 1024;
+
+/// How a relayed connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Both directions finished with a FIN.
+    Closed,
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// The caller cancelled (shutdown grace over).
+    Forced,
+}
+
+/// Byte counts of one relayed connection, whatever ended it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transferred {
+    pub to_member: u64,
+    pub to_client: u64,
+}
+
+/// Relays until both directions end, the connection idles out, or `force` fires.
+///
+/// Returns the end reason and the bytes moved, or the first I/O error together with the
+/// bytes moved up to it.
+pub async fn relay(
+    client: &mut TcpStream,
+    member: &mut TcpStream,
+    idle_timeout: Duration,
+    force: &CancellationToken,
+) -> (io::Result<RelayEnd>, Transferred) {
+    // Shared by the two pumps of this one task; atomics (uncontended, relaxed) rather than
+    // `Cell` because the task must be `Send`. Activity is kept as nanoseconds since `start`.
+    let start = Instant::now();
+    let activity = Activity {
+        start,
+        last: AtomicU64::new(0),
+    };
+    let to_member = AtomicU64::new(0);
+    let to_client = AtomicU64::new(0);
+    let (mut client_read, mut client_write) = client.split();
+    let (mut member_read, mut member_write) = member.split();
+
+    let both = async {
+        tokio::try_join!(
+            pump(&mut client_read, &mut member_write, &activity, &to_member),
+            pump(&mut member_read, &mut client_write, &activity, &to_client),
+        )
+    };
+    tokio::pin!(both);
+
+    let result = loop {
+        let deadline = activity.last() + idle_timeout;
+        tokio::select! {
+            r = &mut both => break r.map(|_| RelayEnd::Closed),
+            _ = tokio::time::sleep_until(deadline) => {
+                // Activity may have moved the deadline while we slept; only a full quiet
+                // period ends the connection.
+                if activity.last() + idle_timeout <= Instant::now() {
+                    break Ok(RelayEnd::Idle);
+                }
+            }
+            _ = force.cancelled() => break Ok(RelayEnd::Forced),
+        }
+    };
+    let moved = Transferred {
+        to_member: to_member.load(Relaxed),
+        to_client: to_client.load(Relaxed),
+    };
+    (result, moved)
+}
+
+/// Copies one direction until EOF, then passes the FIN on by shutting down the write half.
+async fn pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    activity: &Activity,
+    count: &AtomicU64,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            // The peer may already be gone (it reset or closed); a failed shutdown then changes
+            // nothing for the other direction, which ends on its own.
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        activity.touch();
+        to.write_all(&buf[..n]).await?;
+        count.fetch_add(n as u64, Relaxed);
+        activity.touch();
+    }
+}
+
+/// When bytes last moved, in either direction.
+struct Activity {
+    start: Instant,
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let nanos = self.start.elapsed().as_nanos();
+        self.last
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_nanos(self.last.load(Relaxed))
+    }
+}

@@ -1,0 +1,225 @@
+//! TCP services: the accept loop and the life of one client connection.
+//!
+//! Per connection: take a `max_connections` permit (or close at once), pick a member by the
+//! client's hash key from the active pool, connect with `connect_timeout`, falling through the
+//! key's preference order on refusal or timeout, send the PROXY header if configured, then relay.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::proxy_protocol;
+use super::relay::{RelayEnd, relay};
+use crate::pool::{ClientKey, MAX_CONNECT_TRIES, Snapshot};
+use crate::stats::{ServiceStats, bump};
+
+/// Kernel accept queue length per listener (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+/// Keepalive on both legs, so a client or member that vanished without a FIN or RST is noticed
+/// long before the idle timeout on the other leg.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 6;
+/// Pause after an accept error such as EMFILE: the pending connection stays queued and the
+/// listener stays readable, so retrying at once would spin a core.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Binds a TCP listener with SO_REUSEADDR (so a restart does not wait out TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// What one service's accept loop and its connections share.
+#[derive(Clone)]
+pub struct ServiceContext {
+    /// Service name, the key of its route in the snapshot.
+    pub name: Arc<str>,
+    /// The current routing snapshot, read once per connection.
+    pub routes: Arc<ArcSwap<Snapshot>>,
+    pub stats: Arc<ServiceStats>,
+    /// `max_connections` permits.
+    pub limiter: Arc<Semaphore>,
+    /// Tracks connection tasks so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Fires when the listener must stop accepting.
+    pub stop_accepting: CancellationToken,
+    /// Fires when open connections must be cut (shutdown grace over).
+    pub force_close: CancellationToken,
+}
+
+/// Accepts until `stop_accepting` fires; then drops the listener, which closes it.
+pub async fn serve(listener: TcpListener, cx: ServiceContext) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = cx.stop_accepting.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                bump(&cx.stats.accepted);
+                let Ok(permit) = cx.limiter.clone().try_acquire_owned() else {
+                    // Closing at once tells the client to go elsewhere; queueing it would hold
+                    // a descriptor for a connection we cannot serve.
+                    bump(&cx.stats.rejected_limit);
+                    debug!(service = %cx.name, %peer, "max_connections reached; connection closed");
+                    drop(stream);
+                    continue;
+                };
+                let cx2 = cx.clone();
+                cx.tracker
+                    .spawn(async move { connection(stream, peer, cx2, permit).await });
+            }
+            Err(e) if is_transient(&e) => continue,
+            Err(e) => {
+                warn!(service = %cx.name, error = %e, pause_ms = backoff.as_millis() as u64,
+                      "accept failed; pausing the listener");
+                tokio::select! {
+                    _ = cx.stop_accepting.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+    debug!(service = %cx.name, "listener closed");
+}
+
+/// Errors about one pending connection (it died in the queue), not about the listener.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+fn tune(stream: &TcpStream) {
+    // Both are best effort: a socket that refuses them still relays correctly.
+    let _ = stream.set_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+async fn connection(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    cx: ServiceContext,
+    _permit: OwnedSemaphorePermit,
+) {
+    tune(&client);
+    let snapshot = cx.routes.load();
+    let Some(route) = snapshot.route(&cx.name).cloned() else {
+        // The service was removed between accept and here; its listener is closing.
+        return;
+    };
+    drop(snapshot);
+    let service = &route.service;
+    let pool = route.active_pool().clone();
+    let key = ClientKey::new(peer, service.hash);
+
+    let mut tried = [usize::MAX; MAX_CONNECT_TRIES];
+    let mut member = None;
+    for attempt in 0..MAX_CONNECT_TRIES {
+        let Some(index) = pool.pick(key.as_bytes(), &tried[..attempt]) else {
+            break;
+        };
+        tried[attempt] = index;
+        let Some(addr) = route.member_socket(&pool, index) else {
+            break;
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(service.connect_timeout, TcpStream::connect(addr)) => r,
+            _ = cx.force_close.cancelled() => return,
+        };
+        match outcome {
+            Ok(Ok(stream)) => {
+                member = Some((stream, addr));
+                break;
+            }
+            Ok(Err(e)) => {
+                bump(&cx.stats.connect_failures);
+                debug!(service = %cx.name, member = %addr, error = %e, "connect to member failed");
+            }
+            Err(_) => {
+                bump(&cx.stats.connect_failures);
+                debug!(service = %cx.name, member = %addr, "connect to member timed out");
+            }
+        }
+    }
+    let Some((mut upstream, member_addr)) = member else {
+        bump(&cx.stats.rejected_no_member);
+        info!(service = %cx.name, pool = %pool.name, client = %peer,
+              tried = tried.iter().filter(|&&t| t != usize::MAX).count(),
+              "no member reachable; client connection closed");
+        return;
+    };
+    tune(&upstream);
+
+    if let Some(header) = client
+        .local_addr()
+        .ok()
+        .and_then(|local| proxy_protocol::header(service.proxy_protocol, peer, local))
+        && let Err(e) = upstream.write_all(header.as_bytes()).await
+    {
+        bump(&cx.stats.connect_failures);
+        debug!(service = %cx.name, member = %member_addr, error = %e, "sending PROXY header failed");
+        return;
+    }
+
+    cx.stats.active.fetch_add(1, Relaxed);
+    let (end, moved) = relay(
+        &mut client,
+        &mut upstream,
+        service.idle_timeout,
+        &cx.force_close,
+    )
+    .await;
+    cx.stats.active.fetch_sub(1, Relaxed);
+    cx.stats
+        .bytes_to_members
+        .fetch_add(moved.to_member, Relaxed);
+    cx.stats
+        .bytes_to_clients
+        .fetch_add(moved.to_client, Relaxed);
+    match end {
+        Ok(RelayEnd::Closed) => {}
+        Ok(RelayEnd::Idle) => {
+            debug!(service = %cx.name, client = %peer, member = %member_addr, "idle timeout");
+        }
+        Ok(RelayEnd::Forced) => {
+            debug!(service = %cx.name, client = %peer, "closed at end of shutdown grace");
+        }
+        Err(e) => {
+            debug!(service = %cx.name, client = %peer, member = %member_addr, error = %e, "relay ended with error");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Per-service counters, shared by the data path (which bumps them) and the operator surface
+//! (which reads them). Plain relaxed atomics: each is an independent count, never a
+//! synchronisation point.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of one service; kept across config generations while the service exists.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    /// Client connections accepted from the listener.
+    pub accepted: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub rejected_limit: AtomicU64,
+    /// Connections closed because no member could be reached.
+    pub rejected_no_member: AtomicU64,
+    /// Connects to members that were refused or timed out.
+    pub connect_failures: AtomicU64,
+    /// Connections currently relayed to a member.
+    pub active: AtomicU64,
+    /// Bytes from clients to members.
+    pub bytes_to_members: AtomicU64,
+    /// Bytes from members to clients.
+    pub bytes_to_clients: AtomicU64,
+}
+
+/// A copy of [`ServiceStats`] at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsSnapshot {
+    pub accepted: u64,
+    pub rejected_limit: u64,
+    pub rejected_no_member: u64,
+    pub connect_failures: u64,
+    pub active: u64,
+    pub bytes_to_members: u64,
+    pub bytes_to_clients: u64,
+}
+
+impl ServiceStats {
+    /// Reads every counter (each individually; the set is not one atomic picture).
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            accepted: r(&self.accepted),
+            rejected_limit: r(&self.rejected_limit),
+            rejected_no_member: r(&self.rejected_no_member),
+            connect_failures: r(&self.connect_failures),
+            active: r(&self.active),
+            bytes_to_members: r(&self.bytes_to_members),
+            bytes_to_clients: r(&self.bytes_to_clients),
+        }
+    }
+}
+
+/// Adds one to a counter.
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}

@@ -42,6 +42,9 @@ enum Command {
         /// How long open connections may finish after SIGTERM/SIGINT before they are closed.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         shutdown_grace: Duration,
+        /// Worker threads of the data path (default: the CPUs this process may run on).
+        #[arg(long, env = "TANDEM_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+        workers: Option<u16>,
     },
     /// Validate a config file and report every problem in it.
     Check {
@@ -76,7 +79,8 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             shutdown_grace,
-        } => run(&config, shutdown_grace),
+            workers,
+        } => run(&config, shutdown_grace, workers),
         Command::Demo { listen } => demo(listen),
     }
 }
@@ -116,18 +120,25 @@ fn report(e: &ConfigError) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+fn runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    // tokio's default is the machine's CPU count; the CPUs we may run on (taskset, cgroups) is
+    // what an operator pinning the process means.
+    let workers = workers
+        .map(usize::from)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
 }
 
-fn run(path: &std::path::Path, grace: Duration) -> ExitCode {
+fn run(path: &std::path::Path, grace: Duration, workers: Option<u16>) -> ExitCode {
     let cfg = match config::load(path) {
         Ok(cfg) => cfg,
         Err(e) => return report(&e),
     };
-    let rt = match runtime() {
+    let rt = match runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -159,7 +170,7 @@ fn run(path: &std::path::Path, grace: Duration) -> ExitCode {
 }
 
 fn demo(listen: SocketAddr) -> ExitCode {
-    let rt = match runtime() {
+    let rt = match runtime(None) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

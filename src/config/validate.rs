@@ -815,3 +815,89 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let column = before[line_start..].chars().count() + 1;
     (line, column)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[pool]]
+name = "fe-dc1"
+members = [{ addr = "10.1.0.11" }, { addr = "10.1.0.12", weight = 2 }, { addr = "10.1.0.13", state = "drain" }]
+[[pool]]
+name = "fe-dc2"
+members = [{ addr = "[2001:db8::1]:5061" }, { addr = "2001:db8::2" }]
+[[service]]
+name = "fe-sip"
+listen = "0.0.0.0:5061"
+pool = "fe-dc1"
+backup_pool = "fe-dc2"
+"#;
+
+    #[test]
+    fn defaults_are_filled() {
+        let c = parse(MINIMAL, "t.toml").expect("valid");
+        assert!(c.admin.is_none());
+        let s = &c.services[0];
+        assert_eq!(s.protocol, Protocol::Tcp);
+        assert_eq!(s.port, 5061);
+        assert_eq!(s.failover, FailoverMode::Auto);
+        assert_eq!(s.min_healthy, 1);
+        assert_eq!(s.hash, HashMode::SourceIp);
+        assert_eq!(s.idle_timeout, Duration::from_secs(1800));
+        assert_eq!(s.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(s.failback_after, Duration::from_secs(60));
+        assert_eq!(s.drain_timeout, Duration::from_secs(300));
+        assert_eq!(s.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(s.proxy_protocol, ProxyProtocol::Off);
+        let p = &c.pools[0];
+        assert_eq!(p.members[1].weight, 2);
+        assert_eq!(p.members[2].state, OperatorState::Drain);
+        assert_eq!(c.pools[1].members[0].addr.to_string(), "[2001:db8::1]:5061");
+        assert_eq!(c.pools[1].members[1].addr.to_string(), "2001:db8::2");
+    }
+
+    #[test]
+    fn udp_idle_default_and_admin_default() {
+        let text = MINIMAL.replace("pool = \"fe-dc1\"", "pool = \"fe-dc1\"\nprotocol = \"udp\"")
+            + "[admin]\n";
+        let c = parse(&text, "t.toml").expect("valid");
+        assert_eq!(c.services[0].idle_timeout, Duration::from_secs(60));
+        let admin = c.admin.expect("admin table present");
+        assert_eq!(admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    }
+
+    #[test]
+    fn min_healthy_percent_rounds_up_to_a_quorum() {
+        for (value, want) in [
+            ("\"50%\"", 2),
+            ("\"34%\"", 2),
+            ("\"33%\"", 1),
+            ("\"100%\"", 3),
+            ("3", 3),
+        ] {
+            let text = MINIMAL.replace(
+                "backup_pool = \"fe-dc2\"",
+                &format!("backup_pool = \"fe-dc2\"\nmin_healthy = {value}"),
+            );
+            let c = parse(&text, "t.toml").expect("valid");
+            assert_eq!(c.services[0].min_healthy, want, "min_healthy = {value}");
+        }
+    }
+
+    #[test]
+    fn tcp_and_udp_may_share_a_port() {
+        let text = MINIMAL.to_string()
+            + "[[service]]\nname = \"u\"\nlisten = \"0.0.0.0:5061\"\nprotocol = \"udp\"\npool = \"fe-dc1\"\n";
+        assert!(parse(&text, "t.toml").is_ok());
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        let text = "a\nbé = 1\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 2), (2, 1));
+        assert_eq!(line_col(text, text.find('=').expect("has =")), (2, 4));
+        assert_eq!(line_col(text, 10_000), (3, 1));
+    }
+}

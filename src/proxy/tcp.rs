@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::proxy_protocol;
 use super::relay::{RelayEnd, relay};
+use crate::config::ProxyProtocol;
 use crate::pool::{ClientKey, MAX_CONNECT_TRIES, Snapshot};
 use crate::stats::{ServiceStats, bump};
 
@@ -184,15 +185,21 @@ async fn connection(
     };
     tune(&upstream);
 
-    if let Some(header) = client
-        .local_addr()
-        .ok()
-        .and_then(|local| proxy_protocol::header(service.proxy_protocol, peer, local))
-        && let Err(e) = upstream.write_all(header.as_bytes()).await
-    {
-        bump(&cx.stats.connect_failures);
-        debug!(service = %cx.name, member = %member_addr, error = %e, "sending PROXY header failed");
-        return;
+    if service.proxy_protocol != ProxyProtocol::Off {
+        // Only now ask for the local address: it costs a syscall most services never need.
+        let header = client
+            .local_addr()
+            .ok()
+            .and_then(|local| proxy_protocol::header(service.proxy_protocol, peer, local));
+        let sent = match header {
+            Some(h) => upstream.write_all(h.as_bytes()).await,
+            None => Err(io::Error::other("client socket has no local address")),
+        };
+        if let Err(e) = sent {
+            bump(&cx.stats.connect_failures);
+            debug!(service = %cx.name, member = %member_addr, error = %e, "sending PROXY header failed");
+            return;
+        }
     }
 
     cx.stats.active.fetch_add(1, Relaxed);

@@ -39,7 +39,10 @@ pub fn pool_toml(name: &str, members: &[DemoMember]) -> String {
         .iter()
         .map(|m| format!("{{ addr = \"{}\" }}", m.addr()))
         .collect();
-    format!("[[pool]]\nname = \"{name}\"\nmembers = [{}]\n", list.join(", "))
+    format!(
+        "[[pool]]\nname = \"{name}\"\nmembers = [{}]\n",
+        list.join(", ")
+    )
 }
 
 /// A `[[service]]` table on 127.0.0.1:0 in front of `pool`, with extra `key = value` lines.
@@ -89,7 +92,10 @@ where
 {
     let deadline = std::time::Instant::now() + limit;
     while !cond().await {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -16,6 +16,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod hash;
+pub mod health;
 pub mod pool;
 pub mod proxy;
 pub mod stats;

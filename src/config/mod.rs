@@ -149,6 +149,37 @@ pub struct Check {
     pub rise: u32,
     /// Consecutive failures before an up member is marked down.
     pub fall: u32,
+    /// TLS settings for `tls`, `https` and `sip` over TLS; `None` for plain-text kinds.
+    pub tls: Option<CheckTls>,
+    /// `http`/`https`: request path (default `/`).
+    pub path: String,
+    /// `http`/`https`: Host header (default: the member's IP).
+    pub host: Option<String>,
+    /// Accepted status codes: `http`/`https` default 200-399, `sip` default 200-299.
+    pub expect_status: Vec<(u16, u16)>,
+    /// `send-expect`: bytes sent after connecting (may be empty: just read).
+    pub send: Vec<u8>,
+    /// `send-expect`: bytes the reply must contain.
+    pub expect: Vec<u8>,
+}
+
+impl Check {
+    /// Whether `status` is one this check accepts.
+    pub fn accepts_status(&self, status: u16) -> bool {
+        self.expect_status
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+}
+
+/// How a check does TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckTls {
+    /// Server name to send (SNI) and verify; default: the member's IP.
+    pub sni: Option<String>,
+    /// `Some(ca_file)`: verify the chain against it. `None`: `verify = false`, any certificate
+    /// is accepted (the handshake is still required to complete).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What a check does.
@@ -158,7 +189,10 @@ pub enum CheckKind {
     Tls,
     Http,
     Https,
+    /// SIP OPTIONS over TCP.
     Sip,
+    /// SIP OPTIONS over TLS (`kind = "sip"`, `transport = "tls"`).
+    SipTls,
     SendExpect,
 }
 

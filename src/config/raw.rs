@@ -54,6 +54,37 @@ pub struct RawCheck {
     pub timeout: Option<Spanned<String>>,
     pub rise: Option<Spanned<i64>>,
     pub fall: Option<Spanned<i64>>,
+    /// TLS (tls, https, sip over tls): server name sent and verified.
+    pub sni: Option<Spanned<String>>,
+    /// TLS: PEM file of the CA(s) the member's certificate must chain to.
+    pub ca_file: Option<Spanned<String>>,
+    /// TLS: `false` accepts any certificate (the handshake itself is the check).
+    pub verify: Option<Spanned<bool>>,
+    /// http/https: request path.
+    pub path: Option<Spanned<String>>,
+    /// http/https: Host header.
+    pub host: Option<Spanned<String>>,
+    /// http/https/sip: accepted status codes, e.g. `"200-399"`, `"200,204"` or `200`.
+    pub expect_status: Option<Spanned<RawStatus>>,
+    /// sip: `tcp` or `tls`.
+    pub transport: Option<Spanned<String>>,
+    /// send-expect: bytes to send, as text or as hex.
+    pub send: Option<Spanned<String>>,
+    pub send_hex: Option<Spanned<String>>,
+    /// send-expect: bytes the reply must contain, as text or as hex.
+    pub expect: Option<Spanned<String>>,
+    pub expect_hex: Option<Spanned<String>>,
+}
+
+/// `expect_status = 200` or `expect_status = "200-399"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a status code (integer) or ranges such as \"200-399\" or \"200,204\""
+)]
+pub enum RawStatus {
+    Code(i64),
+    Text(String),
 }
 
 /// Probe kinds, as written in the file.

@@ -186,12 +186,30 @@ impl<'a> Cx<'a> {
                 continue;
             }
             let members = self.members(&rp, &path);
-            let checks = rp
+            let checks: Vec<Check> = rp
                 .check
                 .iter()
                 .enumerate()
                 .filter_map(|(i, c)| self.check(c, &format!("{path} check {}", i + 1)))
                 .collect();
+            // Health belongs to the member, not to a service port: a check must know where to
+            // probe a member that has no port of its own.
+            if let Some(members) = &members
+                && let Some(portless) = members.iter().find(|m| m.addr.port.is_none())
+            {
+                for (i, c) in rp.check.iter().enumerate() {
+                    if c.get_ref().port.is_none() {
+                        self.problem(
+                            c.span(),
+                            &format!("{path} check {}", i + 1),
+                            format!(
+                                "port: member {} has no port, so the check needs one",
+                                portless.addr
+                            ),
+                        );
+                    }
+                }
+            }
             if let Some(members) = members {
                 pools.push(Pool {
                     name,
@@ -342,6 +360,7 @@ impl<'a> Cx<'a> {
     }
 
     fn check(&mut self, rc: &Spanned<RawCheck>, path: &str) -> Option<Check> {
+        let entry = rc.span();
         let rc = rc.get_ref();
         let mut ok = true;
         let port = match &rc.port {
@@ -362,23 +381,198 @@ impl<'a> Cx<'a> {
         let timeout = self.duration(&rc.timeout, path, "timeout", DEFAULT_CHECK_TIMEOUT, false);
         let rise = self.count(&rc.rise, path, "rise", DEFAULT_RISE, 1..=100);
         let fall = self.count(&rc.fall, path, "fall", DEFAULT_FALL, 1..=100);
+
+        let sip_tls = match &rc.transport {
+            None => false,
+            Some(t) if t.get_ref() == "tcp" => false,
+            Some(t) if t.get_ref() == "tls" => true,
+            Some(t) => {
+                self.problem(
+                    t.span(),
+                    path,
+                    format!(
+                        "transport \"{}\" is not one of \"tcp\", \"tls\"",
+                        t.get_ref()
+                    ),
+                );
+                ok = false;
+                false
+            }
+        };
         let kind = match rc.kind {
             RawCheckKind::Tcp => CheckKind::Tcp,
             RawCheckKind::Tls => CheckKind::Tls,
             RawCheckKind::Http => CheckKind::Http,
             RawCheckKind::Https => CheckKind::Https,
+            RawCheckKind::Sip if sip_tls => CheckKind::SipTls,
             RawCheckKind::Sip => CheckKind::Sip,
             RawCheckKind::SendExpect => CheckKind::SendExpect,
         };
-        Some(Check {
+        let uses_tls = matches!(kind, CheckKind::Tls | CheckKind::Https | CheckKind::SipTls);
+        let is_http = matches!(kind, CheckKind::Http | CheckKind::Https);
+        let is_sip = matches!(kind, CheckKind::Sip | CheckKind::SipTls);
+        let is_send_expect = kind == CheckKind::SendExpect;
+
+        // A key that does nothing for this kind is almost always a mistake in the file.
+        let misplaced: [(&str, Option<Range<usize>>, bool); 10] = [
+            ("sni", rc.sni.as_ref().map(|v| v.span()), uses_tls),
+            ("ca_file", rc.ca_file.as_ref().map(|v| v.span()), uses_tls),
+            ("verify", rc.verify.as_ref().map(|v| v.span()), uses_tls),
+            ("path", rc.path.as_ref().map(|v| v.span()), is_http),
+            ("host", rc.host.as_ref().map(|v| v.span()), is_http),
+            (
+                "expect_status",
+                rc.expect_status.as_ref().map(|v| v.span()),
+                is_http || is_sip,
+            ),
+            ("transport", rc.transport.as_ref().map(|v| v.span()), is_sip),
+            ("send", rc.send.as_ref().map(|v| v.span()), is_send_expect),
+            (
+                "send_hex",
+                rc.send_hex.as_ref().map(|v| v.span()),
+                is_send_expect,
+            ),
+            (
+                "expect",
+                rc.expect
+                    .as_ref()
+                    .map(|v| v.span())
+                    .or(rc.expect_hex.as_ref().map(|v| v.span())),
+                is_send_expect,
+            ),
+        ];
+        for (key, span, applies) in misplaced {
+            if let (Some(span), false) = (span, applies) {
+                self.problem(
+                    span,
+                    path,
+                    format!("{key} does not apply to a {} check", kind_name(kind)),
+                );
+                ok = false;
+            }
+        }
+
+        let tls = if uses_tls {
+            let verify = rc.verify.as_ref().is_none_or(|v| *v.get_ref());
+            match (&rc.ca_file, verify) {
+                (Some(ca), true) => Some(CheckTls {
+                    sni: rc.sni.as_ref().map(|s| s.get_ref().clone()),
+                    ca_file: Some(PathBuf::from(ca.get_ref())),
+                }),
+                (None, false) => Some(CheckTls {
+                    sni: rc.sni.as_ref().map(|s| s.get_ref().clone()),
+                    ca_file: None,
+                }),
+                (Some(ca), false) => {
+                    self.problem(
+                        ca.span(),
+                        path,
+                        "ca_file is set but verify = false; keep one of them",
+                    );
+                    ok = false;
+                    None
+                }
+                (None, true) => {
+                    let at = rc.verify.as_ref().map_or(entry.clone(), |v| v.span());
+                    self.problem(
+                        at,
+                        path,
+                        format!(
+                            "a {} check needs ca_file (the CA that signed the members' certificates), \
+                             or verify = false to accept any certificate",
+                            kind_name(kind)
+                        ),
+                    );
+                    ok = false;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let default_status = if is_sip { (200, 299) } else { (200, 399) };
+        let expect_status = match &rc.expect_status {
+            None => vec![default_status],
+            Some(raw) => match parse_status(raw.get_ref()) {
+                Some(ranges) => ranges,
+                None => {
+                    self.problem(
+                        raw.span(),
+                        path,
+                        "expect_status must be status codes 100..=699 or ranges, e.g. \"200-399\" or \"200,204\"",
+                    );
+                    ok = false;
+                    Vec::new()
+                }
+            },
+        };
+
+        let send = self.bytes(&rc.send, &rc.send_hex, path, "send");
+        let expect = self.bytes(&rc.expect, &rc.expect_hex, path, "expect");
+        if is_send_expect && expect.as_ref().is_some_and(|e| e.is_empty()) {
+            let at = rc
+                .expect
+                .as_ref()
+                .or(rc.expect_hex.as_ref())
+                .map_or(entry, |v| v.span());
+            self.problem(at, path, "a send-expect check needs `expect` (or `expect_hex`): the bytes the reply must contain");
+            ok = false;
+        }
+
+        let check = Check {
             kind,
             port,
             interval: interval?,
             timeout: timeout?,
             rise: rise?,
             fall: fall?,
-        })
-        .filter(|_| ok)
+            tls,
+            path: rc
+                .path
+                .as_ref()
+                .map_or_else(|| "/".to_string(), |p| p.get_ref().clone()),
+            host: rc.host.as_ref().map(|h| h.get_ref().clone()),
+            expect_status,
+            send: send?,
+            expect: expect?,
+        };
+        if let Some(p) = &rc.path
+            && !p.get_ref().starts_with('/')
+        {
+            self.problem(p.span(), path, "path must start with `/`");
+            ok = false;
+        }
+        ok.then_some(check)
+    }
+
+    /// Text or hex bytes from a `key` / `key_hex` pair (at most one of them); empty when neither.
+    fn bytes(
+        &mut self,
+        text: &Option<Spanned<String>>,
+        hex: &Option<Spanned<String>>,
+        path: &str,
+        key: &str,
+    ) -> Option<Vec<u8>> {
+        match (text, hex) {
+            (Some(t), Some(_)) => {
+                self.problem(t.span(), path, format!("set {key} or {key}_hex, not both"));
+                None
+            }
+            (Some(t), None) => Some(t.get_ref().as_bytes().to_vec()),
+            (None, Some(h)) => match decode_hex(h.get_ref()) {
+                Some(b) => Some(b),
+                None => {
+                    self.problem(
+                        h.span(),
+                        path,
+                        format!("{key}_hex is not an even number of hex digits (spaces allowed)"),
+                    );
+                    None
+                }
+            },
+            (None, None) => Some(Vec::new()),
+        }
     }
 
     fn services(
@@ -729,6 +923,63 @@ impl<'a> Cx<'a> {
             }
         }
     }
+}
+
+fn kind_name(kind: CheckKind) -> &'static str {
+    match kind {
+        CheckKind::Tcp => "tcp",
+        CheckKind::Tls => "tls",
+        CheckKind::Http => "http",
+        CheckKind::Https => "https",
+        CheckKind::Sip => "sip",
+        CheckKind::SipTls => "sip (tls)",
+        CheckKind::SendExpect => "send-expect",
+    }
+}
+
+/// `200`, `"200-399"`, `"200,204,300-399"` -> ranges; `None` when malformed or out of 100..=699.
+fn parse_status(raw: &RawStatus) -> Option<Vec<(u16, u16)>> {
+    let valid = |c: u16| (100..=699).contains(&c);
+    match raw {
+        RawStatus::Code(c) => u16::try_from(*c)
+            .ok()
+            .filter(|c| valid(*c))
+            .map(|c| vec![(c, c)]),
+        RawStatus::Text(t) => {
+            let mut out = Vec::new();
+            for part in t.split(',') {
+                let part = part.trim();
+                let (lo, hi) = match part.split_once('-') {
+                    Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
+                    None => {
+                        let c = part.parse().ok()?;
+                        (c, c)
+                    }
+                };
+                if !valid(lo) || !valid(hi) || lo > hi {
+                    return None;
+                }
+                out.push((lo, hi));
+            }
+            Some(out)
+        }
+    }
+}
+
+/// Hex digits (whitespace ignored) -> bytes.
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            Some((hi * 16 + lo) as u8)
+        })
+        .collect()
 }
 
 fn empty_config() -> Config {

@@ -1,8 +1,10 @@
 //! Wiring: turns a validated [`Config`] into running listeners and owns what they share.
 //!
 //! [`App::start`] builds the routing snapshot and binds every listener before any of them
-//! accepts, so a config that cannot be served fails as a whole. [`App::shutdown`] stops
-//! accepting, waits for open connections up to a grace period, then cuts the rest.
+//! accepts, so a config that cannot be served fails as a whole. It then runs the first round of
+//! health checks and only starts accepting once every member has a verdict (bounded by the
+//! longest check timeout), so no connection is routed on unknown health. [`App::shutdown`]
+//! stops accepting, waits for open connections up to a grace period, then cuts the rest.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,6 +20,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{Config, Protocol};
+use crate::events::{self, Event, EventSender};
+use crate::health::checker;
+use crate::health::probe::ProbeSetupError;
 use crate::pool::{Snapshot, SnapshotError};
 use crate::proxy::tcp::{self, ServiceContext};
 use crate::stats::{ServiceStats, StatsSnapshot};
@@ -36,6 +41,8 @@ pub enum StartError {
     },
     #[error("service \"{service}\": protocol udp is not served by this build yet")]
     UdpNotSupported { service: String },
+    #[error("health check: {0}")]
+    Check(#[from] ProbeSetupError),
 }
 
 /// How shutdown went.
@@ -53,6 +60,9 @@ pub struct App {
     stop_accepting: CancellationToken,
     force_close: CancellationToken,
     accept_loops: JoinSet<()>,
+    stop_checks: CancellationToken,
+    checkers: JoinSet<()>,
+    events: EventSender,
 }
 
 struct RunningService {
@@ -61,9 +71,11 @@ struct RunningService {
 }
 
 impl App {
-    /// Builds the snapshot, binds every listener, then starts accepting on all of them.
+    /// Builds the snapshot, binds every listener, runs the first round of health checks, then
+    /// starts accepting on all listeners.
     pub async fn start(config: Config) -> Result<App, StartError> {
-        let snapshot = Snapshot::build(&config, 1)?;
+        let events = events::channel();
+        let snapshot = Snapshot::build(&config, 1, &events)?;
         // Bind everything first: a port already taken must fail the start, not half of it.
         let mut listeners = Vec::new();
         for service in &config.services {
@@ -78,6 +90,14 @@ impl App {
                 source,
             })?;
             listeners.push((service, listener));
+        }
+
+        let stop_checks = CancellationToken::new();
+        let mut checkers = JoinSet::new();
+        let first_round = checker::spawn_all(&snapshot, &mut checkers, &stop_checks)?;
+        let bound = first_round.bound;
+        if !first_round.wait().await {
+            warn!(bound_ms = bound.as_millis() as u64, "first health-check round did not finish in time; starting anyway");
         }
 
         let routes = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -114,7 +134,15 @@ impl App {
             stop_accepting,
             force_close,
             accept_loops,
+            stop_checks,
+            checkers,
+            events,
         })
+    }
+
+    /// Health (and later failover and reload) transitions from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 
     /// The address a service listens on (useful with port 0).
@@ -135,8 +163,10 @@ impl App {
     /// Stops accepting, lets open connections finish for up to `grace`, then closes the rest.
     pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
         self.stop_accepting.cancel();
+        self.stop_checks.cancel();
         // Wait for the accept loops so every listener is closed before we report.
         while self.accept_loops.join_next().await.is_some() {}
+        while self.checkers.join_next().await.is_some() {}
         self.tracker.close();
         let open = self.tracker.len();
         if open > 0 {

@@ -15,6 +15,7 @@
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod hash;
 pub mod health;
 pub mod pool;

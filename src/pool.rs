@@ -10,8 +10,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::config::{Config, FailoverMode, HashMode, MemberAddr, OperatorState, Pool, Service};
+use crate::config::{
+    Check, Config, DEFAULT_FALL, FailoverMode, HashMode, MemberAddr, OperatorState, Pool, Service,
+};
+use crate::events::EventSender;
 use crate::hash::maglev::{MaglevError, Table};
+use crate::health::cell::MemberHealth;
+use crate::health::state::Verdict;
 
 /// How many members one new connection may try before the client is turned away.
 pub const MAX_CONNECT_TRIES: usize = 3;
@@ -39,11 +44,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the snapshot of `config`.
-    pub fn build(config: &Config, generation: u64) -> Result<Snapshot, SnapshotError> {
+    /// Builds the snapshot of `config`; every member starts with fresh health that reports its
+    /// transitions on `events`.
+    pub fn build(
+        config: &Config,
+        generation: u64,
+        events: &EventSender,
+    ) -> Result<Snapshot, SnapshotError> {
         let mut pools = HashMap::new();
         for pool in &config.pools {
-            pools.insert(pool.name.clone(), Arc::new(PoolState::build(pool)?));
+            pools.insert(pool.name.clone(), Arc::new(PoolState::build(pool, events)?));
         }
         let mut routes = HashMap::new();
         for service in &config.services {
@@ -86,6 +96,11 @@ impl Snapshot {
     pub fn pool(&self, name: &str) -> Option<&Arc<PoolState>> {
         self.pools.get(name)
     }
+
+    /// Every pool, in no particular order.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<PoolState>> {
+        self.pools.values()
+    }
 }
 
 /// A service with the pools it sends connections to.
@@ -117,11 +132,13 @@ impl Route {
     }
 }
 
-/// A pool as routed: members in config order and the Maglev table over them.
+/// A pool as routed: members in config order, their health, and the Maglev table over them.
 #[derive(Debug)]
 pub struct PoolState {
     pub name: String,
     pub members: Vec<MemberState>,
+    /// The pool's checks, run by the health checker.
+    pub checks: Vec<Check>,
     table: Table,
 }
 
@@ -131,19 +148,25 @@ pub struct MemberState {
     pub addr: MemberAddr,
     pub weight: u32,
     pub operator: OperatorState,
+    pub health: Arc<MemberHealth>,
 }
 
 impl MemberState {
-    /// Whether new connections may be sent to this member.
+    /// Whether new connections go to this member: in service and known to be up.
     pub fn available(&self) -> bool {
-        self.operator == OperatorState::Up
+        self.operator == OperatorState::Up && self.health.verdict() == Verdict::Up
+    }
+
+    /// In service but not checked yet: used only when no member of the pool is known up.
+    fn untested(&self) -> bool {
+        self.operator == OperatorState::Up && self.health.verdict() == Verdict::Unknown
     }
 }
 
 impl PoolState {
     /// Builds the pool's table from its configured members; identities are the canonical
     /// address strings, so the table does not depend on config order.
-    pub fn build(pool: &Pool) -> Result<PoolState, SnapshotError> {
+    pub fn build(pool: &Pool, events: &EventSender) -> Result<PoolState, SnapshotError> {
         let ids: Vec<String> = pool.members.iter().map(|m| m.addr.to_string()).collect();
         let weighted: Vec<(&str, u32)> = ids
             .iter()
@@ -154,18 +177,36 @@ impl PoolState {
             pool: pool.name.clone(),
             source,
         })?;
+        let pool_name: Arc<str> = Arc::from(pool.name.as_str());
+        // Passive detection takes a member down after as many failed connects as the pool's
+        // most sensitive check would need failed probes.
+        let passive_fall = pool
+            .checks
+            .iter()
+            .map(|c| c.fall)
+            .min()
+            .unwrap_or(DEFAULT_FALL);
         let members = pool
             .members
             .iter()
-            .map(|m| MemberState {
+            .zip(ids)
+            .map(|(m, id)| MemberState {
                 addr: m.addr,
                 weight: m.weight,
                 operator: m.state,
+                health: Arc::new(MemberHealth::new(
+                    pool_name.clone(),
+                    Arc::from(id),
+                    pool.checks.len(),
+                    passive_fall,
+                    events.clone(),
+                )),
             })
             .collect();
         Ok(PoolState {
             name: pool.name.clone(),
             members,
+            checks: pool.checks.clone(),
             table,
         })
     }
@@ -173,11 +214,25 @@ impl PoolState {
     /// The first member of `key`'s preference order that is available and not in `tried`.
     ///
     /// Walks the key's fallback sequence instead of rebuilding the table, so the clients of
-    /// available members never move when another member becomes unavailable.
+    /// available members never move when another member becomes unavailable. Only when no
+    /// member is known up are members without a verdict yet tried (better than refusing).
     pub fn pick(&self, key: &[u8], tried: &[usize]) -> Option<usize> {
+        let usable = |i: usize, f: fn(&MemberState) -> bool| {
+            !tried.contains(&i) && self.members.get(i).is_some_and(f)
+        };
         self.table
             .candidates(key)
-            .find(|&i| !tried.contains(&i) && self.members.get(i).is_some_and(|m| m.available()))
+            .find(|&i| usable(i, MemberState::available))
+            .or_else(|| {
+                self.table
+                    .candidates(key)
+                    .find(|&i| usable(i, MemberState::untested))
+            })
+    }
+
+    /// Members currently available for new connections.
+    pub fn healthy_count(&self) -> usize {
+        self.members.iter().filter(|m| m.available()).count()
     }
 }
 
@@ -242,7 +297,7 @@ backup_pool = "b"
 
     fn snapshot(text: &str) -> Snapshot {
         let config = parse(text, "t.toml").expect("valid");
-        Snapshot::build(&config, 1).expect("builds")
+        Snapshot::build(&config, 1, &crate::events::channel()).expect("builds")
     }
 
     #[test]

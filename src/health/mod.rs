@@ -1,4 +1,7 @@
-//! Member health: probes ([`probe`]), the pure rise/fall machine ([`state`]), and the loop that
-//! runs probes and publishes verdicts into the routing snapshot ([`checker`]).
+//! Member health: probes ([`probe`]), the pure rise/fall machine ([`state`]), the published
+//! per-member verdict ([`cell`]), and the loop that runs probes ([`checker`]).
 
+pub mod cell;
+pub mod checker;
 pub mod probe;
+pub mod state;

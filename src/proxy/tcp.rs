@@ -154,23 +154,28 @@ async fn connection(
             break;
         };
         tried[attempt] = index;
-        let Some(addr) = route.member_socket(&pool, index) else {
+        let Some(target) = pool.members.get(index) else {
             break;
         };
+        let addr = target.addr.socket_addr(service.port);
         let outcome = tokio::select! {
             r = tokio::time::timeout(service.connect_timeout, TcpStream::connect(addr)) => r,
             _ = cx.force_close.cancelled() => return,
         };
+        let health = &target.health;
         match outcome {
             Ok(Ok(stream)) => {
+                health.connect_succeeded();
                 member = Some((stream, addr));
                 break;
             }
             Ok(Err(e)) => {
+                health.connect_failed();
                 bump(&cx.stats.connect_failures);
                 debug!(service = %cx.name, member = %addr, error = %e, "connect to member failed");
             }
             Err(_) => {
+                health.connect_failed();
                 bump(&cx.stats.connect_failures);
                 debug!(service = %cx.name, member = %addr, "connect to member timed out");
             }

@@ -1,0 +1,382 @@
+//! The health-check loops: one task per (member, check), plus a recovery task per member of a
+//! pool without checks. Each probes, feeds the rise/fall machine and publishes the verdict into
+//! the member's [`MemberHealth`] in the routing snapshot. Never touches the data path.
+//!
+//! Timing: every member is probed at once at start (the first round, which gates readiness);
+//! the second probe comes one interval plus a per-member phase of up to 10% of the interval
+//! later, so the checks of many members spread out instead of firing together; after that probes
+//! start every `interval`. A member that dies is therefore seen down at most
+//! `fall x interval + timeout` after its last good probe began (plus the phase, once).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use super::cell::MemberHealth;
+use super::probe::{ProbeOutcome, ProbeSetupError, Prober};
+use super::state::{RiseFall, Verdict};
+use crate::config::{
+    Check, CheckKind, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FALL, DEFAULT_RISE,
+    OperatorState,
+};
+use crate::pool::Snapshot;
+
+/// Something that can probe a member: the real [`Prober`], or a scripted one in tests.
+pub trait Probe: Send + Sync + 'static {
+    fn probe(&self, addr: SocketAddr) -> impl Future<Output = ProbeOutcome> + Send;
+}
+
+impl Probe for Prober {
+    fn probe(&self, addr: SocketAddr) -> impl Future<Output = ProbeOutcome> + Send {
+        Prober::probe(self, addr)
+    }
+}
+
+/// Timing of one check loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub interval: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Extra delay before the second probe, to spread members apart.
+    pub phase: Duration,
+}
+
+impl Timing {
+    /// The timing of `check` for the member with identity `member`; the phase is derived from
+    /// the identity (deterministic, no process-random state).
+    pub fn of(check: &Check, member: &str, index: usize) -> Timing {
+        let tenth = check.interval.as_nanos() as u64 / 10;
+        let phase = if tenth == 0 {
+            0
+        } else {
+            xxh3_64_with_seed(member.as_bytes(), index as u64) % tenth
+        };
+        Timing {
+            interval: check.interval,
+            rise: check.rise,
+            fall: check.fall,
+            phase: Duration::from_nanos(phase),
+        }
+    }
+}
+
+/// Resolves when every check has produced its first result.
+pub struct FirstRound {
+    pending: Vec<oneshot::Receiver<()>>,
+    /// The longest check timeout: the first round cannot take longer than this (plus scheduling).
+    pub bound: Duration,
+}
+
+impl FirstRound {
+    /// Waits for the first round, at most `bound` plus a second of slack; returns whether every
+    /// check reported.
+    pub async fn wait(self) -> bool {
+        let all = async {
+            for rx in self.pending {
+                // A dropped sender (task stopped) counts as done: nothing more will come.
+                let _ = rx.await;
+            }
+        };
+        tokio::time::timeout(self.bound + Duration::from_secs(1), all)
+            .await
+            .is_ok()
+    }
+}
+
+/// Starts the check (and recovery) loops of every pool of `snapshot` on `tasks`; they stop when
+/// `stop` fires.
+pub fn spawn_all(
+    snapshot: &Snapshot,
+    tasks: &mut JoinSet<()>,
+    stop: &CancellationToken,
+) -> Result<FirstRound, ProbeSetupError> {
+    let mut pending = Vec::new();
+    let mut bound = Duration::ZERO;
+    let recovery = recovery_check();
+    let recovery_prober = Arc::new(Prober::new(&recovery)?);
+    for pool in snapshot.pools() {
+        let probers = pool
+            .checks
+            .iter()
+            .map(|c| Prober::new(c).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        for member in &pool.members {
+            if member.operator == OperatorState::Maint {
+                continue; // maintenance: no probes at all
+            }
+            if pool.checks.is_empty() {
+                let addr = member.addr.socket_addr(0);
+                if addr.port() != 0 {
+                    tasks.spawn(recovery_loop(
+                        member.health.clone(),
+                        recovery_prober.clone(),
+                        addr,
+                        stop.clone(),
+                    ));
+                }
+                continue;
+            }
+            for (index, (check, prober)) in pool.checks.iter().zip(&probers).enumerate() {
+                let port = check.port.or(member.addr.port);
+                let Some(port) = port else {
+                    // Validation requires a port for portless members; never reached.
+                    warn!(pool = %pool.name, member = %member.addr, "check has no port to probe");
+                    continue;
+                };
+                let addr = SocketAddr::new(member.addr.ip, port);
+                let (tx, rx) = oneshot::channel();
+                pending.push(rx);
+                bound = bound.max(check.timeout);
+                tasks.spawn(check_loop(
+                    member.health.clone(),
+                    index,
+                    Timing::of(check, member.health.member(), index),
+                    prober.clone(),
+                    addr,
+                    Some(tx),
+                    stop.clone(),
+                ));
+            }
+        }
+    }
+    Ok(FirstRound { pending, bound })
+}
+
+/// The implicit check that brings back a passively-downed member of a pool without checks.
+fn recovery_check() -> Check {
+    Check {
+        kind: CheckKind::Tcp,
+        port: None,
+        interval: DEFAULT_CHECK_INTERVAL,
+        timeout: DEFAULT_CHECK_TIMEOUT,
+        rise: DEFAULT_RISE,
+        fall: DEFAULT_FALL,
+        tls: None,
+        path: "/".to_string(),
+        host: None,
+        expect_status: Vec::new(),
+        send: Vec::new(),
+        expect: Vec::new(),
+    }
+}
+
+/// Probes check `index` of one member forever (until `stop`), publishing each result.
+pub async fn check_loop<P: Probe>(
+    health: Arc<MemberHealth>,
+    index: usize,
+    timing: Timing,
+    prober: Arc<P>,
+    addr: SocketAddr,
+    mut first_round: Option<oneshot::Sender<()>>,
+    stop: CancellationToken,
+) {
+    let mut machine = RiseFall::new(timing.rise, timing.fall);
+    let mut next = Instant::now();
+    let mut phase = timing.phase;
+    loop {
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            o = prober.probe(addr) => o,
+            _ = stop.cancelled() => return,
+        };
+        // Passive detection took the member down since the last probe: this check must see
+        // `rise` successes again before the member returns.
+        if health.passive_down() && machine.state() != Verdict::Down {
+            machine.force_down();
+        }
+        let changed = machine.record(outcome.ok);
+        if changed == Some(Verdict::Up) && health.passive_down() {
+            health.clear_passive();
+        }
+        health.record_check(index, machine.state(), outcome.ok, &outcome.reason, started.elapsed());
+        if let Some(tx) = first_round.take() {
+            let _ = tx.send(());
+        }
+
+        next += timing.interval + std::mem::take(&mut phase);
+        // A probe that overran (timeout > interval) is followed at once, not in a burst.
+        let now = Instant::now();
+        if next < now {
+            next = now;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// For a member of a pool without checks: waits for passive detection to take it down, then
+/// probes TCP every default interval until `rise` successes in a row bring it back.
+async fn recovery_loop<P: Probe>(
+    health: Arc<MemberHealth>,
+    prober: Arc<P>,
+    addr: SocketAddr,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = health.passive_down_event() => {}
+            _ = stop.cancelled() => return,
+        }
+        let mut machine = RiseFall::new(DEFAULT_RISE, DEFAULT_FALL);
+        machine.force_down();
+        while health.passive_down() {
+            tokio::select! {
+                _ = tokio::time::sleep(DEFAULT_CHECK_INTERVAL) => {}
+                _ = stop.cancelled() => return,
+            }
+            let outcome = tokio::select! {
+                o = prober.probe(addr) => o,
+                _ = stop.cancelled() => return,
+            };
+            if machine.record(outcome.ok) == Some(Verdict::Up) {
+                health.recovered(&format!("recovery probe: {}", outcome.reason));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Event, HealthEvent};
+    use std::sync::Mutex;
+
+    /// Answers from a script, then repeats its last answer; records when each probe ran.
+    struct Scripted {
+        answers: Mutex<Vec<bool>>,
+        times: Mutex<Vec<Instant>>,
+    }
+
+    impl Probe for Scripted {
+        fn probe(&self, _addr: SocketAddr) -> impl Future<Output = ProbeOutcome> + Send {
+            let ok = {
+                let mut a = self.answers.lock().expect("lock");
+                if a.len() > 1 { a.remove(0) } else { a[0] }
+            };
+            self.times.lock().expect("lock").push(Instant::now());
+            async move {
+                ProbeOutcome {
+                    ok,
+                    reason: if ok { "ok".into() } else { "refused".into() },
+                }
+            }
+        }
+    }
+
+    fn timing(interval_s: u64, rise: u32, fall: u32) -> Timing {
+        Timing {
+            interval: Duration::from_secs(interval_s),
+            rise,
+            fall,
+            phase: Duration::ZERO,
+        }
+    }
+
+    /// The next health event; a bounded (virtual) wait so a logic error fails instead of
+    /// advancing the paused clock forever.
+    async fn next_health(rx: &mut tokio::sync::broadcast::Receiver<Event>) -> HealthEvent {
+        match tokio::time::timeout(Duration::from_secs(3600), rx.recv()).await {
+            Ok(Ok(Event::Health(e))) => e,
+            other => panic!("no health event within an hour of virtual time: {other:?}"),
+        }
+    }
+
+    fn setup(answers: &str) -> (Arc<MemberHealth>, Arc<Scripted>, tokio::sync::broadcast::Receiver<Event>) {
+        let events = crate::events::channel();
+        let rx = events.subscribe();
+        let health = Arc::new(MemberHealth::new(Arc::from("p"), Arc::from("m"), 1, 3, events));
+        let prober = Arc::new(Scripted {
+            answers: Mutex::new(answers.chars().map(|c| c == '+').collect()),
+            times: Mutex::new(Vec::new()),
+        });
+        (health, prober, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn down_after_fall_intervals_and_up_after_rise() {
+        // up, up, then dead for 3 probes, then back.
+        let (health, prober, mut rx) = setup("++---++");
+        let stop = CancellationToken::new();
+        let addr: SocketAddr = "127.0.1.1:1".parse().expect("addr");
+        let (tx, first) = oneshot::channel();
+        let start = Instant::now();
+        tokio::spawn(check_loop(health.clone(), 0, timing(2, 2, 3), prober.clone(), addr, Some(tx), stop.clone()));
+        first.await.expect("first round");
+        let e = next_health(&mut rx).await;
+        assert_eq!((e.to, start.elapsed()), (Verdict::Up, Duration::ZERO), "first result decides at once");
+        let e = next_health(&mut rx).await;
+        // Probes at 0, 2, 4, 6, 8: failures at 4, 6, 8 -> down at the third, 8 s in.
+        assert_eq!((e.to, start.elapsed()), (Verdict::Down, Duration::from_secs(8)));
+        assert_eq!(health.verdict(), Verdict::Down);
+        let e = next_health(&mut rx).await;
+        assert_eq!((e.to, start.elapsed()), (Verdict::Up, Duration::from_secs(12)));
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passive_down_needs_rise_probes_to_return() {
+        let (health, prober, mut rx) = setup("+");
+        let stop = CancellationToken::new();
+        let addr: SocketAddr = "127.0.1.1:1".parse().expect("addr");
+        let start = Instant::now();
+        tokio::spawn(check_loop(health.clone(), 0, timing(2, 2, 3), prober.clone(), addr, None, stop.clone()));
+        assert_eq!(next_health(&mut rx).await.to, Verdict::Up);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for _ in 0..3 {
+            health.connect_failed();
+        }
+        let e = next_health(&mut rx).await;
+        assert_eq!(e.to, Verdict::Down);
+        assert!(e.reason.starts_with("passive"), "{}", e.reason);
+        // Probes at 2 s (first success after passive down) and 4 s (second: rise = 2).
+        let e = next_health(&mut rx).await;
+        assert_eq!((e.to, start.elapsed()), (Verdict::Up, Duration::from_secs(4)));
+        assert!(!health.passive_down());
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn phase_delays_only_the_second_probe() {
+        let (health, prober, _rx) = setup("+");
+        let stop = CancellationToken::new();
+        let addr: SocketAddr = "127.0.1.1:1".parse().expect("addr");
+        let mut t = timing(2, 2, 3);
+        t.phase = Duration::from_millis(150);
+        let start = Instant::now();
+        tokio::spawn(check_loop(health, 0, t, prober.clone(), addr, None, stop.clone()));
+        tokio::time::sleep(Duration::from_millis(6500)).await;
+        stop.cancel();
+        let offsets: Vec<u128> = prober
+            .times
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|t| (*t - start).as_millis())
+            .collect();
+        assert_eq!(offsets, vec![0, 2150, 4150, 6150]);
+    }
+
+    #[test]
+    fn phase_is_deterministic_and_within_a_tenth() {
+        let check = recovery_check();
+        let a = Timing::of(&check, "10.1.0.11:5061", 0);
+        let b = Timing::of(&check, "10.1.0.11:5061", 0);
+        assert_eq!(a.phase, b.phase);
+        assert!(a.phase < check.interval / 10);
+        let phases: std::collections::HashSet<Duration> = (0..50)
+            .map(|i| Timing::of(&check, &format!("10.1.0.{i}:5061"), 0).phase)
+            .collect();
+        assert!(phases.len() > 40, "members should get different phases");
+    }
+}

@@ -2,3 +2,4 @@
 //! runs probes and publishes verdicts into the routing snapshot ([`checker`]).
 
 pub mod probe;
+pub mod sip;

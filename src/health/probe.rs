@@ -5,7 +5,7 @@
 //! handshake, request and response) and returns a verdict with a short reason for `/status`.
 //!
 //! This module owns the dispatch on the check kind, the timeout and the reasons; the kinds live in
-//! [`tls`], [`http`], [`sip`](self::sip) and [`send_expect`]. It decides nothing about rise/fall
+//! the private `tls`, `http`, `sip` and `send_expect` submodules. It decides nothing about rise/fall
 //! and keeps no state between runs; it never reads more from a member than a small fixed bound.
 
 mod http;
@@ -13,6 +13,7 @@ mod send_expect;
 mod sip;
 mod tls;
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,6 +82,15 @@ pub struct Prober {
     check: Arc<Check>,
     /// Present for the kinds that speak TLS (`tls`, `https`, `sip` over TLS).
     tls: Option<TlsClient>,
+}
+
+impl fmt::Debug for Prober {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The TLS client holds keys and config internals; the check says all that matters.
+        f.debug_struct("Prober")
+            .field("check", &self.check)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Prober {
@@ -186,20 +196,15 @@ fn io_reason(e: &io::Error) -> String {
 /// Makes a reason safe for a status page and a log line: control characters escaped (they may
 /// come from a member's bytes or a TLS library's message) and at most [`MAX_REASON`] characters.
 fn clean_reason(reason: &str) -> String {
-    let mut out = String::with_capacity(reason.len().min(MAX_REASON + 3));
-    for (count, c) in reason.chars().enumerate() {
-        if count == MAX_REASON {
-            out.push_str("...");
-            break;
-        }
+    let mut out = String::with_capacity(reason.len());
+    for c in reason.chars() {
         if c.is_control() {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
-    if out.chars().count() > MAX_REASON + 3 {
-        // Escapes made it longer than allowed; cut again on a character boundary.
+    if out.chars().count() > MAX_REASON {
         out = out.chars().take(MAX_REASON).chain("...".chars()).collect();
     }
     out

@@ -251,7 +251,8 @@ fn could_be_sip(prefix: &[u8]) -> bool {
 /// Finds the final response in a stream of received bytes: skips the CRLFs a server may send
 /// before a message (RFC 3261 7.5) and provisional 1xx responses with their bodies.
 ///
-/// Feed it what each read returns until it yields a status or an error. Memory stays under twice
+/// Feed it what each read returns until it yields a status or an error, then drop it: it is not
+/// meant to be fed past either. Memory stays under twice
 /// [`MAX_HEAD`] whatever is fed: bodies of provisional responses are counted off, not kept, and
 /// each byte is scanned once.
 #[derive(Debug, Default)]

@@ -3,13 +3,32 @@
 //! A [`Prober`] is built once per check (loading its CA file and TLS settings) and then run as
 //! often as the checker likes. Each run is bounded by the check's `timeout` as a whole (connect,
 //! handshake, request and response) and returns a verdict with a short reason for `/status`.
+//!
+//! This module owns the dispatch on the check kind, the timeout and the reasons; the kinds live in
+//! the private `tls`, `http`, `sip` and `send_expect` submodules. It decides nothing about rise/fall
+//! and keeps no state between runs; it never reads more from a member than a small fixed bound.
 
+mod http;
+mod send_expect;
+mod sip;
+mod tls;
+
+use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
 use crate::config::{Check, CheckKind};
+
+use self::tls::TlsClient;
+
+/// `User-Agent` of HTTP and SIP probes: `tandem/<version>`.
+pub const USER_AGENT: &str = concat!("tandem/", env!("CARGO_PKG_VERSION"));
+
+/// Longest reason a probe reports, in characters; longer ones are cut with `...`.
+pub const MAX_REASON: usize = 120;
 
 /// Why a check cannot be set up (a bad CA file, for example).
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +41,13 @@ pub enum ProbeSetupError {
     },
     #[error("ca_file {path}: {reason}")]
     CaInvalid { path: String, reason: String },
+    /// `sni` is neither a DNS name nor an IP address.
+    #[error("sni {sni:?} is not a valid DNS name or IP address")]
+    Sni { sni: String },
+    /// The TLS client cannot be built (a check kind that needs TLS without TLS settings, or a
+    /// crypto provider without usable protocol versions).
+    #[error("TLS setup: {0}")]
+    Tls(String),
 }
 
 /// The result of one probe.
@@ -54,13 +80,38 @@ impl ProbeOutcome {
 #[derive(Clone)]
 pub struct Prober {
     check: Arc<Check>,
+    /// Present for the kinds that speak TLS (`tls`, `https`, `sip` over TLS).
+    tls: Option<TlsClient>,
+}
+
+impl fmt::Debug for Prober {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The TLS client holds keys and config internals; the check says all that matters.
+        f.debug_struct("Prober")
+            .field("check", &self.check)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Prober {
     /// Prepares `check` (reads its CA file, builds the TLS client config).
     pub fn new(check: &Check) -> Result<Prober, ProbeSetupError> {
+        let needs_tls = matches!(
+            check.kind,
+            CheckKind::Tls | CheckKind::Https | CheckKind::SipTls
+        );
+        let tls = match (&check.tls, needs_tls) {
+            (Some(settings), true) => Some(TlsClient::new(settings)?),
+            (None, true) => {
+                return Err(ProbeSetupError::Tls(
+                    "this check kind needs TLS settings (ca_file, or verify = false)".to_string(),
+                ));
+            }
+            (_, false) => None,
+        };
         Ok(Prober {
             check: Arc::new(check.clone()),
+            tls,
         })
     }
 
@@ -72,22 +123,130 @@ impl Prober {
     /// Probes the member at `addr` (already the probe port), within the check's timeout.
     pub async fn probe(&self, addr: SocketAddr) -> ProbeOutcome {
         let timeout = self.check.timeout;
-        match tokio::time::timeout(timeout, self.run(addr)).await {
+        let mut outcome = match tokio::time::timeout(timeout, self.run(addr)).await {
             Ok(outcome) => outcome,
             Err(_) => ProbeOutcome::fail(format!(
                 "timeout after {}",
                 humantime::format_duration(timeout)
             )),
-        }
+        };
+        outcome.reason = clean_reason(&outcome.reason);
+        outcome
     }
 
     async fn run(&self, addr: SocketAddr) -> ProbeOutcome {
-        match self.check.kind {
-            CheckKind::Tcp => match TcpStream::connect(addr).await {
-                Ok(_) => ProbeOutcome::pass("connected"),
-                Err(e) => ProbeOutcome::fail(format!("connect: {e}")),
+        let check = &self.check;
+        let tcp = match TcpStream::connect(addr).await {
+            Ok(tcp) => tcp,
+            Err(e) => return ProbeOutcome::fail(format!("connect: {}", io_reason(&e))),
+        };
+        // A probe is a few small writes; waiting to coalesce them only adds latency.
+        let _ = tcp.set_nodelay(true);
+        match check.kind {
+            CheckKind::Tcp => ProbeOutcome::pass("connected"),
+            CheckKind::Http => http::probe(check, tcp, addr).await,
+            CheckKind::SendExpect => send_expect::probe(check, tcp).await,
+            CheckKind::Sip => match tcp.local_addr() {
+                Ok(local) => sip::probe(check, tcp, addr, local, sip::Transport::Tcp).await,
+                Err(e) => ProbeOutcome::fail(format!("local address: {}", io_reason(&e))),
             },
-            other => ProbeOutcome::fail(format!("{other:?} probes are not implemented yet")),
+            CheckKind::Tls | CheckKind::Https | CheckKind::SipTls => self.run_tls(tcp, addr).await,
         }
+    }
+
+    /// The kinds that speak TLS over the connected `tcp`.
+    async fn run_tls(&self, tcp: TcpStream, addr: SocketAddr) -> ProbeOutcome {
+        let check = &self.check;
+        let Some(tls) = &self.tls else {
+            // `new` refuses TLS kinds without TLS settings, so this is never reached.
+            return ProbeOutcome::fail("TLS is not set up for this check");
+        };
+        // Taken before the stream disappears into the TLS session; only SIP needs it.
+        let local = tcp.local_addr();
+        let stream = match tls.handshake(tcp, addr.ip()).await {
+            Ok(stream) => stream,
+            Err(reason) => return ProbeOutcome::fail(reason),
+        };
+        match (check.kind, local) {
+            (CheckKind::Https, _) => http::probe(check, stream, addr).await,
+            (CheckKind::SipTls, Ok(local)) => {
+                sip::probe(check, stream, addr, local, sip::Transport::Tls).await
+            }
+            (CheckKind::SipTls, Err(e)) => {
+                ProbeOutcome::fail(format!("local address: {}", io_reason(&e)))
+            }
+            _ => tls::finish(stream).await,
+        }
+    }
+}
+
+/// A short form of a network error: the kind alone where it says it all ("connection refused"),
+/// else the full message (which carries the OS error or the TLS alert).
+fn io_reason(e: &io::Error) -> String {
+    use io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe
+        | TimedOut | HostUnreachable | NetworkUnreachable | AddrNotAvailable => {
+            e.kind().to_string()
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Makes a reason safe for a status page and a log line: control characters escaped (they may
+/// come from a member's bytes or a TLS library's message) and at most [`MAX_REASON`] characters.
+fn clean_reason(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    for c in reason.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if out.chars().count() > MAX_REASON {
+        out = out.chars().take(MAX_REASON).chain("...".chars()).collect();
+    }
+    out
+}
+
+/// Quotes received bytes for a reason: at most `max` of them, anything not printable ASCII
+/// escaped (`\x1b`, `\r`, ...), with `...` when cut.
+fn quote_bytes(bytes: &[u8], max: usize) -> String {
+    let mut out = bytes[..bytes.len().min(max)].escape_ascii().to_string();
+    if bytes.len() > max {
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_printable_and_bounded() {
+        assert_eq!(clean_reason("HTTP 200"), "HTTP 200");
+        assert_eq!(clean_reason("a\nb\x1b"), "a\\nb\\u{1b}");
+        let long = "é".repeat(500);
+        let cut = clean_reason(&long);
+        assert_eq!(cut.chars().count(), MAX_REASON + 3);
+        assert!(cut.ends_with("..."));
+        let controls = "\x07".repeat(200);
+        assert!(clean_reason(&controls).chars().count() <= MAX_REASON + 3);
+    }
+
+    #[test]
+    fn received_bytes_are_quoted() {
+        assert_eq!(quote_bytes(b"ok\r\n\xff", 10), "ok\\r\\n\\xff");
+        assert_eq!(quote_bytes(b"abcdef", 3), "abc...");
+    }
+
+    #[test]
+    fn short_io_reasons() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(io_reason(&refused), "connection refused");
+        let other = io::Error::other("tls alert");
+        assert_eq!(io_reason(&other), "tls alert");
     }
 }

@@ -97,7 +97,10 @@ impl App {
         let first_round = checker::spawn_all(&snapshot, &mut checkers, &stop_checks)?;
         let bound = first_round.bound;
         if !first_round.wait().await {
-            warn!(bound_ms = bound.as_millis() as u64, "first health-check round did not finish in time; starting anyway");
+            warn!(
+                bound_ms = bound.as_millis() as u64,
+                "first health-check round did not finish in time; starting anyway"
+            );
         }
 
         let routes = Arc::new(ArcSwap::from_pointee(snapshot));

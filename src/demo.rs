@@ -17,6 +17,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::app::App;
 use crate::config;
+use crate::events::Event;
+use crate::health::state::Verdict;
 
 /// A greeting-and-echo TCP server on a fixed address that can be stopped and restarted.
 pub struct DemoMember {
@@ -173,24 +175,38 @@ pub async fn run(
     print_placement(&clients, &before, None);
 
     let victim = 1;
+    let victim_addr = dc1[victim].addr();
+    let mut events = app.events();
     println!(
-        "\nMember {} stops (its port now refuses). The same clients connect again:",
+        "\nMember {} stops (its port now refuses).",
         dc1[victim].name()
     );
     dc1[victim].stop();
+    let reason = wait_for(&mut events, victim_addr, Verdict::Down).await;
+    println!("    health: {} is down ({reason})", dc1[victim].name());
+    println!("The same clients connect again:");
     let after = placement(&clients, addr).await;
     print_placement(&clients, &after, Some(&before));
     println!(
-        "Only the clients of {} moved; everyone else kept their member.",
+        "Only the clients of {} moved, spread over the others; everyone else kept their member.",
+        dc1[victim].name()
+    );
+
+    println!(
+        "\n{} starts again; its check must pass twice in a row (rise = 2).",
         dc1[victim].name()
     );
     dc1[victim].restart().await?;
+    let reason = wait_for(&mut events, victim_addr, Verdict::Up).await;
+    println!("    health: {} is up ({reason})", dc1[victim].name());
+    let back = placement(&clients, addr).await;
+    print_placement(&clients, &back, Some(&after));
+    println!("Its clients are back; nobody else moved.");
 
     println!(
-        "\n{} is back. Try it yourself (each source address is a different client):\n\
+        "\nTry it yourself (each source address is a different client):\n\
          \n    nc -s 127.0.2.7 {} {}\n\
          \nEvery member greets with its name, then echoes what you type. Ctrl-C stops the demo.",
-        dc1[victim].name(),
         addr.ip(),
         addr.port()
     );
@@ -198,6 +214,26 @@ pub async fn run(
     println!("\nstopping");
     app.shutdown(Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// Waits for `member` to reach `to`, returning the reason (or a note after 10 s).
+async fn wait_for(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    member: SocketAddr,
+    to: Verdict,
+) -> String {
+    let want = member.to_string();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(Event::Health(e)) if *e.member == *want && e.to == to => return e.reason,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return "event stream closed".to_string(),
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| "no transition within 10 s".to_string())
 }
 
 async fn placement(clients: &[IpAddr], addr: SocketAddr) -> Vec<String> {
@@ -221,6 +257,9 @@ fn print_placement(clients: &[IpAddr], now: &[String], before: Option<&[String]>
     }
 }
 
+/// The demo pools' check: fast enough that a member's loss and return show within seconds.
+const CHECK: &str = "  [[pool.check]]\n  kind = \"tcp\"\n  interval = \"500ms\"\n  timeout = \"300ms\"\n  rise = 2\n  fall = 2\n";
+
 fn demo_config(listen: SocketAddr, dc1: &[DemoMember], dc2: &[DemoMember]) -> String {
     let members = |ms: &[DemoMember]| {
         ms.iter()
@@ -230,7 +269,7 @@ fn demo_config(listen: SocketAddr, dc1: &[DemoMember], dc2: &[DemoMember]) -> St
     let mut t = String::new();
     let _ = write!(
         t,
-        "[[pool]]\nname = \"dc1\"\nmembers = [\n{}]\n\n[[pool]]\nname = \"dc2\"\nmembers = [\n{}]\n\n\
+        "[[pool]]\nname = \"dc1\"\nmembers = [\n{}]\n{CHECK}\n[[pool]]\nname = \"dc2\"\nmembers = [\n{}]\n{CHECK}\n\
          [[service]]\nname = \"demo\"\nlisten = \"{listen}\"\npool = \"dc1\"\nbackup_pool = \"dc2\"\n\
          connect_timeout = \"500ms\"\n",
         members(dc1),

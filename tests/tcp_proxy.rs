@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::*;
+use tandem::health::state::Verdict;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -63,7 +64,9 @@ async fn distinct_clients_spread_within_maglev_band() {
 #[tokio::test]
 async fn unavailable_member_moves_only_its_own_clients() {
     let mut ms = members("m", 10, 3).await;
-    let app = balancer(&(pool_toml("p", &ms) + &service_toml("s", "p", ""))).await;
+    let toml = pool_toml("p", &ms) + &fast_tcp_check(1, 3) + &service_toml("s", "p", "");
+    let app = balancer(&toml).await;
+    let mut events = app.events();
     let addr = app.local_addr("s").expect("bound");
     let before = placement(CLIENTS, addr).await;
 
@@ -89,6 +92,8 @@ async fn unavailable_member_moves_only_its_own_clients() {
     }
 
     ms[1].restart().await.expect("restarts");
+    let m2 = ms[1].addr();
+    wait_health(&mut events, m2, Verdict::Up, Duration::from_secs(10)).await;
     let after = placement(CLIENTS, addr).await;
     assert_eq!(
         before, after,

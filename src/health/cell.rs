@@ -245,7 +245,10 @@ mod tests {
         }
         assert_eq!(
             seen,
-            vec![(Verdict::Unknown, Verdict::Up), (Verdict::Up, Verdict::Down)]
+            vec![
+                (Verdict::Unknown, Verdict::Up),
+                (Verdict::Up, Verdict::Down)
+            ]
         );
     }
 

@@ -197,7 +197,13 @@ pub async fn check_loop<P: Probe>(
         if changed == Some(Verdict::Up) && health.passive_down() {
             health.clear_passive();
         }
-        health.record_check(index, machine.state(), outcome.ok, &outcome.reason, started.elapsed());
+        health.record_check(
+            index,
+            machine.state(),
+            outcome.ok,
+            &outcome.reason,
+            started.elapsed(),
+        );
         if let Some(tx) = first_round.take() {
             let _ = tx.send(());
         }
@@ -292,10 +298,22 @@ mod tests {
         }
     }
 
-    fn setup(answers: &str) -> (Arc<MemberHealth>, Arc<Scripted>, tokio::sync::broadcast::Receiver<Event>) {
+    fn setup(
+        answers: &str,
+    ) -> (
+        Arc<MemberHealth>,
+        Arc<Scripted>,
+        tokio::sync::broadcast::Receiver<Event>,
+    ) {
         let events = crate::events::channel();
         let rx = events.subscribe();
-        let health = Arc::new(MemberHealth::new(Arc::from("p"), Arc::from("m"), 1, 3, events));
+        let health = Arc::new(MemberHealth::new(
+            Arc::from("p"),
+            Arc::from("m"),
+            1,
+            3,
+            events,
+        ));
         let prober = Arc::new(Scripted {
             answers: Mutex::new(answers.chars().map(|c| c == '+').collect()),
             times: Mutex::new(Vec::new()),
@@ -311,16 +329,34 @@ mod tests {
         let addr: SocketAddr = "127.0.1.1:1".parse().expect("addr");
         let (tx, first) = oneshot::channel();
         let start = Instant::now();
-        tokio::spawn(check_loop(health.clone(), 0, timing(2, 2, 3), prober.clone(), addr, Some(tx), stop.clone()));
+        tokio::spawn(check_loop(
+            health.clone(),
+            0,
+            timing(2, 2, 3),
+            prober.clone(),
+            addr,
+            Some(tx),
+            stop.clone(),
+        ));
         first.await.expect("first round");
         let e = next_health(&mut rx).await;
-        assert_eq!((e.to, start.elapsed()), (Verdict::Up, Duration::ZERO), "first result decides at once");
+        assert_eq!(
+            (e.to, start.elapsed()),
+            (Verdict::Up, Duration::ZERO),
+            "first result decides at once"
+        );
         let e = next_health(&mut rx).await;
         // Probes at 0, 2, 4, 6, 8: failures at 4, 6, 8 -> down at the third, 8 s in.
-        assert_eq!((e.to, start.elapsed()), (Verdict::Down, Duration::from_secs(8)));
+        assert_eq!(
+            (e.to, start.elapsed()),
+            (Verdict::Down, Duration::from_secs(8))
+        );
         assert_eq!(health.verdict(), Verdict::Down);
         let e = next_health(&mut rx).await;
-        assert_eq!((e.to, start.elapsed()), (Verdict::Up, Duration::from_secs(12)));
+        assert_eq!(
+            (e.to, start.elapsed()),
+            (Verdict::Up, Duration::from_secs(12))
+        );
         stop.cancel();
     }
 
@@ -330,7 +366,15 @@ mod tests {
         let stop = CancellationToken::new();
         let addr: SocketAddr = "127.0.1.1:1".parse().expect("addr");
         let start = Instant::now();
-        tokio::spawn(check_loop(health.clone(), 0, timing(2, 2, 3), prober.clone(), addr, None, stop.clone()));
+        tokio::spawn(check_loop(
+            health.clone(),
+            0,
+            timing(2, 2, 3),
+            prober.clone(),
+            addr,
+            None,
+            stop.clone(),
+        ));
         assert_eq!(next_health(&mut rx).await.to, Verdict::Up);
         tokio::time::sleep(Duration::from_millis(500)).await;
         for _ in 0..3 {
@@ -341,7 +385,10 @@ mod tests {
         assert!(e.reason.starts_with("passive"), "{}", e.reason);
         // Probes at 2 s (first success after passive down) and 4 s (second: rise = 2).
         let e = next_health(&mut rx).await;
-        assert_eq!((e.to, start.elapsed()), (Verdict::Up, Duration::from_secs(4)));
+        assert_eq!(
+            (e.to, start.elapsed()),
+            (Verdict::Up, Duration::from_secs(4))
+        );
         assert!(!health.passive_down());
         stop.cancel();
     }
@@ -354,7 +401,15 @@ mod tests {
         let mut t = timing(2, 2, 3);
         t.phase = Duration::from_millis(150);
         let start = Instant::now();
-        tokio::spawn(check_loop(health, 0, t, prober.clone(), addr, None, stop.clone()));
+        tokio::spawn(check_loop(
+            health,
+            0,
+            t,
+            prober.clone(),
+            addr,
+            None,
+            stop.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(6500)).await;
         stop.cancel();
         let offsets: Vec<u128> = prober

@@ -168,7 +168,10 @@ mod tests {
             vec![Some(Verdict::Up), Some(Verdict::Down), Some(Verdict::Up)]
         );
         let mut z = RiseFall::new(0, 0);
-        assert_eq!(feed(&mut z, "+-"), vec![Some(Verdict::Up), Some(Verdict::Down)]);
+        assert_eq!(
+            feed(&mut z, "+-"),
+            vec![Some(Verdict::Up), Some(Verdict::Down)]
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Shared test helpers: a balancer from a TOML string, demo members on distinct loopback hosts,
 //! and clients bound to chosen loopback source addresses.
-#![allow(dead_code)] // each test binary uses its own subset of these helpers
+#![allow(dead_code, unused_imports)] // each test binary uses its own subset of these helpers
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -112,4 +112,35 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// Waits (real time, at most `limit`) for `member` of any pool to reach verdict `to`; returns the
+/// event's reason.
+pub async fn wait_health(
+    rx: &mut tokio::sync::broadcast::Receiver<tandem::events::Event>,
+    member: SocketAddr,
+    to: tandem::health::state::Verdict,
+    limit: Duration,
+) -> String {
+    let want = member.to_string();
+    let found = tokio::time::timeout(limit, async {
+        loop {
+            match rx.recv().await {
+                Ok(tandem::events::Event::Health(e)) if *e.member == *want && e.to == to => {
+                    return e.reason;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("{want} did not become {to} within {limit:?}"))
+}
+
+/// A `[[pool.check]]` table for a fast TCP check (for tests that wait on health transitions).
+pub fn fast_tcp_check(rise: u32, fall: u32) -> String {
+    format!(
+        "  [[pool.check]]\n  kind = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"500ms\"\n  rise = {rise}\n  fall = {fall}\n"
+    )
 }

@@ -1,33 +1,45 @@
-//! Wiring: turns a validated [`Config`] into running listeners and owns what they share.
+//! Wiring: turns a validated [`Config`] into running listeners, health checks and failover, and
+//! applies reloads.
 //!
 //! [`App::start`] builds the routing snapshot and binds every listener before any of them
 //! accepts, so a config that cannot be served fails as a whole. It then runs the first round of
 //! health checks and only starts accepting once every member has a verdict (bounded by the
-//! longest check timeout), so no connection is routed on unknown health. [`App::shutdown`]
-//! stops accepting, waits for open connections up to a grace period, then cuts the rest.
+//! longest check timeout), so no connection is routed on unknown health.
+//!
+//! [`App::reload`] is validate, diff, apply: new listeners are bound and new members get their
+//! first probe before anything changes; then one snapshot swap applies it all. Kept services keep
+//! their listeners and connections; removed services stop accepting and their connections drain
+//! for `drain_timeout`; members removed or taken out of service keep their connections as long.
+//!
+//! [`App::shutdown`] stops accepting, waits for open connections up to a grace period, then cuts
+//! the rest.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::config::{Config, Protocol};
-use crate::events::{self, Event, EventSender};
-use crate::health::checker;
+use crate::config::{self, Config, ConfigError, Protocol, Service};
+use crate::events::{self, Event, EventSender, ReloadEvent};
+use crate::health::checker::{self, FirstRound};
 use crate::health::probe::ProbeSetupError;
 use crate::pool::{Snapshot, SnapshotError};
 use crate::proxy::tcp::{self, ServiceContext};
+use crate::reload::{self, Diff};
 use crate::stats::{ServiceStats, StatsSnapshot};
 
-/// Why tandem could not start serving a config.
+/// Why tandem could not start serving a config, or a reload was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -43,6 +55,8 @@ pub enum StartError {
     UdpNotSupported { service: String },
     #[error("health check: {0}")]
     Check(#[from] ProbeSetupError),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
 }
 
 /// How shutdown went.
@@ -52,22 +66,42 @@ pub struct ShutdownReport {
     pub forced: usize,
 }
 
+/// What an applied reload did.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    /// The generation now serving.
+    pub generation: u64,
+    pub diff: Diff,
+    /// From the start of the reload to the snapshot swap.
+    pub took: Duration,
+}
+
 /// A running balancer.
 pub struct App {
+    config: Config,
     routes: Arc<ArcSwap<Snapshot>>,
     services: HashMap<String, RunningService>,
+    /// Stops the check loops of one pool (replaced when a reload changes the pool).
+    pool_checks: HashMap<String, CancellationToken>,
+    /// Connection tasks, so shutdown can wait for them.
     tracker: TaskTracker,
-    stop_accepting: CancellationToken,
     force_close: CancellationToken,
-    accept_loops: JoinSet<()>,
-    stop_checks: CancellationToken,
-    checkers: JoinSet<()>,
+    /// Check loops and the failover controller.
+    background: JoinSet<()>,
+    stop_background: CancellationToken,
     events: EventSender,
+    /// Wakes the failover controller after a reload.
+    reevaluate: Arc<Notify>,
 }
 
 struct RunningService {
+    config: Service,
     local_addr: SocketAddr,
     stats: Arc<ServiceStats>,
+    limiter: Arc<Semaphore>,
+    stop_accepting: CancellationToken,
+    removed: CancellationToken,
+    accept: JoinHandle<()>,
 }
 
 impl App {
@@ -75,77 +109,94 @@ impl App {
     /// starts accepting on all listeners.
     pub async fn start(config: Config) -> Result<App, StartError> {
         let events = events::channel();
-        let snapshot = Snapshot::build(&config, 1, &events)?;
+        let snapshot = Snapshot::build(&config, 1, &events, None)?;
         // Bind everything first: a port already taken must fail the start, not half of it.
         let mut listeners = Vec::new();
         for service in &config.services {
-            if service.protocol == Protocol::Udp {
-                return Err(StartError::UdpNotSupported {
-                    service: service.name.clone(),
-                });
-            }
-            let listener = tcp::bind(service.listen).map_err(|source| StartError::Bind {
-                service: service.name.clone(),
-                addr: service.listen,
-                source,
-            })?;
-            listeners.push((service, listener));
+            listeners.push((service.clone(), bind(service)?));
         }
 
-        let stop_checks = CancellationToken::new();
-        let mut checkers = JoinSet::new();
-        let first_round = checker::spawn_all(&snapshot, &mut checkers, &stop_checks)?;
-        let bound = first_round.bound;
-        if !first_round.wait().await {
-            warn!(
-                bound_ms = bound.as_millis() as u64,
-                "first health-check round did not finish in time; starting anyway"
-            );
+        let stop_background = CancellationToken::new();
+        let mut background = JoinSet::new();
+        let mut pool_checks = HashMap::new();
+        let mut first_round = FirstRound::default();
+        for pool in snapshot.pools() {
+            let stop = stop_background.child_token();
+            first_round.merge(checker::spawn_pool(pool, &mut background, &stop)?);
+            pool_checks.insert(pool.name.clone(), stop);
         }
+        wait_first_round(first_round).await;
+        // A local pool that starts below min_healthy fails over before the first connection.
+        snapshot.evaluate_failover(Instant::now());
 
         let routes = Arc::new(ArcSwap::from_pointee(snapshot));
-        let tracker = TaskTracker::new();
-        let stop_accepting = CancellationToken::new();
-        let force_close = CancellationToken::new();
-        let mut accept_loops = JoinSet::new();
-        let mut services = HashMap::new();
-        for (service, listener) in listeners {
-            let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-                service: service.name.clone(),
-                addr: service.listen,
-                source,
-            })?;
-            let stats = Arc::new(ServiceStats::default());
-            let cx = ServiceContext {
-                name: Arc::from(service.name.as_str()),
-                routes: routes.clone(),
-                stats: stats.clone(),
-                limiter: Arc::new(Semaphore::new(service.max_connections)),
-                tracker: tracker.clone(),
-                stop_accepting: stop_accepting.clone(),
-                force_close: force_close.clone(),
-            };
-            info!(service = %service.name, listen = %local_addr, pool = %service.pool,
-                  backup_pool = service.backup_pool.as_deref().unwrap_or("-"), "listening");
-            accept_loops.spawn(tcp::serve(listener, cx));
-            services.insert(service.name.clone(), RunningService { local_addr, stats });
-        }
-        Ok(App {
+        let reevaluate = Arc::new(Notify::new());
+        background.spawn(failover_controller(
+            routes.clone(),
+            events.subscribe(),
+            reevaluate.clone(),
+            stop_background.clone(),
+        ));
+
+        let mut app = App {
+            config,
             routes,
-            services,
-            tracker,
-            stop_accepting,
-            force_close,
-            accept_loops,
-            stop_checks,
-            checkers,
+            services: HashMap::new(),
+            pool_checks,
+            tracker: TaskTracker::new(),
+            force_close: CancellationToken::new(),
+            background,
+            stop_background,
             events,
-        })
+            reevaluate,
+        };
+        for (service, listener) in listeners {
+            app.serve(service, listener, Arc::new(ServiceStats::default()))?;
+        }
+        Ok(app)
     }
 
-    /// Health (and later failover and reload) transitions from now on.
-    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
-        self.events.subscribe()
+    /// Starts the accept loop of `service` on `listener`.
+    fn serve(
+        &mut self,
+        service: Service,
+        listener: TcpListener,
+        stats: Arc<ServiceStats>,
+    ) -> Result<(), StartError> {
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            service: service.name.clone(),
+            addr: service.listen,
+            source,
+        })?;
+        let limiter = Arc::new(Semaphore::new(service.max_connections));
+        let stop_accepting = CancellationToken::new();
+        let removed = CancellationToken::new();
+        let cx = ServiceContext {
+            name: Arc::from(service.name.as_str()),
+            routes: self.routes.clone(),
+            stats: stats.clone(),
+            limiter: limiter.clone(),
+            tracker: self.tracker.clone(),
+            stop_accepting: stop_accepting.clone(),
+            force_close: self.force_close.clone(),
+            removed: removed.clone(),
+        };
+        info!(service = %service.name, listen = %local_addr, pool = %service.pool,
+              backup_pool = service.backup_pool.as_deref().unwrap_or("-"), "listening");
+        let accept = tokio::spawn(tcp::serve(listener, cx));
+        self.services.insert(
+            service.name.clone(),
+            RunningService {
+                config: service,
+                local_addr,
+                stats,
+                limiter,
+                stop_accepting,
+                removed,
+                accept,
+            },
+        );
+        Ok(())
     }
 
     /// The address a service listens on (useful with port 0).
@@ -163,13 +214,182 @@ impl App {
         self.routes.load_full()
     }
 
+    /// The config now serving.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Health, failover and reload transitions from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Reads, validates and applies the config file at `path`. On any error the running config
+    /// keeps serving; the error carries the same messages as `tandem check`.
+    pub async fn reload_file(&mut self, path: &Path) -> Result<ReloadReport, StartError> {
+        let result = match config::load(path) {
+            Ok(new) => self.reload(new).await,
+            Err(e) => Err(StartError::Config(e)),
+        };
+        if let Err(e) = &result {
+            self.rejected(e);
+        }
+        result
+    }
+
+    /// Applies a validated config. Nothing changes unless everything can: listeners for new
+    /// services are bound and new members probed first, then one snapshot swap applies it.
+    pub async fn reload(&mut self, new: Config) -> Result<ReloadReport, StartError> {
+        let result = self.try_reload(new).await;
+        if let Err(e) = &result {
+            self.rejected(e);
+        }
+        result
+    }
+
+    fn rejected(&self, e: &StartError) {
+        let generation = self.routes.load().generation;
+        error!(generation, error = %e, "config reload rejected; the running config keeps serving");
+        let _ = self.events.send(Event::Reload(ReloadEvent {
+            applied: false,
+            generation,
+            message: e.to_string(),
+            at: SystemTime::now(),
+        }));
+    }
+
+    async fn try_reload(&mut self, new: Config) -> Result<ReloadReport, StartError> {
+        let started = Instant::now();
+        let diff = reload::diff(&self.config, &new);
+        let old = self.routes.load_full();
+        let generation = old.generation + 1;
+
+        // 1. Listeners for services that are new or moved: bound before anything changes.
+        let mut listeners = Vec::new();
+        for service in &new.services {
+            let rebind = diff.services_added.contains(&service.name)
+                || diff
+                    .services_changed
+                    .iter()
+                    .any(|c| c.name == service.name && c.rebind);
+            if rebind {
+                listeners.push((service.clone(), bind(service)?));
+            }
+        }
+
+        // 2. The new snapshot, carrying health and failover state of what stays.
+        let snapshot = Snapshot::build(&new, generation, &self.events, Some((&old, &self.config)))?;
+
+        // 3. Check loops for pools that are new or changed; their first round runs now, so
+        //    nothing new is routed on unknown health. Old loops stop after the swap.
+        let mut started_checks = Vec::new();
+        let mut first_round = FirstRound::default();
+        for pool in snapshot.pools() {
+            let unchanged = old.pool(&pool.name).is_some_and(|p| Arc::ptr_eq(p, pool));
+            if unchanged {
+                continue;
+            }
+            let stop = self.stop_background.child_token();
+            match checker::spawn_pool(pool, &mut self.background, &stop) {
+                Ok(round) => first_round.merge(round),
+                Err(e) => {
+                    for (_, s) in started_checks {
+                        CancellationToken::cancel(&s);
+                    }
+                    stop.cancel();
+                    return Err(e.into());
+                }
+            }
+            started_checks.push((pool.name.clone(), stop));
+        }
+        wait_first_round(first_round).await;
+        // A changed failover mode (a drill) applies to the very next connection.
+        snapshot.evaluate_failover(Instant::now());
+
+        // 4. One swap.
+        let snapshot = Arc::new(snapshot);
+        self.routes.store(snapshot.clone());
+        let took = started.elapsed();
+
+        // 5. Retire what went away.
+        for (name, stop) in started_checks {
+            if let Some(old_stop) = self.pool_checks.insert(name, stop) {
+                old_stop.cancel();
+            }
+        }
+        for name in &diff.pools_removed {
+            if let Some(stop) = self.pool_checks.remove(name) {
+                stop.cancel();
+            }
+        }
+        for pool in old.pools() {
+            for member in &pool.members {
+                let kept = snapshot.pool(&pool.name).is_some_and(|p| {
+                    p.members
+                        .iter()
+                        .any(|m| Arc::ptr_eq(&m.retired, &member.retired))
+                });
+                if !kept {
+                    member.retired.cancel();
+                }
+            }
+        }
+        for service in new.services.iter() {
+            if let Some((_, listener)) = listeners
+                .iter()
+                .position(|(s, _)| s.name == service.name)
+                .map(|i| listeners.swap_remove(i))
+            {
+                let stats = match self.services.remove(&service.name) {
+                    Some(old) => {
+                        retire(&old);
+                        old.stats
+                    }
+                    None => Arc::new(ServiceStats::default()),
+                };
+                self.serve(service.clone(), listener, stats)?;
+            } else if let Some(running) = self.services.get_mut(&service.name) {
+                resize(
+                    &running.limiter,
+                    running.config.max_connections,
+                    service.max_connections,
+                );
+                running.config = service.clone();
+            }
+        }
+        for name in &diff.services_removed {
+            if let Some(old) = self.services.remove(name) {
+                retire(&old);
+            }
+        }
+
+        self.config = new;
+        self.reevaluate.notify_one();
+        info!(generation, change = %diff, took_ms = took.as_secs_f64() * 1000.0, "config reload applied");
+        let _ = self.events.send(Event::Reload(ReloadEvent {
+            applied: true,
+            generation,
+            message: diff.to_string(),
+            at: SystemTime::now(),
+        }));
+        Ok(ReloadReport {
+            generation,
+            diff,
+            took,
+        })
+    }
+
     /// Stops accepting, lets open connections finish for up to `grace`, then closes the rest.
     pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
-        self.stop_accepting.cancel();
-        self.stop_checks.cancel();
+        for s in self.services.values() {
+            s.stop_accepting.cancel();
+        }
         // Wait for the accept loops so every listener is closed before we report.
-        while self.accept_loops.join_next().await.is_some() {}
-        while self.checkers.join_next().await.is_some() {}
+        for (_, s) in self.services.drain() {
+            let _ = s.accept.await;
+        }
+        self.stop_background.cancel();
+        while self.background.join_next().await.is_some() {}
         self.tracker.close();
         let open = self.tracker.len();
         if open > 0 {
@@ -193,5 +413,87 @@ impl App {
         self.force_close.cancel();
         self.tracker.wait().await;
         ShutdownReport { forced }
+    }
+}
+
+/// Binds the listener of a service.
+fn bind(service: &Service) -> Result<TcpListener, StartError> {
+    if service.protocol == Protocol::Udp {
+        return Err(StartError::UdpNotSupported {
+            service: service.name.clone(),
+        });
+    }
+    tcp::bind(service.listen).map_err(|source| StartError::Bind {
+        service: service.name.clone(),
+        addr: service.listen,
+        source,
+    })
+}
+
+/// A service leaving: its listener closes now, its connections drain for `drain_timeout`.
+fn retire(service: &RunningService) {
+    info!(service = %service.config.name, drain_s = service.config.drain_timeout.as_secs_f64(),
+          "listener closed; open connections drain");
+    service.stop_accepting.cancel();
+    service.removed.cancel();
+}
+
+/// Changes a live `max_connections`: permits held by open connections stay valid.
+fn resize(limiter: &Semaphore, old: usize, new: usize) {
+    if new > old {
+        limiter.add_permits(new - old);
+    } else if new < old {
+        // Only free permits can be taken back now; connections over the new cap finish as
+        // they are, and the cap holds for everything after them.
+        let wanted = old - new;
+        let missing = wanted - limiter.forget_permits(wanted);
+        if missing > 0 {
+            warn!(
+                permits = missing,
+                "max_connections lowered below the open connections; the cap applies as they close"
+            );
+        }
+    }
+}
+
+async fn wait_first_round(round: FirstRound) {
+    let bound = round.bound;
+    if !round.wait().await {
+        warn!(
+            bound_ms = bound.as_millis() as u64,
+            "first health-check round did not finish in time"
+        );
+    }
+}
+
+/// Re-evaluates every service's failover state whenever health changes, after a reload, and at
+/// failback deadlines.
+async fn failover_controller(
+    routes: Arc<ArcSwap<Snapshot>>,
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    reevaluate: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let next = routes.load().evaluate_failover(Instant::now());
+        let deadline = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = events.recv() => {
+                // Any event (our own failover events too) just means "look again": evaluating
+                // with nothing changed is cheap and changes nothing.
+                if let Err(RecvError::Closed) = r {
+                    return;
+                }
+            }
+            _ = reevaluate.notified() => {}
+            _ = deadline => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }

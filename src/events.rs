@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
+use crate::failover::Side;
 use crate::health::state::Verdict;
 
 /// Events kept for listeners that fall behind before the oldest is dropped.
@@ -17,6 +18,34 @@ pub const EVENT_BUFFER: usize = 1024;
 pub enum Event {
     /// A member's combined health verdict changed.
     Health(HealthEvent),
+    /// A service moved its new connections to the other pool.
+    Failover(FailoverEvent),
+    /// A config reload was applied or rejected.
+    Reload(ReloadEvent),
+}
+
+/// A service changed the pool its new connections go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverEvent {
+    pub service: Arc<str>,
+    pub from: Side,
+    pub to: Side,
+    pub reason: String,
+    pub local_healthy: usize,
+    pub backup_healthy: usize,
+    pub at: SystemTime,
+}
+
+/// The outcome of a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadEvent {
+    /// Whether the new config is now serving.
+    pub applied: bool,
+    /// The config generation serving after the attempt.
+    pub generation: u64,
+    /// What changed (applied) or every problem (rejected).
+    pub message: String,
+    pub at: SystemTime,
 }
 
 /// A member of a pool changed health.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::info;
 
 use tandem::app::App;
 use tandem::config::{self, ConfigError};
@@ -162,7 +162,18 @@ fn run(path: &std::path::Path, grace: Duration, workers: Option<u16>) -> ExitCod
                 return ExitCode::FAILURE;
             }
         };
-        signals.wait_for_stop().await;
+        let mut app = app;
+        let mut signals = signals;
+        loop {
+            match signals.next().await {
+                Request::Stop => break,
+                // A rejected reload is logged (with every problem) and counted by the app;
+                // the running config keeps serving.
+                Request::Reload => {
+                    let _ = app.reload_file(path).await;
+                }
+            }
+        }
         let report = app.shutdown(grace).await;
         info!(forced = report.forced, "stopped");
         ExitCode::SUCCESS
@@ -201,6 +212,12 @@ struct Signals {
     hup: tokio::signal::unix::Signal,
 }
 
+/// What a signal asks of us.
+enum Request {
+    Stop,
+    Reload,
+}
+
 impl Signals {
     fn new() -> std::io::Result<Signals> {
         Ok(Signals {
@@ -211,16 +228,16 @@ impl Signals {
         })
     }
 
-    /// Resolves on SIGTERM or SIGINT.
-    async fn wait_for_stop(mut self) {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => { info!("SIGTERM: shutting down"); return; }
-                _ = self.int.recv() => { info!("SIGINT: shutting down"); return; }
-                _ = self.hup.recv() => {
-                    warn!("SIGHUP received: config reload is not implemented in this build; keeping the current config");
-                }
-            }
+    async fn next(&mut self) -> Request {
+        tokio::select! {
+            _ = self.term.recv() => { info!("SIGTERM: shutting down"); Request::Stop }
+            _ = self.int.recv() => { info!("SIGINT: shutting down"); Request::Stop }
+            _ = self.hup.recv() => { info!("SIGHUP: reloading the config"); Request::Reload }
         }
+    }
+
+    /// Resolves on SIGTERM or SIGINT (SIGHUP is ignored: nothing to reload).
+    async fn wait_for_stop(mut self) {
+        while let Request::Reload = self.next().await {}
     }
 }

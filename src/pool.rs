@@ -8,12 +8,19 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::config::{
-    Check, Config, DEFAULT_FALL, FailoverMode, HashMode, MemberAddr, OperatorState, Pool, Service,
+    Check, Config, DEFAULT_FALL, HashMode, MemberAddr, OperatorState, Pool, Service,
 };
-use crate::events::EventSender;
+use crate::events::{Event, EventSender, FailoverEvent};
+use crate::failover::{Failover, Inputs, Side};
 use crate::hash::maglev::{MaglevError, Table};
 use crate::health::cell::MemberHealth;
 use crate::health::state::Verdict;
@@ -44,16 +51,31 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the snapshot of `config`; every member starts with fresh health that reports its
-    /// transitions on `events`.
+    /// Builds the snapshot of `config`. With a `previous` snapshot (a reload), what stays
+    /// carries over: a pool whose config is unchanged is shared as is; members that stay in a
+    /// changed pool keep their health when the pool's checks are unchanged; services keep their
+    /// failover state while their pools are the same. Everything new reports on `events`.
     pub fn build(
         config: &Config,
         generation: u64,
         events: &EventSender,
+        previous: Option<(&Snapshot, &Config)>,
     ) -> Result<Snapshot, SnapshotError> {
         let mut pools = HashMap::new();
         for pool in &config.pools {
-            pools.insert(pool.name.clone(), Arc::new(PoolState::build(pool, events)?));
+            let old = previous.and_then(|(snap, cfg)| {
+                let state = snap.pools.get(&pool.name)?;
+                let old_cfg = cfg.pool(&pool.name)?;
+                Some((state, old_cfg))
+            });
+            let state = match old {
+                Some((state, old_cfg)) if old_cfg == pool => state.clone(),
+                Some((state, old_cfg)) => {
+                    Arc::new(PoolState::build(pool, events, Some((state, old_cfg)))?)
+                }
+                None => Arc::new(PoolState::build(pool, events, None)?),
+            };
+            pools.insert(pool.name.clone(), state);
         }
         let mut routes = HashMap::new();
         for service in &config.services {
@@ -71,12 +93,25 @@ impl Snapshot {
                 Some(b) => Some(find(b)?),
                 None => None,
             };
+            let failover = previous
+                .and_then(|(snap, _)| snap.routes.get(&service.name))
+                .filter(|r| {
+                    r.service.pool == service.pool && r.service.backup_pool == service.backup_pool
+                })
+                .map(|r| r.failover.clone())
+                .unwrap_or_else(|| {
+                    Arc::new(FailoverCell::new(
+                        Arc::from(service.name.as_str()),
+                        events.clone(),
+                    ))
+                });
             routes.insert(
                 service.name.clone(),
                 Arc::new(Route {
                     service: service.clone(),
                     local,
                     backup,
+                    failover,
                 }),
             );
         }
@@ -92,6 +127,11 @@ impl Snapshot {
         self.routes.get(service)
     }
 
+    /// Every route, in no particular order.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.values()
+    }
+
     /// A pool, by name.
     pub fn pool(&self, name: &str) -> Option<&Arc<PoolState>> {
         self.pools.get(name)
@@ -101,6 +141,19 @@ impl Snapshot {
     pub fn pools(&self) -> impl Iterator<Item = &Arc<PoolState>> {
         self.pools.values()
     }
+
+    /// Re-evaluates the failover state of every service at `now` (after health changed, a
+    /// reload, or a failback deadline); returns the earliest pending failback deadline.
+    pub fn evaluate_failover(&self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for route in self.routes.values() {
+            let inputs = route.inputs();
+            if let Some(at) = route.failover.update(&inputs, now) {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        next
+    }
 }
 
 /// A service with the pools it sends connections to.
@@ -109,26 +162,104 @@ pub struct Route {
     pub service: Service,
     pub local: Arc<PoolState>,
     pub backup: Option<Arc<PoolState>>,
+    /// Which of the two gets new connections; survives reloads that keep the service's pools.
+    pub failover: Arc<FailoverCell>,
 }
 
 impl Route {
-    /// The pool new connections go to now.
-    ///
-    /// `remote` pins the backup pool and `local` the local one. `auto` stays local here: the
-    /// health-driven failover decision is made by the failover module and is not wired in yet.
+    /// The pool new connections go to now (one atomic load).
     pub fn active_pool(&self) -> &Arc<PoolState> {
-        match (self.service.failover, &self.backup) {
-            (FailoverMode::Remote, Some(backup)) => backup,
+        match (self.failover.side(), &self.backup) {
+            (Side::Backup, Some(backup)) => backup,
             _ => &self.local,
         }
     }
 
-    /// Where connections of the member at `index` of `pool` go: the member's own port, or the
-    /// service's default member port.
-    pub fn member_socket(&self, pool: &PoolState, index: usize) -> Option<SocketAddr> {
-        pool.members
-            .get(index)
-            .map(|m| m.addr.socket_addr(self.service.port))
+    /// What the failover decision of this service looks at now.
+    pub fn inputs(&self) -> Inputs {
+        Inputs {
+            mode: self.service.failover,
+            has_backup: self.backup.is_some(),
+            local_healthy: self.local.healthy_count(),
+            backup_healthy: self.backup.as_ref().map_or(0, |b| b.healthy_count()),
+            min_healthy: self.service.min_healthy,
+            failback_after: self.service.failback_after,
+        }
+    }
+}
+
+/// The published failover state of one service: the side as an atomic for the data path, the
+/// full state machine behind a mutex for the controller and status.
+#[derive(Debug)]
+pub struct FailoverCell {
+    service: Arc<str>,
+    side: AtomicU8,
+    state: Mutex<Failover>,
+    events: EventSender,
+}
+
+/// A copy of a service's failover state, for status pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverStatus {
+    pub side: Side,
+    /// Since when, on the monotonic clock.
+    pub since: Instant,
+    pub reason: String,
+}
+
+impl FailoverCell {
+    fn new(service: Arc<str>, events: EventSender) -> FailoverCell {
+        FailoverCell {
+            service,
+            side: AtomicU8::new(Side::Local as u8),
+            state: Mutex::new(Failover::new(Instant::now())),
+            events,
+        }
+    }
+
+    /// The side new connections go to.
+    pub fn side(&self) -> Side {
+        if self.side.load(Ordering::Acquire) == Side::Backup as u8 {
+            Side::Backup
+        } else {
+            Side::Local
+        }
+    }
+
+    /// The current state, for status.
+    pub fn status(&self) -> Option<FailoverStatus> {
+        let state = self.state.lock().ok()?;
+        Some(FailoverStatus {
+            side: state.side(),
+            since: state.since(),
+            reason: state.reason().to_string(),
+        })
+    }
+
+    /// Feeds the state machine; publishes, logs and broadcasts a transition. Returns the
+    /// pending failback deadline, if any.
+    pub fn update(&self, inputs: &Inputs, now: Instant) -> Option<Instant> {
+        let Ok(mut state) = self.state.lock() else {
+            return None;
+        };
+        if let Some(t) = state.update(inputs, now) {
+            self.side.store(t.to as u8, Ordering::Release);
+            warn!(
+                service = %self.service, from = %t.from, to = %t.to, reason = %t.reason,
+                local_healthy = inputs.local_healthy, backup_healthy = inputs.backup_healthy,
+                "failover state changed"
+            );
+            let _ = self.events.send(Event::Failover(FailoverEvent {
+                service: self.service.clone(),
+                from: t.from,
+                to: t.to,
+                reason: t.reason,
+                local_healthy: inputs.local_healthy,
+                backup_healthy: inputs.backup_healthy,
+                at: SystemTime::now(),
+            }));
+        }
+        state.failback_at(inputs)
     }
 }
 
@@ -149,6 +280,9 @@ pub struct MemberState {
     pub weight: u32,
     pub operator: OperatorState,
     pub health: Arc<MemberHealth>,
+    /// Cancelled when a reload removes the member or takes it out of service (drain, maint):
+    /// its open connections then live on for their service's `drain_timeout`.
+    pub retired: Arc<CancellationToken>,
 }
 
 impl MemberState {
@@ -166,7 +300,14 @@ impl MemberState {
 impl PoolState {
     /// Builds the pool's table from its configured members; identities are the canonical
     /// address strings, so the table does not depend on config order.
-    pub fn build(pool: &Pool, events: &EventSender) -> Result<PoolState, SnapshotError> {
+    /// Builds the pool's table and member states. With `previous` (the same pool before a
+    /// reload), members that stay keep their health when the checks are unchanged, and keep
+    /// their open connections' lifetime when they stay in service.
+    pub fn build(
+        pool: &Pool,
+        events: &EventSender,
+        previous: Option<(&PoolState, &Pool)>,
+    ) -> Result<PoolState, SnapshotError> {
         let ids: Vec<String> = pool.members.iter().map(|m| m.addr.to_string()).collect();
         let weighted: Vec<(&str, u32)> = ids
             .iter()
@@ -190,17 +331,39 @@ impl PoolState {
             .members
             .iter()
             .zip(ids)
-            .map(|(m, id)| MemberState {
-                addr: m.addr,
-                weight: m.weight,
-                operator: m.state,
-                health: Arc::new(MemberHealth::new(
-                    pool_name.clone(),
-                    Arc::from(id),
-                    pool.checks.len(),
-                    passive_fall,
-                    events.clone(),
-                )),
+            .map(|(m, id)| {
+                let old = previous.and_then(|(state, cfg)| {
+                    state
+                        .members
+                        .iter()
+                        .find(|o| o.addr == m.addr)
+                        .map(|o| (o, cfg.checks == pool.checks))
+                });
+                let health = match old {
+                    Some((o, true)) => o.health.clone(),
+                    _ => Arc::new(MemberHealth::new(
+                        pool_name.clone(),
+                        Arc::from(id),
+                        pool.checks.len(),
+                        passive_fall,
+                        events.clone(),
+                    )),
+                };
+                let retired = match old {
+                    Some((o, _))
+                        if o.operator == OperatorState::Up && m.state == OperatorState::Up =>
+                    {
+                        o.retired.clone()
+                    }
+                    _ => Arc::new(CancellationToken::new()),
+                };
+                MemberState {
+                    addr: m.addr,
+                    weight: m.weight,
+                    operator: m.state,
+                    health,
+                    retired,
+                }
             })
             .collect();
         Ok(PoolState {
@@ -297,7 +460,7 @@ backup_pool = "b"
 
     fn snapshot(text: &str) -> Snapshot {
         let config = parse(text, "t.toml").expect("valid");
-        Snapshot::build(&config, 1, &crate::events::channel()).expect("builds")
+        Snapshot::build(&config, 1, &crate::events::channel(), None).expect("builds")
     }
 
     #[test]
@@ -326,6 +489,8 @@ backup_pool = "b"
             "backup_pool = \"b\"",
             "backup_pool = \"b\"\nfailover = \"remote\"",
         ));
+        // The pinned side applies from the first evaluation, whatever the health.
+        snap.evaluate_failover(Instant::now());
         assert_eq!(snap.route("s").expect("route").active_pool().name, "b");
     }
 

@@ -103,6 +103,13 @@ impl MemberHealth {
         Verdict::from_u8(self.verdict.load(Ordering::Acquire))
     }
 
+    /// The verdict of check `index` (unknown when out of range).
+    pub fn check_verdict(&self, index: usize) -> Verdict {
+        self.checks.get(index).map_or(Verdict::Unknown, |c| {
+            Verdict::from_u8(c.load(Ordering::Acquire))
+        })
+    }
+
     /// Whether passive detection has taken the member down (an active probe must clear it).
     pub fn passive_down(&self) -> bool {
         self.passive_down.load(Ordering::Acquire)

@@ -27,7 +27,7 @@ use crate::config::{
     Check, CheckKind, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FALL, DEFAULT_RISE,
     OperatorState,
 };
-use crate::pool::Snapshot;
+use crate::pool::PoolState;
 
 /// Something that can probe a member: the real [`Prober`], or a scripted one in tests.
 pub trait Probe: Send + Sync + 'static {
@@ -70,6 +70,7 @@ impl Timing {
 }
 
 /// Resolves when every check has produced its first result.
+#[derive(Default)]
 pub struct FirstRound {
     pending: Vec<oneshot::Receiver<()>>,
     /// The longest check timeout: the first round cannot take longer than this (plus scheduling).
@@ -77,6 +78,12 @@ pub struct FirstRound {
 }
 
 impl FirstRound {
+    /// Adds another pool's first round to this one.
+    pub fn merge(&mut self, other: FirstRound) {
+        self.pending.extend(other.pending);
+        self.bound = self.bound.max(other.bound);
+    }
+
     /// Waits for the first round, at most `bound` plus a second of slack; returns whether every
     /// check reported.
     pub async fn wait(self) -> bool {
@@ -92,63 +99,63 @@ impl FirstRound {
     }
 }
 
-/// Starts the check (and recovery) loops of every pool of `snapshot` on `tasks`; they stop when
-/// `stop` fires.
-pub fn spawn_all(
-    snapshot: &Snapshot,
+/// Starts the check loops of every member of `pool` (and recovery loops when the pool has no
+/// checks) on `tasks`; they stop when `stop` fires. Loops of members whose health carried over
+/// from a previous config resume from its verdicts, so a reload does not reset hysteresis.
+pub fn spawn_pool(
+    pool: &PoolState,
     tasks: &mut JoinSet<()>,
     stop: &CancellationToken,
 ) -> Result<FirstRound, ProbeSetupError> {
-    let mut pending = Vec::new();
-    let mut bound = Duration::ZERO;
-    let recovery = recovery_check();
-    let recovery_prober = Arc::new(Prober::new(&recovery)?);
-    for pool in snapshot.pools() {
-        let probers = pool
-            .checks
-            .iter()
-            .map(|c| Prober::new(c).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        for member in &pool.members {
-            if member.operator == OperatorState::Maint {
-                continue; // maintenance: no probes at all
-            }
-            if pool.checks.is_empty() {
-                let addr = member.addr.socket_addr(0);
-                if addr.port() != 0 {
-                    tasks.spawn(recovery_loop(
-                        member.health.clone(),
-                        recovery_prober.clone(),
-                        addr,
-                        stop.clone(),
-                    ));
-                }
-                continue;
-            }
-            for (index, (check, prober)) in pool.checks.iter().zip(&probers).enumerate() {
-                let port = check.port.or(member.addr.port);
-                let Some(port) = port else {
-                    // Validation requires a port for portless members; never reached.
-                    warn!(pool = %pool.name, member = %member.addr, "check has no port to probe");
-                    continue;
-                };
-                let addr = SocketAddr::new(member.addr.ip, port);
-                let (tx, rx) = oneshot::channel();
-                pending.push(rx);
-                bound = bound.max(check.timeout);
-                tasks.spawn(check_loop(
+    let mut round = FirstRound::default();
+    let probers = pool
+        .checks
+        .iter()
+        .map(|c| Prober::new(c).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let recovery = if pool.checks.is_empty() {
+        Some(Arc::new(Prober::new(&recovery_check())?))
+    } else {
+        None
+    };
+    for member in &pool.members {
+        if member.operator == OperatorState::Maint {
+            continue; // maintenance: no probes at all
+        }
+        if let Some(prober) = &recovery {
+            let addr = member.addr.socket_addr(0);
+            if addr.port() != 0 {
+                tasks.spawn(recovery_loop(
                     member.health.clone(),
-                    index,
-                    Timing::of(check, member.health.member(), index),
                     prober.clone(),
                     addr,
-                    Some(tx),
                     stop.clone(),
                 ));
             }
+            continue;
+        }
+        for (index, (check, prober)) in pool.checks.iter().zip(&probers).enumerate() {
+            let Some(port) = check.port.or(member.addr.port) else {
+                // Validation requires a port for portless members; never reached.
+                warn!(pool = %pool.name, member = %member.addr, "check has no port to probe");
+                continue;
+            };
+            let addr = SocketAddr::new(member.addr.ip, port);
+            let (tx, rx) = oneshot::channel();
+            round.pending.push(rx);
+            round.bound = round.bound.max(check.timeout);
+            tasks.spawn(check_loop(
+                member.health.clone(),
+                index,
+                Timing::of(check, member.health.member(), index),
+                prober.clone(),
+                addr,
+                Some(tx),
+                stop.clone(),
+            ));
         }
     }
-    Ok(FirstRound { pending, bound })
+    Ok(round)
 }
 
 /// The implicit check that brings back a passively-downed member of a pool without checks.
@@ -179,7 +186,7 @@ pub async fn check_loop<P: Probe>(
     mut first_round: Option<oneshot::Sender<()>>,
     stop: CancellationToken,
 ) {
-    let mut machine = RiseFall::new(timing.rise, timing.fall);
+    let mut machine = RiseFall::resume(timing.rise, timing.fall, health.check_verdict(index));
     let mut next = Instant::now();
     let mut phase = timing.phase;
     loop {

@@ -65,6 +65,14 @@ impl RiseFall {
         }
     }
 
+    /// A machine that continues from a known verdict (a check loop restarted by a reload).
+    pub fn resume(rise: u32, fall: u32, state: Verdict) -> RiseFall {
+        RiseFall {
+            state,
+            ..RiseFall::new(rise, fall)
+        }
+    }
+
     /// The current verdict.
     pub fn state(&self) -> Verdict {
         self.state

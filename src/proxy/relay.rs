@@ -3,8 +3,10 @@
 //! Half-close is kept: when one side finishes sending (FIN), the other side's write half is shut
 //! down and the opposite direction keeps flowing until it ends too. An error on either side ends
 //! both (the sockets are dropped, which closes them). The connection ends early when no byte has
-//! moved in either direction for the idle timeout, or when the caller's `force` token fires.
+//! moved in either direction for the idle timeout, or when the caller's `stop` future completes
+//! (shutdown grace over, or a drain period after a reload ended).
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -12,7 +14,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Bytes read per syscall in each direction.
 const BUFFER_SIZE: usize = 16 * 1024;
@@ -24,7 +25,7 @@ pub enum RelayEnd {
     Closed,
     /// Nothing moved for the idle timeout.
     Idle,
-    /// The caller cancelled (shutdown grace over).
+    /// The caller's stop future completed (shutdown grace or drain period over).
     Forced,
 }
 
@@ -35,7 +36,7 @@ pub struct Transferred {
     pub to_client: u64,
 }
 
-/// Relays until both directions end, the connection idles out, or `force` fires.
+/// Relays until both directions end, the connection idles out, or `stop` completes.
 ///
 /// Returns the end reason and the bytes moved, or the first I/O error together with the
 /// bytes moved up to it.
@@ -43,8 +44,9 @@ pub async fn relay(
     client: &mut TcpStream,
     member: &mut TcpStream,
     idle_timeout: Duration,
-    force: &CancellationToken,
+    stop: impl Future<Output = ()>,
 ) -> (io::Result<RelayEnd>, Transferred) {
+    tokio::pin!(stop);
     // Shared by the two pumps of this one task; atomics (uncontended, relaxed) rather than
     // `Cell` because the task must be `Send`. Activity is kept as nanoseconds since `start`.
     let start = Instant::now();
@@ -76,7 +78,7 @@ pub async fn relay(
                     break Ok(RelayEnd::Idle);
                 }
             }
-            _ = force.cancelled() => break Ok(RelayEnd::Forced),
+            _ = &mut stop => break Ok(RelayEnd::Forced),
         }
     };
     let moved = Transferred {

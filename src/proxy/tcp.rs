@@ -67,6 +67,9 @@ pub struct ServiceContext {
     pub stop_accepting: CancellationToken,
     /// Fires when open connections must be cut (shutdown grace over).
     pub force_close: CancellationToken,
+    /// Fires when a reload removes the service: its connections then live on for the
+    /// service's `drain_timeout`.
+    pub removed: CancellationToken,
 }
 
 /// Accepts until `stop_accepting` fires; then drops the listener, which closes it.
@@ -166,7 +169,7 @@ async fn connection(
         match outcome {
             Ok(Ok(stream)) => {
                 health.connect_succeeded();
-                member = Some((stream, addr));
+                member = Some((stream, addr, target.retired.clone()));
                 break;
             }
             Ok(Err(e)) => {
@@ -181,7 +184,7 @@ async fn connection(
             }
         }
     }
-    let Some((mut upstream, member_addr)) = member else {
+    let Some((mut upstream, member_addr, retired)) = member else {
         bump(&cx.stats.rejected_no_member);
         info!(service = %cx.name, pool = %pool.name, client = %peer,
               tried = tried.iter().filter(|&&t| t != usize::MAX).count(),
@@ -207,14 +210,18 @@ async fn connection(
         }
     }
 
+    // The connection ends early when shutdown runs out of grace, or `drain_timeout` after a
+    // reload retired its member or removed its service.
+    let drain = service.drain_timeout;
+    let stop = async {
+        tokio::select! {
+            _ = cx.force_close.cancelled() => {}
+            _ = async { retired.cancelled().await; tokio::time::sleep(drain).await } => {}
+            _ = async { cx.removed.cancelled().await; tokio::time::sleep(drain).await } => {}
+        }
+    };
     cx.stats.active.fetch_add(1, Relaxed);
-    let (end, moved) = relay(
-        &mut client,
-        &mut upstream,
-        service.idle_timeout,
-        &cx.force_close,
-    )
-    .await;
+    let (end, moved) = relay(&mut client, &mut upstream, service.idle_timeout, stop).await;
     cx.stats.active.fetch_sub(1, Relaxed);
     cx.stats
         .bytes_to_members

@@ -66,6 +66,9 @@ pub struct Failover {
     /// while it is below. Tracked in every mode, so leaving a drill for `auto` returns to a
     /// local pool that has been healthy long enough without another wait.
     local_ok_since: Option<Instant>,
+    /// The local pool has never been below `min_healthy` since the service started: leaving a
+    /// drill then returns at once, since there was no failure to hold down after.
+    local_never_failed: bool,
     reason: String,
 }
 
@@ -78,6 +81,7 @@ impl Failover {
             side: Side::Local,
             since: now,
             local_ok_since: None,
+            local_never_failed: true,
             reason: "start".to_string(),
         }
     }
@@ -100,6 +104,9 @@ impl Failover {
     /// When, with the local pool staying healthy, `auto` would fail back; `None` when no
     /// failback is pending.
     pub fn failback_at(&self, inputs: &Inputs) -> Option<Instant> {
+        if self.local_never_failed {
+            return None;
+        }
         match (self.side, inputs.mode, self.local_ok_since) {
             (Side::Backup, FailoverMode::Auto, Some(ok)) => Some(ok + inputs.failback_after),
             _ => None,
@@ -112,6 +119,7 @@ impl Failover {
         let local_ok = inputs.local_healthy >= inputs.min_healthy;
         if !local_ok {
             self.local_ok_since = None;
+            self.local_never_failed = false;
         } else if self.local_ok_since.is_none() {
             self.local_ok_since = Some(now);
         }
@@ -132,6 +140,10 @@ impl Failover {
                 ),
                 Side::Local => (Side::Local, self.reason.clone()),
                 Side::Backup => match self.local_ok_since {
+                    Some(_) if self.local_never_failed => (
+                        Side::Local,
+                        format!("back to auto; the local pool never failed: {counts}"),
+                    ),
                     Some(ok) if now.duration_since(ok) >= inputs.failback_after => (
                         Side::Local,
                         format!(
@@ -264,14 +276,15 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn leaving_a_drill_returns_at_once_to_a_local_pool_healthy_long_enough() {
+    async fn leaving_a_drill_returns_at_once_when_local_never_failed() {
         let t0 = Instant::now();
         let mut f = Failover::new(t0);
         f.update(&inputs(FailoverMode::Remote, 3), t0);
         let t = f
-            .update(&inputs(FailoverMode::Auto, 3), t0 + secs(120))
+            .update(&inputs(FailoverMode::Auto, 3), t0 + secs(1))
             .expect("back to local");
         assert_eq!(t.to, Side::Local);
+        assert!(t.reason.contains("never failed"), "{}", t.reason);
         // But if the local pool only just recovered, auto waits out the hold-down.
         let mut g = Failover::new(t0);
         g.update(&inputs(FailoverMode::Remote, 0), t0);

@@ -129,7 +129,7 @@ pub async fn wait_health(
                 Ok(tandem::events::Event::Health(e)) if *e.member == *want && e.to == to => {
                     return e.reason;
                 }
-                Ok(_) => {}
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(e) => panic!("event stream ended: {e}"),
             }
         }
@@ -138,9 +138,161 @@ pub async fn wait_health(
     found.unwrap_or_else(|_| panic!("{want} did not become {to} within {limit:?}"))
 }
 
+/// Waits (real time, at most `limit`) until every member of `members` has reached `to`, in any
+/// order.
+pub async fn wait_health_all(
+    rx: &mut tokio::sync::broadcast::Receiver<tandem::events::Event>,
+    members: &[SocketAddr],
+    to: tandem::health::state::Verdict,
+    limit: Duration,
+) {
+    let mut missing: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+    let done = tokio::time::timeout(limit, async {
+        while !missing.is_empty() {
+            match rx.recv().await {
+                Ok(tandem::events::Event::Health(e)) if e.to == to => {
+                    missing.retain(|m| **m != *e.member);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        done.is_ok(),
+        "{missing:?} did not become {to} within {limit:?}"
+    );
+}
+
 /// A `[[pool.check]]` table for a fast TCP check (for tests that wait on health transitions).
 pub fn fast_tcp_check(rise: u32, fall: u32) -> String {
     format!(
         "  [[pool.check]]\n  kind = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"500ms\"\n  rise = {rise}\n  fall = {fall}\n"
     )
+}
+
+/// Clients connecting in a loop from rotating source addresses until stopped; counts outcomes
+/// and which member answered.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<LoadReport>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: u64,
+    pub by_member: HashMap<String, u64>,
+}
+
+impl Load {
+    /// Starts connecting to `addr` from clients `first..first + spread`.
+    pub fn start(addr: SocketAddr, first: u32, spread: u32) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut report = LoadReport::default();
+            let mut i = 0u32;
+            while !s.load(Ordering::Relaxed) {
+                match who_serves(client_ip(first + i % spread), addr).await {
+                    Ok(name) => {
+                        report.ok += 1;
+                        *report.by_member.entry(name).or_default() += 1;
+                    }
+                    Err(_) => report.failed += 1,
+                }
+                i += 1;
+            }
+            report
+        });
+        Load { stop, task }
+    }
+
+    /// Stops the clients and returns what they saw.
+    pub async fn finish(self) -> LoadReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("load task")
+    }
+}
+
+/// A long-lived connection that streams pseudo-random chunks through a member and checks every
+/// echoed byte, until stopped.
+pub struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Result<u64, String>>,
+    /// The member serving it.
+    pub member: String,
+}
+
+impl Stream {
+    /// Connects from `client` to `addr` and starts streaming.
+    pub async fn start(client: IpAddr, addr: SocketAddr, seed: u64) -> Stream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (member, mut conn) = greeting_from(client, addr).await.expect("stream connects");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut total = 0u64;
+            let mut round = 0u64;
+            let mut back = vec![0u8; 16 * 1024];
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let chunk = pseudo_random(seed * 1_000_003 + round, 4096 + (round as usize % 8192));
+                conn.write_all(&chunk)
+                    .await
+                    .map_err(|e| format!("write after {total} bytes: {e}"))?;
+                let got = &mut back[..chunk.len()];
+                conn.read_exact(got)
+                    .await
+                    .map_err(|e| format!("read after {total} bytes: {e}"))?;
+                if got != &chunk[..] {
+                    return Err(format!("corrupted echo after {total} bytes"));
+                }
+                total += chunk.len() as u64;
+                round += 1;
+            }
+            conn.shutdown()
+                .await
+                .map_err(|e| format!("shutdown: {e}"))?;
+            let mut rest = Vec::new();
+            conn.read_to_end(&mut rest)
+                .await
+                .map_err(|e| format!("final read: {e}"))?;
+            if !rest.is_empty() {
+                return Err(format!("{} unexpected bytes at the end", rest.len()));
+            }
+            Ok(total)
+        });
+        Stream { stop, task, member }
+    }
+
+    /// Stops streaming, closes cleanly, and returns the bytes verified (or what went wrong).
+    pub async fn finish(self) -> Result<u64, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("stream task")
+    }
+}
+
+/// Waits (real time, at most `limit`) for service `service` to move to `to`; returns the reason.
+pub async fn wait_failover(
+    rx: &mut tokio::sync::broadcast::Receiver<tandem::events::Event>,
+    service: &str,
+    to: tandem::failover::Side,
+    limit: Duration,
+) -> String {
+    let found = tokio::time::timeout(limit, async {
+        loop {
+            match rx.recv().await {
+                Ok(tandem::events::Event::Failover(e)) if &*e.service == service && e.to == to => {
+                    return e.reason;
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("{service} did not fail over to {to} within {limit:?}"))
 }

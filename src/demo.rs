@@ -18,6 +18,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::app::App;
 use crate::config;
 use crate::events::Event;
+use crate::failover::Side;
+use crate::signals::{Request, Signals};
 use crate::health::state::Verdict;
 
 /// A greeting-and-echo TCP server on a fixed address that can be stopped and restarted.
@@ -146,10 +148,7 @@ pub fn client_ip(i: u32) -> IpAddr {
 }
 
 /// Runs the demo until `stop` resolves: members, balancer, a hashing walk-through, then serving.
-pub async fn run(
-    listen: SocketAddr,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn run(listen: SocketAddr, mut signals: Signals) -> anyhow::Result<()> {
     let mut dc1 = Vec::new();
     for (i, tag) in ["a", "b", "c"].iter().enumerate() {
         let ip = Ipv4Addr::new(127, 0, 1, 1 + i as u8);
@@ -161,8 +160,12 @@ pub async fn run(
         dc2.push(DemoMember::start(&format!("dc2-{tag}"), SocketAddr::new(ip.into(), 0)).await?);
     }
     let text = demo_config(listen, &dc1, &dc2);
-    let cfg = config::parse(&text, "demo.toml").map_err(|p| anyhow::anyhow!("{p}"))?;
-    let app = App::start(cfg).await?;
+    // The config lives in a file, like a real deployment, so the drill below is an edit and a
+    // reload, and the newcomer can do the same afterwards.
+    let path = std::env::temp_dir().join(format!("tandem-demo-{}.toml", std::process::id()));
+    std::fs::write(&path, &text)?;
+    let cfg = config::load(&path)?;
+    let mut app = App::start(cfg).await?;
     let addr = app
         .local_addr("demo")
         .ok_or_else(|| anyhow::anyhow!("demo service did not start"))?;
@@ -203,17 +206,73 @@ pub async fn run(
     print_placement(&clients, &back, Some(&after));
     println!("Its clients are back; nobody else moved.");
 
+    println!("\nA failover drill: the demo edits {} to pin the service to dc2", path.display());
+    println!("(failover = \"remote\") and reloads, as `kill -HUP` would:");
+    std::fs::write(&path, text.replace("failover = \"auto\"", "failover = \"remote\""))?;
+    let report = app.reload_file(&path).await?;
+    println!("    reload applied in {:?}: {}", report.took, report.diff);
+    let drill = placement(&clients, addr).await;
+    print_placement(&clients, &drill, Some(&back));
+    println!("Every new connection goes to dc2; open connections would stay where they are.");
+    std::fs::write(&path, &text)?;
+    let report = app.reload_file(&path).await?;
+    println!("Back to failover = \"auto\" ({}): dc1 never failed, so traffic returns at once.", report.diff);
+
+    println!("\nAn unplanned failure: every member of dc1 stops.");
+    for m in &mut dc1 {
+        m.stop();
+    }
+    let reason = wait_failover(&mut events, Side::Backup).await;
+    println!("    failover: dc2 takes new connections ({reason})");
+    let failed_over = placement(&clients, addr).await;
+    print_placement(&clients, &failed_over, None);
+    println!("\ndc1 comes back; traffic returns only after it stays healthy for failback_after (5s):");
+    for m in &mut dc1 {
+        m.restart().await?;
+    }
+    let reason = wait_failover(&mut events, Side::Local).await;
+    println!("    failback: {reason}");
+    let home = placement(&clients, addr).await;
+    print_placement(&clients, &home, None);
+
     println!(
         "\nTry it yourself (each source address is a different client):\n\
          \n    nc -s 127.0.2.7 {} {}\n\
-         \nEvery member greets with its name, then echoes what you type. Ctrl-C stops the demo.",
+         \nEvery member greets with its name, then echoes what you type. Edit {} and run\n\
+         `kill -HUP {}` to reload it. Ctrl-C stops the demo.",
         addr.ip(),
-        addr.port()
+        addr.port(),
+        path.display(),
+        std::process::id()
     );
-    stop.await;
+    loop {
+        match signals.next().await {
+            Request::Stop => break,
+            Request::Reload => match app.reload_file(&path).await {
+                Ok(r) => println!("reload applied: {}", r.diff),
+                Err(e) => println!("reload rejected, the running config keeps serving:\n{e}"),
+            },
+        }
+    }
     println!("\nstopping");
     app.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_file(&path);
     Ok(())
+}
+
+/// Waits for the demo service to move to `to`, returning the reason (or a note after 15 s).
+async fn wait_failover(events: &mut tokio::sync::broadcast::Receiver<Event>, to: Side) -> String {
+    let found = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match events.recv().await {
+                Ok(Event::Failover(e)) if e.to == to => return e.reason,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return "event stream closed".to_string(),
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| "no failover within 15 s".to_string())
 }
 
 /// Waits for `member` to reach `to`, returning the reason (or a note after 10 s).
@@ -271,7 +330,7 @@ fn demo_config(listen: SocketAddr, dc1: &[DemoMember], dc2: &[DemoMember]) -> St
         t,
         "[[pool]]\nname = \"dc1\"\nmembers = [\n{}]\n{CHECK}\n[[pool]]\nname = \"dc2\"\nmembers = [\n{}]\n{CHECK}\n\
          [[service]]\nname = \"demo\"\nlisten = \"{listen}\"\npool = \"dc1\"\nbackup_pool = \"dc2\"\n\
-         connect_timeout = \"500ms\"\n",
+         failover = \"auto\"\nmin_healthy = 2\nfailback_after = \"5s\"\nconnect_timeout = \"500ms\"\n",
         members(dc1),
         members(dc2)
     );

@@ -22,4 +22,5 @@ pub mod health;
 pub mod pool;
 pub mod proxy;
 pub mod reload;
+pub mod signals;
 pub mod stats;

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use tandem::app::App;
+use tandem::signals::{Request, Signals};
 use tandem::config::{self, ConfigError};
 
 #[derive(Parser)]
@@ -196,7 +196,7 @@ fn demo(listen: SocketAddr) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match tandem::demo::run(listen, signals.wait_for_stop()).await {
+        match tandem::demo::run(listen, signals).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("demo failed: {e:#}");
@@ -206,38 +206,3 @@ fn demo(listen: SocketAddr) -> ExitCode {
     })
 }
 
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-/// What a signal asks of us.
-enum Request {
-    Stop,
-    Reload,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Signals> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            // Caught so that SIGHUP's default action (exit) never takes the balancer down.
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    async fn next(&mut self) -> Request {
-        tokio::select! {
-            _ = self.term.recv() => { info!("SIGTERM: shutting down"); Request::Stop }
-            _ = self.int.recv() => { info!("SIGINT: shutting down"); Request::Stop }
-            _ = self.hup.recv() => { info!("SIGHUP: reloading the config"); Request::Reload }
-        }
-    }
-
-    /// Resolves on SIGTERM or SIGINT (SIGHUP is ignored: nothing to reload).
-    async fn wait_for_stop(mut self) {
-        while let Request::Reload = self.next().await {}
-    }
-}

@@ -1,0 +1,44 @@
+//! Process signals as requests: SIGTERM and SIGINT ask to stop, SIGHUP to reload the config.
+//! Handlers are installed before any listener is bound, so an early signal is never lost and
+//! SIGHUP's default action (exit) can never take the balancer down.
+
+use std::io;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::info;
+
+/// What a signal asks of us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// SIGTERM or SIGINT: stop accepting, drain, exit.
+    Stop,
+    /// SIGHUP: reload the config file.
+    Reload,
+}
+
+/// The signals tandem listens to.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    pub fn new() -> io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next request.
+    pub async fn next(&mut self) -> Request {
+        tokio::select! {
+            _ = self.term.recv() => { info!("SIGTERM: shutting down"); Request::Stop }
+            _ = self.int.recv() => { info!("SIGINT: shutting down"); Request::Stop }
+            _ = self.hup.recv() => { info!("SIGHUP: reloading the config"); Request::Reload }
+        }
+    }
+}

@@ -21,3 +21,4 @@ pub mod health;
 pub mod pool;
 pub mod proxy;
 pub mod stats;
+pub mod watch;

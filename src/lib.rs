@@ -24,3 +24,4 @@ pub mod proxy;
 pub mod reload;
 pub mod signals;
 pub mod stats;
+pub mod watch;

@@ -19,8 +19,8 @@ use crate::app::App;
 use crate::config;
 use crate::events::Event;
 use crate::failover::Side;
-use crate::signals::{Request, Signals};
 use crate::health::state::Verdict;
+use crate::signals::{Request, Signals};
 
 /// A greeting-and-echo TCP server on a fixed address that can be stopped and restarted.
 pub struct DemoMember {
@@ -206,9 +206,15 @@ pub async fn run(listen: SocketAddr, mut signals: Signals) -> anyhow::Result<()>
     print_placement(&clients, &back, Some(&after));
     println!("Its clients are back; nobody else moved.");
 
-    println!("\nA failover drill: the demo edits {} to pin the service to dc2", path.display());
+    println!(
+        "\nA failover drill: the demo edits {} to pin the service to dc2",
+        path.display()
+    );
     println!("(failover = \"remote\") and reloads, as `kill -HUP` would:");
-    std::fs::write(&path, text.replace("failover = \"auto\"", "failover = \"remote\""))?;
+    std::fs::write(
+        &path,
+        text.replace("failover = \"auto\"", "failover = \"remote\""),
+    )?;
     let report = app.reload_file(&path).await?;
     println!("    reload applied in {:?}: {}", report.took, report.diff);
     let drill = placement(&clients, addr).await;
@@ -216,9 +222,14 @@ pub async fn run(listen: SocketAddr, mut signals: Signals) -> anyhow::Result<()>
     println!("Every new connection goes to dc2; open connections would stay where they are.");
     std::fs::write(&path, &text)?;
     let report = app.reload_file(&path).await?;
-    println!("Back to failover = \"auto\" ({}): dc1 never failed, so traffic returns at once.", report.diff);
+    println!(
+        "Back to failover = \"auto\" ({}): dc1 never failed, so traffic returns at once.",
+        report.diff
+    );
 
     println!("\nAn unplanned failure: every member of dc1 stops.");
+    // Listen from here on: the drill's own failover events are history.
+    let mut events = app.events();
     for m in &mut dc1 {
         m.stop();
     }
@@ -226,7 +237,9 @@ pub async fn run(listen: SocketAddr, mut signals: Signals) -> anyhow::Result<()>
     println!("    failover: dc2 takes new connections ({reason})");
     let failed_over = placement(&clients, addr).await;
     print_placement(&clients, &failed_over, None);
-    println!("\ndc1 comes back; traffic returns only after it stays healthy for failback_after (5s):");
+    println!(
+        "\ndc1 comes back; traffic returns only after it stays healthy for failback_after (5s):"
+    );
     for m in &mut dc1 {
         m.restart().await?;
     }

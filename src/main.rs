@@ -7,11 +7,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing::info;
+use tracing::{info, warn};
+
+use tandem::watch::ConfigWatcher;
+
+/// Quiet time after a config file change before reloading: editors write in several steps.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
 
 use tandem::app::App;
-use tandem::signals::{Request, Signals};
 use tandem::config::{self, ConfigError};
+use tandem::signals::{Request, Signals};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +47,9 @@ enum Command {
         /// How long open connections may finish after SIGTERM/SIGINT before they are closed.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         shutdown_grace: Duration,
+        /// Do not reload when the config file changes (SIGHUP still reloads).
+        #[arg(long)]
+        no_watch: bool,
         /// Worker threads of the data path (default: the CPUs this process may run on).
         #[arg(long, env = "TANDEM_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
@@ -79,8 +87,9 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             shutdown_grace,
+            no_watch,
             workers,
-        } => run(&config, shutdown_grace, workers),
+        } => run(&config, shutdown_grace, !no_watch, workers),
         Command::Demo { listen } => demo(listen),
     }
 }
@@ -133,7 +142,7 @@ fn runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn run(path: &std::path::Path, grace: Duration, workers: Option<u16>) -> ExitCode {
+fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16>) -> ExitCode {
     let cfg = match config::load(path) {
         Ok(cfg) => cfg,
         Err(e) => return report(&e),
@@ -164,14 +173,43 @@ fn run(path: &std::path::Path, grace: Duration, workers: Option<u16>) -> ExitCod
         };
         let mut app = app;
         let mut signals = signals;
-        loop {
-            match signals.next().await {
-                Request::Stop => break,
-                // A rejected reload is logged (with every problem) and counted by the app;
-                // the running config keeps serving.
-                Request::Reload => {
-                    let _ = app.reload_file(path).await;
+        let mut watcher = if watch {
+            match ConfigWatcher::new(path, WATCH_DEBOUNCE) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    warn!(error = %e, "not watching the config file; reload with SIGHUP");
+                    None
                 }
+            }
+        } else {
+            None
+        };
+        loop {
+            let changed = async {
+                match watcher.as_mut() {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                request = signals.next() => match request {
+                    Request::Stop => break,
+                    // A rejected reload is logged (with every problem) by the app; the running
+                    // config keeps serving.
+                    Request::Reload => {
+                        let _ = app.reload_file(path).await;
+                    }
+                },
+                change = changed => match change {
+                    Some(()) => {
+                        info!(config = %path.display(), "config file changed: reloading");
+                        let _ = app.reload_file(path).await;
+                    }
+                    None => {
+                        warn!("config file watcher stopped; reload with SIGHUP");
+                        watcher = None;
+                    }
+                },
             }
         }
         let report = app.shutdown(grace).await;
@@ -205,4 +243,3 @@ fn demo(listen: SocketAddr) -> ExitCode {
         }
     })
 }
-

@@ -1,6 +1,7 @@
 //! The operator's drill with the real binary: edit the config file, send SIGHUP, watch new
 //! connections move to the paired pool while long-lived ones stream on; a broken edit is
-//! rejected with its location and the old config keeps serving; SIGTERM exits 0.
+//! rejected with its location and the old config keeps serving; saving the file alone reloads
+//! it too; SIGTERM exits 0.
 
 mod common;
 
@@ -153,6 +154,12 @@ async fn drill_by_editing_the_file_and_sending_sighup() {
         "{:?}",
         counts(&placed)
     );
+
+    // No signal at all: saving the file is enough (the file is watched).
+    std::fs::write(&path, config(&local, &backup, "remote")).expect("write");
+    tandem.expect_log("config file changed: reloading").await;
+    let moved = tandem.expect_log("failover state changed").await;
+    assert_eq!(moved["to"], "backup", "{moved}");
 
     let load = load.finish().await;
     assert_eq!(load.failed, 0, "{load:?}");

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::proxy_protocol;
 use super::relay::{RelayEnd, relay};
-use crate::config::ProxyProtocol;
+use crate::config::{FailoverMode, ProxyProtocol};
 use crate::pool::{ClientKey, MAX_CONNECT_TRIES, Snapshot};
 use crate::stats::{ServiceStats, bump};
 
@@ -147,47 +147,61 @@ async fn connection(
     };
     drop(snapshot);
     let service = &route.service;
-    let pool = route.active_pool().clone();
     let key = ClientKey::new(peer, service.hash);
+    // The active pool first. Under `auto`, when none of its members can be reached (the
+    // moments between a whole pool dying and the health checks noticing), the paired pool is
+    // tried too rather than turning the client away; pinned modes never spill over.
+    let active = route.active_pool().clone();
+    let spill = match (&route.backup, service.failover) {
+        (Some(backup), FailoverMode::Auto) => Some(if Arc::ptr_eq(&active, backup) {
+            route.local.clone()
+        } else {
+            backup.clone()
+        }),
+        _ => None,
+    };
 
-    let mut tried = [usize::MAX; MAX_CONNECT_TRIES];
     let mut member = None;
-    for attempt in 0..MAX_CONNECT_TRIES {
-        let Some(index) = pool.pick(key.as_bytes(), &tried[..attempt]) else {
-            break;
-        };
-        tried[attempt] = index;
-        let Some(target) = pool.members.get(index) else {
-            break;
-        };
-        let addr = target.addr.socket_addr(service.port);
-        let outcome = tokio::select! {
-            r = tokio::time::timeout(service.connect_timeout, TcpStream::connect(addr)) => r,
-            _ = cx.force_close.cancelled() => return,
-        };
-        let health = &target.health;
-        match outcome {
-            Ok(Ok(stream)) => {
-                health.connect_succeeded();
-                member = Some((stream, addr, target.retired.clone()));
+    let mut attempts = 0;
+    'pools: for pool in std::iter::once(&active).chain(spill.as_ref()) {
+        let mut tried = [usize::MAX; MAX_CONNECT_TRIES];
+        for attempt in 0..MAX_CONNECT_TRIES {
+            let Some(index) = pool.pick(key.as_bytes(), &tried[..attempt]) else {
                 break;
-            }
-            Ok(Err(e)) => {
-                health.connect_failed();
-                bump(&cx.stats.connect_failures);
-                debug!(service = %cx.name, member = %addr, error = %e, "connect to member failed");
-            }
-            Err(_) => {
-                health.connect_failed();
-                bump(&cx.stats.connect_failures);
-                debug!(service = %cx.name, member = %addr, "connect to member timed out");
+            };
+            tried[attempt] = index;
+            let Some(target) = pool.members.get(index) else {
+                break;
+            };
+            attempts += 1;
+            let addr = target.addr.socket_addr(service.port);
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(service.connect_timeout, TcpStream::connect(addr)) => r,
+                _ = cx.force_close.cancelled() => return,
+            };
+            let health = &target.health;
+            match outcome {
+                Ok(Ok(stream)) => {
+                    health.connect_succeeded();
+                    member = Some((stream, addr, target.retired.clone()));
+                    break 'pools;
+                }
+                Ok(Err(e)) => {
+                    health.connect_failed();
+                    bump(&cx.stats.connect_failures);
+                    debug!(service = %cx.name, member = %addr, error = %e, "connect to member failed");
+                }
+                Err(_) => {
+                    health.connect_failed();
+                    bump(&cx.stats.connect_failures);
+                    debug!(service = %cx.name, member = %addr, "connect to member timed out");
+                }
             }
         }
     }
     let Some((mut upstream, member_addr, retired)) = member else {
         bump(&cx.stats.rejected_no_member);
-        info!(service = %cx.name, pool = %pool.name, client = %peer,
-              tried = tried.iter().filter(|&&t| t != usize::MAX).count(),
+        info!(service = %cx.name, pool = %active.name, client = %peer, tried = attempts,
               "no member reachable; client connection closed");
         return;
     };

@@ -59,7 +59,11 @@ impl Tandem {
         .await;
         match found {
             Ok(Some(v)) => v,
-            _ => panic!("tandem never logged {message:?}"),
+            Ok(None) => panic!(
+                "tandem's log ended before {message:?}; exit status: {:?}",
+                self.child.try_wait()
+            ),
+            Err(_) => panic!("tandem did not log {message:?} within 10 s"),
         }
     }
 

@@ -14,12 +14,13 @@
 //! [`App::shutdown`] stops accepting, waits for open connections up to a grace period, then cuts
 //! the rest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -34,6 +35,7 @@ use crate::config::{self, Config, ConfigError, Protocol, Service};
 use crate::events::{self, Event, EventSender, ReloadEvent};
 use crate::health::checker::{self, FirstRound};
 use crate::health::probe::ProbeSetupError;
+use crate::metrics::{Metrics, ReloadCounters, ServiceSample};
 use crate::pool::{Snapshot, SnapshotError};
 use crate::proxy::tcp::{self, ServiceContext};
 use crate::reload::{self, Diff};
@@ -76,6 +78,81 @@ pub struct ReloadReport {
     pub took: Duration,
 }
 
+/// Events kept for status pages (the most recent ones).
+pub const RECENT_EVENTS: usize = 100;
+
+/// A listening service as the operator surface sees it.
+#[derive(Debug, Clone)]
+pub struct ServiceView {
+    pub name: String,
+    pub protocol: Protocol,
+    /// The bound address (the real port when the config said 0).
+    pub local_addr: SocketAddr,
+    pub stats: Arc<ServiceStats>,
+}
+
+/// A cheap, cloneable, read-only view of a running balancer for the admin API: it never holds
+/// a lock across an await and never blocks the data path.
+#[derive(Clone)]
+pub struct AppView {
+    routes: Arc<ArcSwap<Snapshot>>,
+    services: Arc<ArcSwap<Vec<ServiceView>>>,
+    metrics: Arc<Metrics>,
+    reloads: Arc<ReloadCounters>,
+    recent: Arc<Mutex<VecDeque<Event>>>,
+    events: EventSender,
+    ready: Arc<AtomicBool>,
+}
+
+impl AppView {
+    /// The routing snapshot now serving.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.routes.load_full()
+    }
+
+    /// The listening services.
+    pub fn services(&self) -> Arc<Vec<ServiceView>> {
+        self.services.load_full()
+    }
+
+    /// Whether the first health round is done and the config is serving.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The most recent transitions, oldest first.
+    pub fn recent_events(&self) -> Vec<Event> {
+        self.recent
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Transitions from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Reload outcomes so far.
+    pub fn reloads(&self) -> &ReloadCounters {
+        &self.reloads
+    }
+
+    /// The Prometheus exposition of the current state.
+    pub fn render_metrics(&self) -> String {
+        let snapshot = self.routes.load();
+        let services = self.services.load();
+        let samples: Vec<ServiceSample<'_>> = services
+            .iter()
+            .map(|s| ServiceSample {
+                name: &s.name,
+                stats: &s.stats,
+            })
+            .collect();
+        self.metrics.render(&snapshot, &samples, &self.reloads)
+    }
+}
+
 /// A running balancer.
 pub struct App {
     config: Config,
@@ -92,6 +169,11 @@ pub struct App {
     events: EventSender,
     /// Wakes the failover controller after a reload.
     reevaluate: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    reloads: Arc<ReloadCounters>,
+    recent: Arc<Mutex<VecDeque<Event>>>,
+    service_views: Arc<ArcSwap<Vec<ServiceView>>>,
+    ready: Arc<AtomicBool>,
 }
 
 struct RunningService {
@@ -118,11 +200,25 @@ impl App {
 
         let stop_background = CancellationToken::new();
         let mut background = JoinSet::new();
+        let metrics = Arc::new(Metrics::new());
+        let recent = Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)));
+        background.spawn(keep_recent(
+            events.subscribe(),
+            recent.clone(),
+            stop_background.clone(),
+        ));
+        background.spawn(metrics_upkeep(metrics.clone(), stop_background.clone()));
         let mut pool_checks = HashMap::new();
         let mut first_round = FirstRound::default();
         for pool in snapshot.pools() {
             let stop = stop_background.child_token();
-            first_round.merge(checker::spawn_pool(pool, &mut background, &stop)?);
+            let instruments = metrics.check_instruments(&pool.name);
+            first_round.merge(checker::spawn_pool(
+                pool,
+                &mut background,
+                &stop,
+                &instruments,
+            )?);
             pool_checks.insert(pool.name.clone(), stop);
         }
         wait_first_round(first_round).await;
@@ -149,11 +245,49 @@ impl App {
             stop_background,
             events,
             reevaluate,
+            metrics,
+            reloads: Arc::new(ReloadCounters::default()),
+            recent,
+            service_views: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            ready: Arc::new(AtomicBool::new(false)),
         };
         for (service, listener) in listeners {
             app.serve(service, listener, Arc::new(ServiceStats::default()))?;
         }
+        app.publish_services();
+        app.reloads
+            .last_applied_unix
+            .store(unix_now(), Ordering::Relaxed);
+        app.ready.store(true, Ordering::Release);
         Ok(app)
+    }
+
+    /// A read-only view for the admin API.
+    pub fn view(&self) -> AppView {
+        AppView {
+            routes: self.routes.clone(),
+            services: self.service_views.clone(),
+            metrics: self.metrics.clone(),
+            reloads: self.reloads.clone(),
+            recent: self.recent.clone(),
+            events: self.events.clone(),
+            ready: self.ready.clone(),
+        }
+    }
+
+    fn publish_services(&self) {
+        let mut views: Vec<ServiceView> = self
+            .services
+            .values()
+            .map(|s| ServiceView {
+                name: s.config.name.clone(),
+                protocol: s.config.protocol,
+                local_addr: s.local_addr,
+                stats: s.stats.clone(),
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        self.service_views.store(Arc::new(views));
     }
 
     /// Starts the accept loop of `service` on `listener`.
@@ -248,6 +382,7 @@ impl App {
     }
 
     fn rejected(&self, e: &StartError) {
+        self.reloads.rejected.fetch_add(1, Ordering::Relaxed);
         let generation = self.routes.load().generation;
         error!(generation, error = %e, "config reload rejected; the running config keeps serving");
         let _ = self.events.send(Event::Reload(ReloadEvent {
@@ -290,7 +425,8 @@ impl App {
                 continue;
             }
             let stop = self.stop_background.child_token();
-            match checker::spawn_pool(pool, &mut self.background, &stop) {
+            let instruments = self.metrics.check_instruments(&pool.name);
+            match checker::spawn_pool(pool, &mut self.background, &stop, &instruments) {
                 Ok(round) => first_round.merge(round),
                 Err(e) => {
                     for (_, s) in started_checks {
@@ -364,6 +500,11 @@ impl App {
         }
 
         self.config = new;
+        self.publish_services();
+        self.reloads.applied.fetch_add(1, Ordering::Relaxed);
+        self.reloads
+            .last_applied_unix
+            .store(unix_now(), Ordering::Relaxed);
         self.reevaluate.notify_one();
         info!(generation, change = %diff, took_ms = took.as_secs_f64() * 1000.0, "config reload applied");
         let _ = self.events.send(Event::Reload(ReloadEvent {
@@ -452,6 +593,50 @@ fn resize(limiter: &Semaphore, old: usize, new: usize) {
                 permits = missing,
                 "max_connections lowered below the open connections; the cap applies as they close"
             );
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Keeps the most recent events for status pages.
+async fn keep_recent(
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    recent: Arc<Mutex<VecDeque<Event>>>,
+    stop: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            _ = stop.cancelled() => return,
+        };
+        match event {
+            Ok(e) => {
+                if let Ok(mut r) = recent.lock() {
+                    if r.len() == RECENT_EVENTS {
+                        r.pop_front();
+                    }
+                    r.push_back(e);
+                }
+            }
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Runs the metrics recorder's upkeep (histogram memory) every few seconds.
+async fn metrics_upkeep(metrics: Arc<Metrics>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => metrics.upkeep(),
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod events;
 pub mod failover;
 pub mod hash;
 pub mod health;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod reload;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -192,6 +192,10 @@ impl Route {
 /// full state machine behind a mutex for the controller and status.
 #[derive(Debug)]
 pub struct FailoverCell {
+    /// Moves to the backup pool (failovers, drills included) since the service was configured.
+    pub failovers: AtomicU64,
+    /// Moves back to the local pool.
+    pub failbacks: AtomicU64,
     service: Arc<str>,
     side: AtomicU8,
     state: Mutex<Failover>,
@@ -210,6 +214,8 @@ pub struct FailoverStatus {
 impl FailoverCell {
     fn new(service: Arc<str>, events: EventSender) -> FailoverCell {
         FailoverCell {
+            failovers: AtomicU64::new(0),
+            failbacks: AtomicU64::new(0),
             service,
             side: AtomicU8::new(Side::Local as u8),
             state: Mutex::new(Failover::new(Instant::now())),
@@ -244,6 +250,11 @@ impl FailoverCell {
         };
         if let Some(t) = state.update(inputs, now) {
             self.side.store(t.to as u8, Ordering::Release);
+            let counter = match t.to {
+                Side::Backup => &self.failovers,
+                Side::Local => &self.failbacks,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             warn!(
                 service = %self.service, from = %t.from, to = %t.to, reason = %t.reason,
                 local_healthy = inputs.local_healthy, backup_healthy = inputs.backup_healthy,

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
@@ -28,9 +28,22 @@ pub struct CheckDetail {
     pub took: Duration,
 }
 
+/// Traffic counters of one member, kept with its health across reloads.
+#[derive(Debug, Default)]
+pub struct MemberTraffic {
+    /// Connections (TCP) relayed to the member since it was configured.
+    pub connections: AtomicU64,
+    /// Connections relayed to it now.
+    pub active: AtomicU64,
+    pub bytes_to_member: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+}
+
 /// Health of one member of one pool.
 #[derive(Debug)]
 pub struct MemberHealth {
+    /// Traffic counters, for metrics and status.
+    pub traffic: MemberTraffic,
     pool: Arc<str>,
     member: Arc<str>,
     verdict: AtomicU8,
@@ -71,6 +84,7 @@ impl MemberHealth {
             took: Duration::ZERO,
         };
         MemberHealth {
+            traffic: MemberTraffic::default(),
             pool,
             member,
             verdict: AtomicU8::new(initial as u8),

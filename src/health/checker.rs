@@ -27,6 +27,7 @@ use crate::config::{
     Check, CheckKind, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FALL, DEFAULT_RISE,
     OperatorState,
 };
+use crate::metrics::CheckInstruments;
 use crate::pool::PoolState;
 
 /// Something that can probe a member: the real [`Prober`], or a scripted one in tests.
@@ -106,6 +107,7 @@ pub fn spawn_pool(
     pool: &PoolState,
     tasks: &mut JoinSet<()>,
     stop: &CancellationToken,
+    instruments: &CheckInstruments,
 ) -> Result<FirstRound, ProbeSetupError> {
     let mut round = FirstRound::default();
     let probers = pool
@@ -151,6 +153,7 @@ pub fn spawn_pool(
                 prober.clone(),
                 addr,
                 Some(tx),
+                instruments.clone(),
                 stop.clone(),
             ));
         }
@@ -184,6 +187,7 @@ pub async fn check_loop<P: Probe>(
     prober: Arc<P>,
     addr: SocketAddr,
     mut first_round: Option<oneshot::Sender<()>>,
+    instruments: CheckInstruments,
     stop: CancellationToken,
 ) {
     let mut machine = RiseFall::resume(timing.rise, timing.fall, health.check_verdict(index));
@@ -204,13 +208,14 @@ pub async fn check_loop<P: Probe>(
         if changed == Some(Verdict::Up) && health.passive_down() {
             health.clear_passive();
         }
-        health.record_check(
-            index,
-            machine.state(),
-            outcome.ok,
-            &outcome.reason,
-            started.elapsed(),
-        );
+        let took = started.elapsed();
+        instruments.duration.record(took.as_secs_f64());
+        if outcome.ok {
+            instruments.passed.increment(1);
+        } else {
+            instruments.failed.increment(1);
+        }
+        health.record_check(index, machine.state(), outcome.ok, &outcome.reason, took);
         if let Some(tx) = first_round.take() {
             let _ = tx.send(());
         }
@@ -343,6 +348,7 @@ mod tests {
             prober.clone(),
             addr,
             Some(tx),
+            CheckInstruments::noop(),
             stop.clone(),
         ));
         first.await.expect("first round");
@@ -380,6 +386,7 @@ mod tests {
             prober.clone(),
             addr,
             None,
+            CheckInstruments::noop(),
             stop.clone(),
         ));
         assert_eq!(next_health(&mut rx).await.to, Verdict::Up);
@@ -415,6 +422,7 @@ mod tests {
             prober.clone(),
             addr,
             None,
+            CheckInstruments::noop(),
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(6500)).await;

@@ -183,7 +183,7 @@ async fn connection(
             match outcome {
                 Ok(Ok(stream)) => {
                     health.connect_succeeded();
-                    member = Some((stream, addr, target.retired.clone()));
+                    member = Some((stream, addr, target.retired.clone(), target.health.clone()));
                     break 'pools;
                 }
                 Ok(Err(e)) => {
@@ -199,7 +199,7 @@ async fn connection(
             }
         }
     }
-    let Some((mut upstream, member_addr, retired)) = member else {
+    let Some((mut upstream, member_addr, retired, member_health)) = member else {
         bump(&cx.stats.rejected_no_member);
         info!(service = %cx.name, pool = %active.name, client = %peer, tried = attempts,
               "no member reachable; client connection closed");
@@ -234,15 +234,23 @@ async fn connection(
             _ = async { cx.removed.cancelled().await; tokio::time::sleep(drain).await } => {}
         }
     };
+    let traffic = &member_health.traffic;
+    traffic.connections.fetch_add(1, Relaxed);
+    traffic.active.fetch_add(1, Relaxed);
     cx.stats.active.fetch_add(1, Relaxed);
     let (end, moved) = relay(&mut client, &mut upstream, service.idle_timeout, stop).await;
     cx.stats.active.fetch_sub(1, Relaxed);
+    traffic.active.fetch_sub(1, Relaxed);
+    // Byte counts are added once per connection, not per read: the hot loop stays free of
+    // shared writes.
     cx.stats
         .bytes_to_members
         .fetch_add(moved.to_member, Relaxed);
     cx.stats
         .bytes_to_clients
         .fetch_add(moved.to_client, Relaxed);
+    traffic.bytes_to_member.fetch_add(moved.to_member, Relaxed);
+    traffic.bytes_to_client.fetch_add(moved.to_client, Relaxed);
     match end {
         Ok(RelayEnd::Closed) => {}
         Ok(RelayEnd::Idle) => {

@@ -68,3 +68,36 @@ pub type EventSender = broadcast::Sender<Event>;
 pub fn channel() -> EventSender {
     broadcast::channel(EVENT_BUFFER).0
 }
+
+impl Event {
+    /// The event's kind, as named in `/events` and logs: `health`, `failover`, `reload`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Health(_) => "health",
+            Event::Failover(_) => "failover",
+            Event::Reload(_) => "reload",
+        }
+    }
+
+    /// The event as a JSON object with an RFC 3339 timestamp.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let at = |t: &SystemTime| humantime::format_rfc3339_millis(*t).to_string();
+        match self {
+            Event::Health(e) => json!({
+                "kind": "health", "at": at(&e.at), "pool": &*e.pool, "member": &*e.member,
+                "from": e.from.as_str(), "to": e.to.as_str(), "reason": e.reason,
+            }),
+            Event::Failover(e) => json!({
+                "kind": if e.to == Side::Backup { "failover" } else { "failback" },
+                "at": at(&e.at), "service": &*e.service,
+                "from": e.from.as_str(), "to": e.to.as_str(), "reason": e.reason,
+                "local_healthy": e.local_healthy, "backup_healthy": e.backup_healthy,
+            }),
+            Event::Reload(e) => json!({
+                "kind": "reload", "at": at(&e.at), "applied": e.applied,
+                "generation": e.generation, "message": e.message,
+            }),
+        }
+    }
+}

@@ -12,6 +12,7 @@
 //! - [`stats`] holds the per-service counters the data path bumps.
 //! - [`demo`] runs demo pools on loopback for `tandem demo` and the tests.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;

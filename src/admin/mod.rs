@@ -1,0 +1,317 @@
+//! The admin API (hyper, HTTP/1.1): `/metrics`, `/status`, `/events`, `POST /reload`,
+//! `/healthz`, `/readyz` and an HTML status page at `/`.
+//!
+//! It reads the running state through an [`AppView`] and asks for reloads through a command
+//! channel that the process's main loop serves, so it never holds the app itself. Requests are
+//! bounded (header size, header read time, no request bodies, a cap on connections) so a slow
+//! or hostile client can neither stall nor crash it, and it never touches the data path.
+
+pub mod status;
+
+use std::convert::Infallible;
+use std::future::Future as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::app::AppView;
+
+/// Concurrent admin connections; beyond it new ones are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// Largest request head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+/// Largest request body accepted (no endpoint needs one).
+const MAX_BODY: u64 = 64 * 1024;
+/// A client must send its request head within this.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// What the admin API asks of the process's main loop.
+#[derive(Debug)]
+pub enum Command {
+    /// Reload the config file; the reply is the change applied or every problem found.
+    Reload {
+        reply: oneshot::Sender<Result<ReloadOutcome, String>>,
+    },
+}
+
+/// An applied reload, as the API reports it.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub generation: u64,
+    pub change: String,
+}
+
+/// Settings of the admin server.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// File holding the bearer token POST requests must carry; `None`: no token needed.
+    pub token_file: Option<PathBuf>,
+}
+
+struct Shared {
+    view: AppView,
+    commands: mpsc::Sender<Command>,
+    options: Options,
+    stop: CancellationToken,
+}
+
+/// Serves the admin API on `listener` until `stop` fires.
+pub async fn serve(
+    listener: TcpListener,
+    view: AppView,
+    commands: mpsc::Sender<Command>,
+    options: Options,
+    stop: CancellationToken,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(listen = %addr, "admin API listening");
+    }
+    let shared = Arc::new(Shared {
+        view,
+        commands,
+        options,
+        stop: stop.clone(),
+    });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors or similar: pause instead of spinning.
+                warn!(error = %e, "admin accept failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "too many admin connections; closed");
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+/// The bound address helper for callers that bind first.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let too_big = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_BODY);
+    if too_big {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    }
+    let path = req.uri().path();
+    let allowed: &[Method] = match path {
+        "/" | "/metrics" | "/status" | "/events" | "/healthz" | "/readyz" => &[Method::GET, Method::HEAD],
+        "/reload" => &[Method::POST],
+        _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    if !allowed.contains(req.method()) {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            r.headers_mut().insert(header::ALLOW, v);
+        }
+        return r;
+    }
+    match path {
+        "/" => with_type(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            Bytes::from_static(PAGE.as_bytes()),
+        ),
+        "/metrics" => with_type(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            Bytes::from(shared.view.render_metrics()),
+        ),
+        "/status" => json(StatusCode::OK, &status::status(&shared.view)),
+        "/events" => events(shared),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if shared.view.ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        _ => reload(shared, &req).await,
+    }
+}
+
+async fn reload(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    if let Err(response) = authorize(&shared.options, req) {
+        return response;
+    }
+    let (reply, answer) = oneshot::channel();
+    if shared.commands.send(Command::Reload { reply }).await.is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    match answer.await {
+        Ok(Ok(outcome)) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "applied": true,
+                "generation": outcome.generation,
+                "change": outcome.change,
+            }),
+        ),
+        Ok(Err(problems)) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({ "applied": false, "error": problems }),
+        ),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+    }
+}
+
+/// Checks the bearer token when one is configured; the token file is read per request, so a
+/// rotated token applies at once.
+fn authorize(options: &Options, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+    let Some(path) = &options.token_file else {
+        return Ok(());
+    };
+    let expected = match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        Ok(_) => {
+            warn!(token_file = %path.display(), "admin token file is empty; refusing POST");
+            return Err(text(StatusCode::INTERNAL_SERVER_ERROR, "admin token not configured\n"));
+        }
+        Err(e) => {
+            warn!(token_file = %path.display(), error = %e, "cannot read admin token file; refusing POST");
+            return Err(text(StatusCode::INTERNAL_SERVER_ERROR, "admin token unreadable\n"));
+        }
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => Ok(()),
+        _ => {
+            let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Err(r)
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Server-sent events: one `event: <kind>` / `data: <json>` block per transition.
+fn events(shared: &Shared) -> Response<Body> {
+    let stream = SseStream {
+        inner: BroadcastStream::new(shared.view.subscribe()),
+        stop: Box::pin(shared.stop.clone().cancelled_owned()),
+        hello: true,
+    };
+    let body = StreamBody::new(stream).boxed();
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+struct SseStream {
+    inner: BroadcastStream<crate::events::Event>,
+    stop: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    hello: bool,
+}
+
+impl Stream for SseStream {
+    type Item = Result<Frame<Bytes>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.hello {
+            // A comment first, so clients (and proxies) see the stream open at once.
+            self.hello = false;
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b": tandem events\n\n")))));
+        }
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(event))) => {
+                let block = format!("event: {}\ndata: {}\n\n", event.kind(), event.to_json());
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(block)))))
+            }
+            Poll::Ready(Some(Err(lagged))) => {
+                let block = format!("event: lagged\ndata: {{\"missed\": \"{lagged}\"}}\n\n");
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(block)))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    with_type(status, "text/plain; charset=utf-8", Bytes::from_static(body.as_bytes()))
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    with_type(status, "application/json", Bytes::from(body))
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// The status page: one self-contained file (no external assets, for air-gapped networks).
+const PAGE: &str = include_str!("page.html");

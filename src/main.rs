@@ -14,6 +14,7 @@ use tandem::watch::ConfigWatcher;
 /// Quiet time after a config file change before reloading: editors write in several steps.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
 
+use tandem::admin;
 use tandem::app::App;
 use tandem::config::{self, ConfigError};
 use tandem::signals::{Request, Signals};
@@ -65,6 +66,18 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Show services, pools and members of a running tandem (from its admin API).
+    Status {
+        /// Admin API address (default: `[admin] listen` of the config file, else 127.0.0.1:9900).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Config file to read the admin address from.
+        #[arg(short, long, default_value = "/etc/tandem/tandem.toml", env = "TANDEM_CONFIG")]
+        config: PathBuf,
+        /// Print the raw JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start demo pools on loopback with a balancer in front and walk through hashing.
     Demo {
         /// Address of the demo balancer.
@@ -91,6 +104,11 @@ fn main() -> ExitCode {
             workers,
         } => run(&config, shutdown_grace, !no_watch, workers),
         Command::Demo { listen } => demo(listen),
+        Command::Status {
+            admin,
+            config,
+            json,
+        } => status(admin, &config, json),
     }
 }
 
@@ -129,6 +147,26 @@ fn report(e: &ConfigError) -> ExitCode {
     ExitCode::FAILURE
 }
 
+fn status(admin: Option<SocketAddr>, path: &std::path::Path, json: bool) -> ExitCode {
+    let addr = admin
+        .or_else(|| config::load(path).ok().and_then(|c| c.admin.map(|a| a.listen)))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9900)));
+    match admin::client::fetch_status(addr, Duration::from_secs(3)) {
+        Ok(s) if json => {
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(s) => {
+            print!("{}", admin::client::format_status(&s));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
     // tokio's default is the machine's CPU count; the CPUs we may run on (taskset, cgroups) is
     // what an operator pinning the process means.
@@ -164,6 +202,18 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
             }
         };
         info!(config = %path.display(), summary = %cfg.summary(), "starting");
+        // The admin listener is bound before anything starts, like the service listeners: a
+        // port that is taken fails the start as a whole.
+        let admin = match &cfg.admin {
+            Some(a) => match tokio::net::TcpListener::bind(a.listen).await {
+                Ok(l) => Some((l, a.token_file.clone())),
+                Err(e) => {
+                    eprintln!("admin: cannot listen on {}: {e}", a.listen);
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
         let app = match App::start(cfg).await {
             Ok(app) => app,
             Err(e) => {
@@ -172,6 +222,19 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
             }
         };
         let mut app = app;
+        let (commands_tx, mut commands) = tokio::sync::mpsc::channel(8);
+        let stop_admin = tokio_util::sync::CancellationToken::new();
+        if let Some((listener, token_file)) = admin {
+            tokio::spawn(admin::serve(
+                listener,
+                app.view(),
+                commands_tx,
+                admin::Options { token_file },
+                stop_admin.clone(),
+            ));
+        } else {
+            drop(commands_tx);
+        }
         let mut signals = signals;
         let mut watcher = if watch {
             match ConfigWatcher::new(path, WATCH_DEBOUNCE) {
@@ -200,6 +263,19 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
                         let _ = app.reload_file(path).await;
                     }
                 },
+                Some(command) = commands.recv() => match command {
+                    admin::Command::Reload { reply } => {
+                        let outcome = app
+                            .reload_file(path)
+                            .await
+                            .map(|r| admin::ReloadOutcome {
+                                generation: r.generation,
+                                change: r.diff.to_string(),
+                            })
+                            .map_err(|e| e.to_string());
+                        let _ = reply.send(outcome);
+                    }
+                },
                 change = changed => match change {
                     Some(()) => {
                         info!(config = %path.display(), "config file changed: reloading");
@@ -212,6 +288,7 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
                 },
             }
         }
+        stop_admin.cancel();
         let report = app.shutdown(grace).await;
         info!(forced = report.forced, "stopped");
         ExitCode::SUCCESS

@@ -6,6 +6,7 @@
 //! bounded (header size, header read time, no request bodies, a cap on connections) so a slow
 //! or hostile client can neither stall nor crash it, and it never touches the data path.
 
+pub mod client;
 pub mod status;
 
 use std::convert::Infallible;

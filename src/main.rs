@@ -72,7 +72,12 @@ enum Command {
         #[arg(long)]
         admin: Option<SocketAddr>,
         /// Config file to read the admin address from.
-        #[arg(short, long, default_value = "/etc/tandem/tandem.toml", env = "TANDEM_CONFIG")]
+        #[arg(
+            short,
+            long,
+            default_value = "/etc/tandem/tandem.toml",
+            env = "TANDEM_CONFIG"
+        )]
         config: PathBuf,
         /// Print the raw JSON instead of tables.
         #[arg(long)]
@@ -149,7 +154,11 @@ fn report(e: &ConfigError) -> ExitCode {
 
 fn status(admin: Option<SocketAddr>, path: &std::path::Path, json: bool) -> ExitCode {
     let addr = admin
-        .or_else(|| config::load(path).ok().and_then(|c| c.admin.map(|a| a.listen)))
+        .or_else(|| {
+            config::load(path)
+                .ok()
+                .and_then(|c| c.admin.map(|a| a.listen))
+        })
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9900)));
     match admin::client::fetch_status(addr, Duration::from_secs(3)) {
         Ok(s) if json => {

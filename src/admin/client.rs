@@ -27,10 +27,15 @@ pub fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<Value, FetchE
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(connect)?;
     stream.set_read_timeout(Some(timeout)).map_err(connect)?;
     stream
-        .write_all(format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .map_err(connect)?;
     let mut raw = Vec::new();
-    stream.take(16 << 20).read_to_end(&mut raw).map_err(connect)?;
+    stream
+        .take(16 << 20)
+        .read_to_end(&mut raw)
+        .map_err(connect)?;
     let answer = |reason: String| FetchError::Answer { addr, reason };
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
@@ -56,7 +61,11 @@ pub fn format_status(s: &Value) -> String {
         "tandem {} · config generation {} · {}",
         str_of(&s["version"]),
         str_of(&s["generation"]),
-        if s["ready"].as_bool() == Some(true) { "ready" } else { "starting" }
+        if s["ready"].as_bool() == Some(true) {
+            "ready"
+        } else {
+            "starting"
+        }
     );
     let mut rows = vec![vec![
         "SERVICE".to_string(),
@@ -108,14 +117,25 @@ pub fn format_status(s: &Value) -> String {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|c| format!("{}: {} ({})", str_of(&c["kind"]), str_of(&c["verdict"]), str_of(&c["reason"])))
+                .map(|c| {
+                    format!(
+                        "{}: {} ({})",
+                        str_of(&c["kind"]),
+                        str_of(&c["verdict"]),
+                        str_of(&c["reason"])
+                    )
+                })
                 .collect();
             rows.push(vec![
                 format!("  {}", str_of(&m["addr"])),
                 str_of(&m["state"]),
                 str_of(&m["health"]),
                 str_of(&m["connections_active"]),
-                if checks.is_empty() { "-".to_string() } else { checks.join("; ") },
+                if checks.is_empty() {
+                    "-".to_string()
+                } else {
+                    checks.join("; ")
+                },
             ]);
         }
         table(&mut out, &rows);
@@ -126,7 +146,13 @@ pub fn format_status(s: &Value) -> String {
 fn table(out: &mut String, rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|v| v.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|v| v.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in rows {
         let mut line = String::new();
@@ -160,11 +186,19 @@ mod tests {
             ]}]
         });
         let text = format_status(&s);
-        assert!(text.starts_with("tandem 0.1.0 · config generation 3 · ready"), "{text}");
+        assert!(
+            text.starts_with("tandem 0.1.0 · config generation 3 · ready"),
+            "{text}"
+        );
         assert!(text.contains("fe-sip   0.0.0.0:5061 tcp  fe-dc2"), "{text}");
         assert!(text.contains("auto / backup for 12s"), "{text}");
         assert!(text.contains("1/3 (2)"), "{text}");
         assert!(text.contains("pool fe-dc1 (1 of 3 healthy)"), "{text}");
-        assert!(text.contains("10.1.0.11  up     down    0      sip: down (SIP/2.0 503 Service Unavailable)"), "{text}");
+        assert!(
+            text.contains(
+                "10.1.0.11  up     down    0      sip: down (SIP/2.0 503 Service Unavailable)"
+            ),
+            "{text}"
+        );
     }
 }

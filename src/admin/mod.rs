@@ -150,13 +150,19 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     }
     let path = req.uri().path();
     let allowed: &[Method] = match path {
-        "/" | "/metrics" | "/status" | "/events" | "/healthz" | "/readyz" => &[Method::GET, Method::HEAD],
+        "/" | "/metrics" | "/status" | "/events" | "/healthz" | "/readyz" => {
+            &[Method::GET, Method::HEAD]
+        }
         "/reload" => &[Method::POST],
         _ => return text(StatusCode::NOT_FOUND, "not found\n"),
     };
     if !allowed.contains(req.method()) {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let allow = allowed
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
         if let Ok(v) = HeaderValue::from_str(&allow) {
             r.headers_mut().insert(header::ALLOW, v);
         }
@@ -183,11 +189,16 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
 }
 
 async fn reload(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
-    if let Err(response) = authorize(&shared.options, req) {
-        return response;
+    if let Some(refusal) = authorize(&shared.options, req) {
+        return refusal;
     }
     let (reply, answer) = oneshot::channel();
-    if shared.commands.send(Command::Reload { reply }).await.is_err() {
+    if shared
+        .commands
+        .send(Command::Reload { reply })
+        .await
+        .is_err()
+    {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
     match answer.await {
@@ -207,21 +218,27 @@ async fn reload(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// Checks the bearer token when one is configured; the token file is read per request, so a
-/// rotated token applies at once.
-fn authorize(options: &Options, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+/// Checks the bearer token when one is configured; returns the refusal to send, if any. The
+/// token file is read per request, so a rotated token applies at once.
+fn authorize(options: &Options, req: &Request<Incoming>) -> Option<Response<Body>> {
     let Some(path) = &options.token_file else {
-        return Ok(());
+        return None;
     };
     let expected = match std::fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
         Ok(_) => {
             warn!(token_file = %path.display(), "admin token file is empty; refusing POST");
-            return Err(text(StatusCode::INTERNAL_SERVER_ERROR, "admin token not configured\n"));
+            return Some(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "admin token not configured\n",
+            ));
         }
         Err(e) => {
             warn!(token_file = %path.display(), error = %e, "cannot read admin token file; refusing POST");
-            return Err(text(StatusCode::INTERNAL_SERVER_ERROR, "admin token unreadable\n"));
+            return Some(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "admin token unreadable\n",
+            ));
         }
     };
     let given = req
@@ -231,12 +248,12 @@ fn authorize(options: &Options, req: &Request<Incoming>) -> Result<(), Response<
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => None,
         _ => {
             let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Err(r)
+            Some(r)
         }
     }
 }
@@ -259,7 +276,10 @@ fn events(shared: &Shared) -> Response<Body> {
     let body = StreamBody::new(stream).boxed();
     let mut r = Response::new(body);
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
@@ -277,7 +297,9 @@ impl Stream for SseStream {
         if self.hello {
             // A comment first, so clients (and proxies) see the stream open at once.
             self.hello = false;
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b": tandem events\n\n")))));
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                b": tandem events\n\n",
+            )))));
         }
         if self.stop.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
@@ -298,7 +320,11 @@ impl Stream for SseStream {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    with_type(status, "text/plain; charset=utf-8", Bytes::from_static(body.as_bytes()))
+    with_type(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(body.as_bytes()),
+    )
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {

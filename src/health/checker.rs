@@ -179,6 +179,9 @@ fn recovery_check() -> Check {
     }
 }
 
+// Eight arguments: each is one independent thing the loop needs, and a struct holding them
+// would only be built to be taken apart again here.
+#[allow(clippy::too_many_arguments)]
 /// Probes check `index` of one member forever (until `stop`), publishing each result.
 pub async fn check_loop<P: Probe>(
     health: Arc<MemberHealth>,

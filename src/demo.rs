@@ -148,7 +148,11 @@ pub fn client_ip(i: u32) -> IpAddr {
 }
 
 /// Runs the demo until `stop` resolves: members, balancer, a hashing walk-through, then serving.
-pub async fn run(listen: SocketAddr, mut signals: Signals) -> anyhow::Result<()> {
+pub async fn run(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    mut signals: Signals,
+) -> anyhow::Result<()> {
     let mut dc1 = Vec::new();
     for (i, tag) in ["a", "b", "c"].iter().enumerate() {
         let ip = Ipv4Addr::new(127, 0, 1, 1 + i as u8);
@@ -159,18 +163,31 @@ pub async fn run(listen: SocketAddr, mut signals: Signals) -> anyhow::Result<()>
         let ip = Ipv4Addr::new(127, 0, 1, 11 + i as u8);
         dc2.push(DemoMember::start(&format!("dc2-{tag}"), SocketAddr::new(ip.into(), 0)).await?);
     }
-    let text = demo_config(listen, &dc1, &dc2);
+    let text = format!("[admin]\nlisten = \"{admin}\"\n\n") + &demo_config(listen, &dc1, &dc2);
+    let admin_listener = tokio::net::TcpListener::bind(admin)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin: cannot listen on {admin}: {e} (try --admin)"))?;
     // The config lives in a file, like a real deployment, so the drill below is an edit and a
     // reload, and the newcomer can do the same afterwards.
     let path = std::env::temp_dir().join(format!("tandem-demo-{}.toml", std::process::id()));
     std::fs::write(&path, &text)?;
     let cfg = config::load(&path)?;
     let mut app = App::start(cfg).await?;
+    let (commands_tx, mut commands) = tokio::sync::mpsc::channel(8);
+    let stop_admin = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(crate::admin::serve(
+        admin_listener,
+        app.view(),
+        commands_tx,
+        crate::admin::Options::default(),
+        stop_admin.clone(),
+    ));
     let addr = app
         .local_addr("demo")
         .ok_or_else(|| anyhow::anyhow!("demo service did not start"))?;
 
-    println!("tandem demo: a balancer on {addr} in front of pool dc1, paired with pool dc2.\n");
+    println!("tandem demo: a balancer on {addr} in front of pool dc1, paired with pool dc2.");
+    println!("Status page: http://{admin}/   (also: tandem status --admin {admin})\n");
     println!("The config it runs:\n\n{text}");
     let clients: Vec<IpAddr> = (0..12).map(client_ip).collect();
     println!("Twelve clients, each from its own source address, connect (source-ip hashing):");
@@ -259,14 +276,30 @@ pub async fn run(listen: SocketAddr, mut signals: Signals) -> anyhow::Result<()>
         std::process::id()
     );
     loop {
-        match signals.next().await {
-            Request::Stop => break,
-            Request::Reload => match app.reload_file(&path).await {
-                Ok(r) => println!("reload applied: {}", r.diff),
-                Err(e) => println!("reload rejected, the running config keeps serving:\n{e}"),
+        let reload = tokio::select! {
+            request = signals.next() => match request {
+                Request::Stop => break,
+                Request::Reload => None,
             },
+            Some(crate::admin::Command::Reload { reply }) = commands.recv() => Some(reply),
+        };
+        let result = app.reload_file(&path).await;
+        match &result {
+            Ok(r) => println!("reload applied: {}", r.diff),
+            Err(e) => println!("reload rejected, the running config keeps serving:\n{e}"),
+        }
+        if let Some(reply) = reload {
+            let _ = reply.send(
+                result
+                    .map(|r| crate::admin::ReloadOutcome {
+                        generation: r.generation,
+                        change: r.diff.to_string(),
+                    })
+                    .map_err(|e| e.to_string()),
+            );
         }
     }
+    stop_admin.cancel();
     println!("\nstopping");
     app.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_file(&path);

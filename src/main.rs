@@ -88,6 +88,9 @@ enum Command {
         /// Address of the demo balancer.
         #[arg(long, default_value = "127.0.0.1:7000")]
         listen: SocketAddr,
+        /// Address of the demo's admin API and status page.
+        #[arg(long, default_value = "127.0.0.1:9900")]
+        admin: SocketAddr,
     },
 }
 
@@ -108,7 +111,7 @@ fn main() -> ExitCode {
             no_watch,
             workers,
         } => run(&config, shutdown_grace, !no_watch, workers),
-        Command::Demo { listen } => demo(listen),
+        Command::Demo { listen, admin } => demo(listen, admin),
         Command::Status {
             admin,
             config,
@@ -304,7 +307,7 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
     })
 }
 
-fn demo(listen: SocketAddr) -> ExitCode {
+fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
     let rt = match runtime(None) {
         Ok(rt) => rt,
         Err(e) => {
@@ -320,7 +323,7 @@ fn demo(listen: SocketAddr) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match tandem::demo::run(listen, signals).await {
+        match tandem::demo::run(listen, admin, signals).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("demo failed: {e:#}");

@@ -32,23 +32,39 @@ async fn status_page_renders_services_and_members_in_a_browser() {
         return;
     }
     let mut ms = members("m", 130, 3).await;
-    let toml = pool_toml("frontends", &ms) + &fast_tcp_check(1, 1) + &service_toml("fe-sip", "frontends", "");
+    let toml = pool_toml("frontends", &ms)
+        + &fast_tcp_check(1, 1)
+        + &service_toml("fe-sip", "frontends", "");
     let app = balancer(&toml).await;
     let mut events = app.events();
     ms[2].stop();
-    wait_health(&mut events, ms[2].addr(), tandem::health::state::Verdict::Down, Duration::from_secs(10)).await;
+    wait_health(
+        &mut events,
+        ms[2].addr(),
+        tandem::health::state::Verdict::Down,
+        Duration::from_secs(10),
+    )
+    .await;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let admin_addr = listener.local_addr().expect("addr");
     let (commands, _rx) = tokio::sync::mpsc::channel(1);
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(admin::serve(listener, app.view(), commands, admin::Options::default(), stop.clone()));
+    tokio::spawn(admin::serve(
+        listener,
+        app.view(),
+        commands,
+        admin::Options::default(),
+        stop.clone(),
+    ));
 
     let profile = tempfile::tempdir().expect("profile dir");
     let out = tokio::process::Command::new("chromium")
         .args(CHROMIUM_FLAGS)
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--virtual-time-budget=5000", "--dump-dom"])
+        .arg("--dump-dom")
         .arg(format!("http://{admin_addr}/"))
         .output();
     let out = tokio::time::timeout(Duration::from_secs(60), out)
@@ -56,12 +72,25 @@ async fn status_page_renders_services_and_members_in_a_browser() {
         .expect("chromium finishes within 60 s")
         .expect("chromium runs");
     let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(dom.contains("fe-sip"), "service missing from the rendered page:\n{dom}");
+    assert!(
+        dom.contains("fe-sip"),
+        "service missing from the rendered page:\n{dom}"
+    );
     for m in &ms {
-        assert!(dom.contains(&m.addr().to_string()), "member {} missing:\n{dom}", m.addr());
+        assert!(
+            dom.contains(&m.addr().to_string()),
+            "member {} missing:\n{dom}",
+            m.addr()
+        );
     }
-    assert!(dom.contains(r#"<span class="pill down">down</span>"#), "down member not shown as down:\n{dom}");
-    assert!(dom.contains(r#"<span class="pill up">up</span>"#), "up members not shown as up:\n{dom}");
+    assert!(
+        dom.contains(r#"<span class="pill down">down</span>"#),
+        "down member not shown as down:\n{dom}"
+    );
+    assert!(
+        dom.contains(r#"<span class="pill up">up</span>"#),
+        "up members not shown as up:\n{dom}"
+    );
     assert!(dom.contains("2 of 3 healthy"), "{dom}");
     stop.cancel();
 }

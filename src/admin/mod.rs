@@ -172,7 +172,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         "/" => with_type(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            Bytes::from_static(PAGE.as_bytes()),
+            Bytes::from(page(&status::status(&shared.view))),
         ),
         "/metrics" => with_type(
             StatusCode::OK,
@@ -342,3 +342,10 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Res
 
 /// The status page: one self-contained file (no external assets, for air-gapped networks).
 const PAGE: &str = include_str!("page.html");
+
+/// The page with the current status embedded, so it renders complete on load. `</` is escaped
+/// so no value (a member's check reason, say) can close the script element.
+fn page(status: &serde_json::Value) -> String {
+    let json = status.to_string().replace("</", "<\\/");
+    PAGE.replacen("/*STATUS*/null", &json, 1)
+}

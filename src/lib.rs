@@ -11,6 +11,7 @@
 //! - [`app`] wires it together: binds listeners, owns the snapshot, shuts down gracefully.
 //! - [`stats`] holds the per-service counters the data path bumps.
 //! - [`demo`] runs demo pools on loopback for `tandem demo` and the tests.
+//! - [`notify`] tells systemd when tandem is ready, reloading or stopping (`Type=notify`).
 
 pub mod admin;
 pub mod app;
@@ -21,6 +22,7 @@ pub mod failover;
 pub mod hash;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod proxy;
 pub mod reload;

@@ -17,6 +17,7 @@ const WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
 use tandem::admin;
 use tandem::app::App;
 use tandem::config::{self, ConfigError};
+use tandem::notify::Notifier;
 use tandem::signals::{Request, Signals};
 
 #[derive(Parser)]
@@ -226,6 +227,11 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
             },
             None => None,
         };
+        // systemd: watchdog pings from now on, READY=1 once App::start has returned (listeners
+        // accepting, first health round done). All of it is a no-op without NOTIFY_SOCKET.
+        let notifier = Notifier::from_env();
+        let stop_watchdog = tokio_util::sync::CancellationToken::new();
+        let watchdog = notifier.spawn_watchdog(stop_watchdog.clone());
         let app = match App::start(cfg).await {
             Ok(app) => app,
             Err(e) => {
@@ -233,6 +239,7 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
                 return ExitCode::FAILURE;
             }
         };
+        notifier.ready(&serving(&app));
         let mut app = app;
         let (commands_tx, mut commands) = tokio::sync::mpsc::channel(8);
         let stop_admin = tokio_util::sync::CancellationToken::new();
@@ -272,14 +279,17 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
                     // A rejected reload is logged (with every problem) by the app; the running
                     // config keeps serving.
                     Request::Reload => {
-                        let _ = app.reload_file(path).await;
+                        notifier.reloading();
+                        let result = app.reload_file(path).await;
+                        notifier.ready(&after_reload(&app, result.is_ok()));
                     }
                 },
                 Some(command) = commands.recv() => match command {
                     admin::Command::Reload { reply } => {
-                        let outcome = app
-                            .reload_file(path)
-                            .await
+                        notifier.reloading();
+                        let result = app.reload_file(path).await;
+                        notifier.ready(&after_reload(&app, result.is_ok()));
+                        let outcome = result
                             .map(|r| admin::ReloadOutcome {
                                 generation: r.generation,
                                 change: r.diff.to_string(),
@@ -291,7 +301,9 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
                 change = changed => match change {
                     Some(()) => {
                         info!(config = %path.display(), "config file changed: reloading");
-                        let _ = app.reload_file(path).await;
+                        notifier.reloading();
+                        let result = app.reload_file(path).await;
+                        notifier.ready(&after_reload(&app, result.is_ok()));
                     }
                     None => {
                         warn!("config file watcher stopped; reload with SIGHUP");
@@ -300,11 +312,34 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
                 },
             }
         }
+        notifier.stopping();
         stop_admin.cancel();
         let report = app.shutdown(grace).await;
+        stop_watchdog.cancel();
+        if let Some(task) = watchdog {
+            let _ = task.await;
+        }
         info!(forced = report.forced, "stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// systemd's STATUS= line while serving.
+fn serving(app: &App) -> String {
+    format!(
+        "serving generation {}: {}",
+        app.snapshot().generation,
+        app.config().summary()
+    )
+}
+
+/// systemd's STATUS= line after a reload, applied or rejected.
+fn after_reload(app: &App, applied: bool) -> String {
+    if applied {
+        serving(app)
+    } else {
+        format!("reload rejected (see the log); {}", serving(app))
+    }
 }
 
 fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {

@@ -420,7 +420,8 @@ async fn relay_replies(
             _ = io.replaced.cancelled() => return,
             r = io.socket.readable() => {
                 if r.is_err() {
-                    continue;
+                    // Only when the runtime's I/O driver is gone: nothing more will come.
+                    return;
                 }
                 let mut tally = Tally::default();
                 let pending = relay_ready(&service, &io, peer, &mut tally);

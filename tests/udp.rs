@@ -472,3 +472,41 @@ async fn removed_udp_service_closes_its_socket_and_kept_one_keeps_sessions() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_drained_by_reload_loses_its_sessions_to_the_others() {
+    let members = udp_members("r", 221, 3).await;
+    let text = |drained: bool| {
+        let mut pool = udp_pool_toml("p", &members, "");
+        if drained {
+            let first = format!("{{ addr = \"{}\" }}", members[0].addr());
+            let drain = format!("{{ addr = \"{}\", state = \"drain\" }}", members[0].addr());
+            pool = pool.replace(&first, &drain);
+        }
+        format!("{pool}{}", udp_service_toml("s", "p", ""))
+    };
+    let mut app = balancer(&text(false)).await;
+    let addr = app.local_addr("s").expect("udp service");
+    let mut clients = Vec::new();
+    for c in 6000..6060u32 {
+        let socket = udp_client(client_ip(c)).await;
+        let who = udp_who(&socket, addr).await;
+        clients.push((socket, who));
+    }
+    let victim = members[0].name();
+    let on_victim = clients.iter().filter(|(_, w)| w == victim).count();
+    assert!(on_victim > 0);
+    let config = tandem::config::parse(&text(true), "t.toml").expect("valid");
+    app.reload(config).await.expect("reload");
+    for (socket, before) in &clients {
+        let now = udp_who(socket, addr).await;
+        if before == victim {
+            assert_ne!(now, victim, "a drained member keeps no UDP session");
+        } else {
+            assert_eq!(&now, before, "sessions of other members stay");
+        }
+    }
+    let stats = app.stats("s").expect("stats");
+    assert_eq!(stats.sessions_rehashed, on_victim as u64);
+    assert_eq!(stats.sessions_active, 60);
+}

@@ -12,7 +12,8 @@
 //! for `drain_timeout`; members removed or taken out of service keep their connections as long.
 //!
 //! [`App::shutdown`] stops accepting, waits for open connections up to a grace period, then cuts
-//! the rest.
+//! the rest. UDP services stop at once with their sessions: a session has no connection to
+//! finish, and its replies would have to leave from the listening socket that just closed.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -38,6 +39,7 @@ use crate::health::probe::ProbeSetupError;
 use crate::metrics::{Metrics, ReloadCounters, ServiceSample};
 use crate::pool::{Snapshot, SnapshotError};
 use crate::proxy::tcp::{self, ServiceContext};
+use crate::proxy::udp::{self, UdpContext};
 use crate::reload::{self, Diff};
 use crate::stats::{ServiceStats, StatsSnapshot};
 
@@ -53,8 +55,6 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
-    #[error("service \"{service}\": protocol udp is not served by this build yet")]
-    UdpNotSupported { service: String },
     #[error("health check: {0}")]
     Check(#[from] ProbeSetupError),
     #[error("{0}")]
@@ -146,6 +146,7 @@ impl AppView {
             .iter()
             .map(|s| ServiceSample {
                 name: &s.name,
+                udp: s.protocol == Protocol::Udp,
                 stats: &s.stats,
             })
             .collect();
@@ -290,14 +291,15 @@ impl App {
         self.service_views.store(Arc::new(views));
     }
 
-    /// Starts the accept loop of `service` on `listener`.
+    /// Starts the accept loop (TCP) or receive loop (UDP) of `service` on `listener`.
     fn serve(
         &mut self,
         service: Service,
-        listener: TcpListener,
+        listener: Listener,
         stats: Arc<ServiceStats>,
     ) -> Result<(), StartError> {
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        let local_addr = listener.local_addr();
+        let local_addr = local_addr.map_err(|source| StartError::Bind {
             service: service.name.clone(),
             addr: service.listen,
             source,
@@ -305,19 +307,38 @@ impl App {
         let limiter = Arc::new(Semaphore::new(service.max_connections));
         let stop_accepting = CancellationToken::new();
         let removed = CancellationToken::new();
-        let cx = ServiceContext {
-            name: Arc::from(service.name.as_str()),
-            routes: self.routes.clone(),
-            stats: stats.clone(),
-            limiter: limiter.clone(),
-            tracker: self.tracker.clone(),
-            stop_accepting: stop_accepting.clone(),
-            force_close: self.force_close.clone(),
-            removed: removed.clone(),
+        info!(service = %service.name, listen = %local_addr, protocol = %service.protocol,
+              pool = %service.pool, backup_pool = service.backup_pool.as_deref().unwrap_or("-"),
+              "listening");
+        let name: Arc<str> = Arc::from(service.name.as_str());
+        let accept = match listener {
+            Listener::Tcp(listener) => tokio::spawn(tcp::serve(
+                listener,
+                ServiceContext {
+                    name,
+                    routes: self.routes.clone(),
+                    stats: stats.clone(),
+                    limiter: limiter.clone(),
+                    tracker: self.tracker.clone(),
+                    stop_accepting: stop_accepting.clone(),
+                    force_close: self.force_close.clone(),
+                    removed: removed.clone(),
+                },
+            )),
+            // UDP sessions end with their service (shutdown or removal): there is no
+            // connection to drain, and the listening socket they reply from closes.
+            Listener::Udp(socket) => tokio::spawn(udp::serve(
+                socket,
+                UdpContext {
+                    name,
+                    routes: self.routes.clone(),
+                    stats: stats.clone(),
+                    limiter: limiter.clone(),
+                    tracker: self.tracker.clone(),
+                    stop: stop_accepting.clone(),
+                },
+            )),
         };
-        info!(service = %service.name, listen = %local_addr, pool = %service.pool,
-              backup_pool = service.backup_pool.as_deref().unwrap_or("-"), "listening");
-        let accept = tokio::spawn(tcp::serve(listener, cx));
         self.services.insert(
             service.name.clone(),
             RunningService {
@@ -557,21 +578,36 @@ impl App {
     }
 }
 
-/// Binds the listener of a service.
-fn bind(service: &Service) -> Result<TcpListener, StartError> {
-    if service.protocol == Protocol::Udp {
-        return Err(StartError::UdpNotSupported {
-            service: service.name.clone(),
-        });
+/// A bound listener of either protocol.
+enum Listener {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl Listener {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr(),
+            Listener::Udp(s) => s.local_addr(),
+        }
     }
-    tcp::bind(service.listen).map_err(|source| StartError::Bind {
+}
+
+/// Binds the listener (TCP) or listening socket (UDP) of a service.
+fn bind(service: &Service) -> Result<Listener, StartError> {
+    let bound = match service.protocol {
+        Protocol::Tcp => tcp::bind(service.listen).map(Listener::Tcp),
+        Protocol::Udp => udp::bind(service.listen).map(Listener::Udp),
+    };
+    bound.map_err(|source| StartError::Bind {
         service: service.name.clone(),
         addr: service.listen,
         source,
     })
 }
 
-/// A service leaving: its listener closes now, its connections drain for `drain_timeout`.
+/// A service leaving: its listener closes now, its connections drain for `drain_timeout`
+/// (UDP: its socket and sessions close now).
 fn retire(service: &RunningService) {
     info!(service = %service.config.name, drain_s = service.config.drain_timeout.as_secs_f64(),
           "listener closed; open connections drain");

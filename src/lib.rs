@@ -1,4 +1,4 @@
-//! tandem: a Layer-4 (TCP, and soon UDP) load balancer for paired server pools.
+//! tandem: a Layer-4 (TCP and UDP) load balancer for paired server pools.
 //!
 //! Data flows one way through the modules:
 //!
@@ -7,7 +7,8 @@
 //! - [`hash::maglev`] builds the consistent-hash table of a pool (pure).
 //! - [`pool`] turns a config into the immutable routing [`pool::Snapshot`]: pools, members,
 //!   tables, and each service's route; `pick` walks a client's preference order.
-//! - [`proxy`] is the data path: accept, pick, connect with retries, PROXY header, relay.
+//! - [`proxy`] is the data path: accept, pick, connect with retries, PROXY header, relay (TCP);
+//!   sessions per client address with replies from the listening socket (UDP).
 //! - [`app`] wires it together: binds listeners, owns the snapshot, shuts down gracefully.
 //! - [`stats`] holds the per-service counters the data path bumps.
 //! - [`demo`] runs demo pools on loopback for `tandem demo` and the tests.

@@ -67,6 +67,8 @@ impl CheckInstruments {
 /// One service's live counters, as the renderer sees them.
 pub struct ServiceSample<'a> {
     pub name: &'a str,
+    /// A UDP service: its session and datagram families are rendered too.
+    pub udp: bool,
     pub stats: &'a ServiceStats,
 }
 
@@ -198,6 +200,43 @@ impl Metrics {
                 vec![l("service", s.name), l("direction", "to_client")],
                 st.bytes_to_clients,
             );
+            if s.udp {
+                gauge(
+                    "tandem_udp_sessions_active",
+                    svc(),
+                    st.sessions_active as f64,
+                );
+                counter(
+                    "tandem_udp_sessions_created_total",
+                    svc(),
+                    st.sessions_created,
+                );
+                counter(
+                    "tandem_udp_sessions_expired_total",
+                    svc(),
+                    st.sessions_expired,
+                );
+                counter(
+                    "tandem_udp_sessions_rehashed_total",
+                    svc(),
+                    st.sessions_rehashed,
+                );
+                counter(
+                    "tandem_udp_datagrams_total",
+                    vec![l("service", s.name), l("direction", "to_member")],
+                    st.datagrams_to_members,
+                );
+                counter(
+                    "tandem_udp_datagrams_total",
+                    vec![l("service", s.name), l("direction", "to_client")],
+                    st.datagrams_to_clients,
+                );
+                counter(
+                    "tandem_udp_datagrams_dropped_total",
+                    svc(),
+                    st.datagrams_dropped,
+                );
+            }
         }
 
         for route in snapshot.routes() {

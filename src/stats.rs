@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Counters of one service; kept across config generations while the service exists.
 #[derive(Debug, Default)]
 pub struct ServiceStats {
-    /// Client connections accepted from the listener.
+    /// Client connections accepted from the listener (TCP).
     pub accepted: AtomicU64,
     /// Connections closed at once because `max_connections` were open.
     pub rejected_limit: AtomicU64,
@@ -21,6 +21,21 @@ pub struct ServiceStats {
     pub bytes_to_members: AtomicU64,
     /// Bytes from members to clients.
     pub bytes_to_clients: AtomicU64,
+    /// UDP: sessions open now (each holds one upstream socket).
+    pub sessions_active: AtomicU64,
+    /// UDP: sessions opened since the service started.
+    pub sessions_created: AtomicU64,
+    /// UDP: sessions closed by `idle_timeout`.
+    pub sessions_expired: AtomicU64,
+    /// UDP: datagrams relayed from clients to members.
+    pub datagrams_to_members: AtomicU64,
+    /// UDP: datagrams relayed from members to clients.
+    pub datagrams_to_clients: AtomicU64,
+    /// UDP: datagrams dropped (no member available, `max_connections` sessions open, or a
+    /// send that failed).
+    pub datagrams_dropped: AtomicU64,
+    /// UDP: sessions moved to another member because theirs became unavailable.
+    pub sessions_rehashed: AtomicU64,
 }
 
 /// A copy of [`ServiceStats`] at one moment.
@@ -33,6 +48,13 @@ pub struct StatsSnapshot {
     pub active: u64,
     pub bytes_to_members: u64,
     pub bytes_to_clients: u64,
+    pub sessions_active: u64,
+    pub sessions_created: u64,
+    pub sessions_expired: u64,
+    pub datagrams_to_members: u64,
+    pub datagrams_to_clients: u64,
+    pub datagrams_dropped: u64,
+    pub sessions_rehashed: u64,
 }
 
 impl ServiceStats {
@@ -47,6 +69,13 @@ impl ServiceStats {
             active: r(&self.active),
             bytes_to_members: r(&self.bytes_to_members),
             bytes_to_clients: r(&self.bytes_to_clients),
+            sessions_active: r(&self.sessions_active),
+            sessions_created: r(&self.sessions_created),
+            sessions_expired: r(&self.sessions_expired),
+            datagrams_to_members: r(&self.datagrams_to_members),
+            datagrams_to_clients: r(&self.datagrams_to_clients),
+            datagrams_dropped: r(&self.datagrams_dropped),
+            sessions_rehashed: r(&self.sessions_rehashed),
         }
     }
 }

@@ -58,6 +58,13 @@ pub fn status(view: &AppView) -> Value {
                     "connect_failures": st.connect_failures,
                     "bytes_to_members": st.bytes_to_members,
                     "bytes_to_clients": st.bytes_to_clients,
+                    "udp_sessions_active": st.sessions_active,
+                    "udp_sessions_created": st.sessions_created,
+                    "udp_sessions_expired": st.sessions_expired,
+                    "udp_sessions_rehashed": st.sessions_rehashed,
+                    "udp_datagrams_to_members": st.datagrams_to_members,
+                    "udp_datagrams_to_clients": st.datagrams_to_clients,
+                    "udp_datagrams_dropped": st.datagrams_dropped,
                 })),
             })
         })
@@ -162,5 +169,6 @@ fn kind(k: CheckKind) -> &'static str {
         CheckKind::Sip => "sip",
         CheckKind::SipTls => "sip-tls",
         CheckKind::SendExpect => "send-expect",
+        CheckKind::Udp => "udp",
     }
 }

@@ -157,9 +157,10 @@ pub struct Check {
     pub host: Option<String>,
     /// Accepted status codes: `http`/`https` default 200-399, `sip` default 200-299.
     pub expect_status: Vec<(u16, u16)>,
-    /// `send-expect`: bytes sent after connecting (may be empty: just read).
+    /// `send-expect`: bytes sent after connecting (may be empty: just read); `udp`: the
+    /// datagram sent (not empty).
     pub send: Vec<u8>,
-    /// `send-expect`: bytes the reply must contain.
+    /// `send-expect` and `udp`: bytes the reply must contain.
     pub expect: Vec<u8>,
 }
 
@@ -194,6 +195,9 @@ pub enum CheckKind {
     /// SIP OPTIONS over TLS (`kind = "sip"`, `transport = "tls"`).
     SipTls,
     SendExpect,
+    /// One datagram to the probe port over UDP (`kind = "udp"`); up when a reply datagram
+    /// contains `expect` (a STUN binding request, for example).
+    Udp,
 }
 
 /// One listener in front of a pool.

@@ -68,10 +68,10 @@ pub struct RawCheck {
     pub expect_status: Option<Spanned<RawStatus>>,
     /// sip: `tcp` or `tls`.
     pub transport: Option<Spanned<String>>,
-    /// send-expect: bytes to send, as text or as hex.
+    /// send-expect and udp: bytes to send, as text or as hex.
     pub send: Option<Spanned<String>>,
     pub send_hex: Option<Spanned<String>>,
-    /// send-expect: bytes the reply must contain, as text or as hex.
+    /// send-expect and udp: bytes the reply must contain, as text or as hex.
     pub expect: Option<Spanned<String>>,
     pub expect_hex: Option<Spanned<String>>,
 }
@@ -97,6 +97,8 @@ pub enum RawCheckKind {
     Https,
     Sip,
     SendExpect,
+    /// A datagram sent to the member's UDP port; up when a reply contains `expect`.
+    Udp,
 }
 
 /// One `[[service]]` entry.

@@ -407,11 +407,13 @@ impl<'a> Cx<'a> {
             RawCheckKind::Sip if sip_tls => CheckKind::SipTls,
             RawCheckKind::Sip => CheckKind::Sip,
             RawCheckKind::SendExpect => CheckKind::SendExpect,
+            RawCheckKind::Udp => CheckKind::Udp,
         };
         let uses_tls = matches!(kind, CheckKind::Tls | CheckKind::Https | CheckKind::SipTls);
         let is_http = matches!(kind, CheckKind::Http | CheckKind::Https);
         let is_sip = matches!(kind, CheckKind::Sip | CheckKind::SipTls);
-        let is_send_expect = kind == CheckKind::SendExpect;
+        // `send`/`expect` apply to both kinds that exchange raw bytes.
+        let is_send_expect = matches!(kind, CheckKind::SendExpect | CheckKind::Udp);
 
         // A key that does nothing for this kind is almost always a mistake in the file.
         let misplaced: [(&str, Option<Range<usize>>, bool); 10] = [
@@ -510,13 +512,34 @@ impl<'a> Cx<'a> {
 
         let send = self.bytes(&rc.send, &rc.send_hex, path, "send");
         let expect = self.bytes(&rc.expect, &rc.expect_hex, path, "expect");
+        if kind == CheckKind::Udp && send.as_ref().is_some_and(|s| s.is_empty()) {
+            // Over UDP nothing comes back unless something is sent first.
+            let at = rc
+                .send
+                .as_ref()
+                .or(rc.send_hex.as_ref())
+                .map_or(entry.clone(), |v| v.span());
+            self.problem(
+                at,
+                path,
+                "a udp check needs `send` (or `send_hex`): the datagram to send",
+            );
+            ok = false;
+        }
         if is_send_expect && expect.as_ref().is_some_and(|e| e.is_empty()) {
             let at = rc
                 .expect
                 .as_ref()
                 .or(rc.expect_hex.as_ref())
                 .map_or(entry, |v| v.span());
-            self.problem(at, path, "a send-expect check needs `expect` (or `expect_hex`): the bytes the reply must contain");
+            self.problem(
+                at,
+                path,
+                format!(
+                    "a {} check needs `expect` (or `expect_hex`): the bytes the reply must contain",
+                    kind_name(kind)
+                ),
+            );
             ok = false;
         }
 
@@ -934,6 +957,7 @@ fn kind_name(kind: CheckKind) -> &'static str {
         CheckKind::Sip => "sip",
         CheckKind::SipTls => "sip (tls)",
         CheckKind::SendExpect => "send-expect",
+        CheckKind::Udp => "udp",
     }
 }
 
@@ -1141,6 +1165,49 @@ backup_pool = "fe-dc2"
         let text = MINIMAL.to_string()
             + "[[service]]\nname = \"u\"\nlisten = \"0.0.0.0:5061\"\nprotocol = \"udp\"\npool = \"fe-dc1\"\n";
         assert!(parse(&text, "t.toml").is_ok());
+    }
+
+    #[test]
+    fn udp_check_needs_send_and_expect_and_takes_no_http_keys() {
+        let pool = "members = [{ addr = \"10.1.0.11\" }, { addr = \"10.1.0.12\", weight = 2 }, { addr = \"10.1.0.13\", state = \"drain\" }]";
+        let with = |check: &str| {
+            MINIMAL.replacen(
+                pool,
+                &format!("{pool}\n[[pool.check]]\nkind = \"udp\"\nport = 3478\n{check}"),
+                1,
+            )
+        };
+        let c = parse(
+            &with("send_hex = \"0001 0000 2112A442 000000000000000000000000\"\nexpect_hex = \"2112A442\""),
+            "t.toml",
+        )
+        .expect("valid");
+        let check = &c.pools[0].checks[0];
+        assert_eq!(check.kind, CheckKind::Udp);
+        assert_eq!(check.send.len(), 20);
+        assert_eq!(check.expect, vec![0x21, 0x12, 0xA4, 0x42]);
+
+        let problems = parse(&with("expect = \"x\""), "t.toml").expect_err("no send");
+        assert!(
+            problems.to_string().contains("a udp check needs `send`"),
+            "{problems}"
+        );
+        let problems = parse(&with("send = \"x\""), "t.toml").expect_err("no expect");
+        assert!(
+            problems.to_string().contains("a udp check needs `expect`"),
+            "{problems}"
+        );
+        let problems = parse(
+            &with("send = \"x\"\nexpect = \"y\"\npath = \"/\""),
+            "t.toml",
+        )
+        .expect_err("path");
+        assert!(
+            problems
+                .to_string()
+                .contains("path does not apply to a udp check"),
+            "{problems}"
+        );
     }
 
     #[test]

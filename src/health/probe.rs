@@ -5,13 +5,14 @@
 //! handshake, request and response) and returns a verdict with a short reason for `/status`.
 //!
 //! This module owns the dispatch on the check kind, the timeout and the reasons; the kinds live in
-//! the private `tls`, `http`, `sip` and `send_expect` submodules. It decides nothing about rise/fall
+//! the private `tls`, `http`, `sip`, `send_expect` and `udp` submodules. It decides nothing about rise/fall
 //! and keeps no state between runs; it never reads more from a member than a small fixed bound.
 
 mod http;
 mod send_expect;
 mod sip;
 mod tls;
+mod udp;
 
 use std::fmt;
 use std::io;
@@ -137,6 +138,9 @@ impl Prober {
 
     async fn run(&self, addr: SocketAddr) -> ProbeOutcome {
         let check = &self.check;
+        if check.kind == CheckKind::Udp {
+            return udp::probe(check, addr).await;
+        }
         let tcp = match TcpStream::connect(addr).await {
             Ok(tcp) => tcp,
             Err(e) => return ProbeOutcome::fail(format!("connect: {}", io_reason(&e))),
@@ -157,6 +161,8 @@ impl Prober {
                 Err(e) => ProbeOutcome::fail(format!("local address: {}", io_reason(&e))),
             },
             CheckKind::Tls | CheckKind::Https | CheckKind::SipTls => self.run_tls(tcp, addr).await,
+            // Handled above, before any TCP connect.
+            CheckKind::Udp => ProbeOutcome::fail("udp check over tcp"),
         }
     }
 

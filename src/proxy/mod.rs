@@ -1,7 +1,9 @@
-//! The data path: listeners, member selection per connection, and byte relaying.
+//! The data path: listeners, member selection per connection (TCP) or session (UDP), and
+//! relaying.
 //!
 //! Reads the routing snapshot; never builds tables or parses config.
 
 pub mod proxy_protocol;
 pub mod relay;
 pub mod tcp;
+pub mod udp;

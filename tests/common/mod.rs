@@ -296,3 +296,189 @@ pub async fn wait_failover(
     .await;
     found.unwrap_or_else(|_| panic!("{service} did not fail over to {to} within {limit:?}"))
 }
+
+/// A UDP echo member for the UDP tests: answers every datagram with `name|payload`, and a STUN
+/// binding request (RFC 8489 header) with a binding success response carrying the same
+/// transaction id. It also listens on TCP at the same address, so a `tcp` check on the member's
+/// own port follows its life. `stop` closes both sockets; `restart` opens them again.
+pub struct UdpMember {
+    name: String,
+    addr: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Source addresses the member has heard from (tandem's upstream sockets), latest last.
+    pub peers: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+}
+
+/// STUN magic cookie (RFC 8489 §5).
+pub const STUN_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+
+/// The reply a STUN server gives `request`: a binding success response with the request's
+/// transaction id, or `None` when `request` is not a binding request.
+pub fn stun_response(request: &[u8]) -> Option<Vec<u8>> {
+    if request.len() < 20 || request[0..2] != [0x00, 0x01] || request[4..8] != STUN_COOKIE {
+        return None;
+    }
+    let mut out = vec![0x01, 0x01, 0x00, 0x00];
+    out.extend_from_slice(&STUN_COOKIE);
+    out.extend_from_slice(&request[8..20]);
+    Some(out)
+}
+
+impl UdpMember {
+    /// Starts a member named `name` on `ip` with a port free for both UDP and TCP.
+    pub async fn start(name: &str, ip: IpAddr) -> UdpMember {
+        let mut member = UdpMember {
+            name: name.to_string(),
+            addr: SocketAddr::new(ip, 0),
+            task: None,
+            peers: Default::default(),
+        };
+        for _ in 0..20 {
+            let udp = tokio::net::UdpSocket::bind(SocketAddr::new(ip, 0))
+                .await
+                .expect("bind udp member");
+            let addr = udp.local_addr().expect("udp member addr");
+            // The same port on TCP is almost always free; try another when it is not.
+            if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+                member.addr = addr;
+                member.run(udp, tcp);
+                return member;
+            }
+        }
+        panic!("no port free for both UDP and TCP on {ip}");
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes both sockets: datagrams get ICMP port unreachable, TCP connects are refused.
+    pub fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Opens both sockets again on the same address.
+    pub async fn restart(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        let udp = tokio::net::UdpSocket::bind(self.addr)
+            .await
+            .expect("rebind udp member");
+        let tcp = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("rebind tcp member");
+        self.run(udp, tcp);
+    }
+
+    fn run(&mut self, udp: tokio::net::UdpSocket, tcp: tokio::net::TcpListener) {
+        let prefix = format!("{}|", self.name).into_bytes();
+        let peers = self.peers.clone();
+        self.task = Some(tokio::spawn(async move {
+            let mut buf = vec![0u8; 65535];
+            loop {
+                tokio::select! {
+                    r = udp.recv_from(&mut buf) => {
+                        let Ok((n, from)) = r else { continue };
+                        if let Ok(mut p) = peers.lock() {
+                            p.push(from);
+                        }
+                        let reply = match stun_response(&buf[..n]) {
+                            Some(r) => r,
+                            None => [&prefix[..], &buf[..n]].concat(),
+                        };
+                        let _ = udp.send_to(&reply, from).await;
+                    }
+                    // Accepted and dropped: a tcp check only needs the connect to succeed.
+                    _ = tcp.accept() => {}
+                }
+            }
+        }));
+    }
+}
+
+impl Drop for UdpMember {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `n` UDP members named `{prefix}1..n` on hosts 127.0.1.{first_host}..
+pub async fn udp_members(prefix: &str, first_host: u8, n: u8) -> Vec<UdpMember> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 1, first_host + i));
+        out.push(UdpMember::start(&format!("{prefix}{}", i + 1), ip).await);
+    }
+    out
+}
+
+/// A `[[pool]]` table listing UDP `members` by address, with extra lines (checks) after it.
+pub fn udp_pool_toml(name: &str, members: &[UdpMember], extra: &str) -> String {
+    let list: Vec<String> = members
+        .iter()
+        .map(|m| format!("{{ addr = \"{}\" }}", m.addr()))
+        .collect();
+    format!(
+        "[[pool]]\nname = \"{name}\"\nmembers = [{}]\n{extra}",
+        list.join(", ")
+    )
+}
+
+/// A UDP `[[service]]` table on 127.0.0.1:0 in front of `pool`, with extra `key = value` lines.
+pub fn udp_service_toml(name: &str, pool: &str, extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"udp\"\npool = \"{pool}\"\n{extra}\n"
+    )
+}
+
+/// A UDP client socket on `ip` (any port).
+pub async fn udp_client(ip: IpAddr) -> tokio::net::UdpSocket {
+    tokio::net::UdpSocket::bind(SocketAddr::new(ip, 0))
+        .await
+        .expect("bind udp client")
+}
+
+/// Sends `payload` to `to` and returns (member name, echoed payload) of the reply, which must
+/// come from `to`. Waits `wait` per try and sends again up to `tries` times; `Err` counts tries
+/// that got no reply.
+pub async fn udp_ask(
+    socket: &tokio::net::UdpSocket,
+    to: SocketAddr,
+    payload: &[u8],
+    wait: Duration,
+    tries: u32,
+) -> Result<(String, Vec<u8>), u32> {
+    let mut buf = vec![0u8; 65535];
+    for _ in 0..tries {
+        socket.send_to(payload, to).await.expect("client send");
+        let Ok(r) = tokio::time::timeout(wait, socket.recv_from(&mut buf)).await else {
+            continue;
+        };
+        let (n, from) = r.expect("client recv");
+        assert_eq!(from, to, "reply must come from the listening address");
+        let reply = &buf[..n];
+        let bar = reply
+            .iter()
+            .position(|&b| b == b'|')
+            .expect("reply has a member prefix");
+        let name = String::from_utf8_lossy(&reply[..bar]).into_owned();
+        return Ok((name, reply[bar + 1..].to_vec()));
+    }
+    Err(tries)
+}
+
+/// Which member answers `socket` (one small datagram).
+pub async fn udp_who(socket: &tokio::net::UdpSocket, to: SocketAddr) -> String {
+    udp_ask(socket, to, b"who", Duration::from_secs(2), 3)
+        .await
+        .unwrap_or_else(|n| panic!("no reply after {n} tries"))
+        .0
+}

@@ -1,0 +1,58 @@
+//! The `udp` probe: send the check's datagram from a fresh connected socket, then wait for
+//! one reply datagram that must contain the expected bytes (a STUN binding request answered by any
+//! binding response, for example).
+//!
+//! The socket is connected, so only the member's datagrams are read, and an ICMP port
+//! unreachable comes back as "port unreachable" instead of a silent timeout. A reply that does
+//! not match is a failure (a probe is one exchange); the check's timeout, applied by the caller,
+//! bounds the wait. Nothing is retransmitted: a lost datagram is one failed probe, which `fall`
+//! absorbs.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use tokio::net::UdpSocket;
+
+use super::{ProbeOutcome, io_reason, quote_bytes};
+use crate::config::Check;
+
+/// Largest reply read: a whole UDP datagram.
+const MAX_DATAGRAM: usize = 65535;
+
+/// How many received bytes a failure reason quotes.
+const QUOTE_LEN: usize = 40;
+
+/// Sends `check.send` to `addr` and waits for a datagram containing `check.expect`.
+pub(super) async fn probe(check: &Check, addr: SocketAddr) -> ProbeOutcome {
+    let local: SocketAddr = match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = match UdpSocket::bind(local).await {
+        Ok(s) => s,
+        Err(e) => return ProbeOutcome::fail(format!("bind: {}", io_reason(&e))),
+    };
+    if let Err(e) = socket.connect(addr).await {
+        return ProbeOutcome::fail(format!("connect: {}", io_reason(&e)));
+    }
+    if let Err(e) = socket.send(&check.send).await {
+        return ProbeOutcome::fail(format!("send: {}", io_reason(&e)));
+    }
+    let expect = check.expect.as_slice();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let n = match socket.recv(&mut buf).await {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return ProbeOutcome::fail("port unreachable");
+        }
+        Err(e) => return ProbeOutcome::fail(format!("recv: {}", io_reason(&e))),
+    };
+    let got = &buf[..n];
+    if expect.is_empty() || got.windows(expect.len()).any(|w| w == expect) {
+        ProbeOutcome::pass("matched")
+    } else {
+        ProbeOutcome::fail(format!(
+            "reply without a match: \"{}\"",
+            quote_bytes(got, QUOTE_LEN)
+        ))
+    }
+}

@@ -1,0 +1,507 @@
+//! UDP services: one listening socket per service, a session per client address, one connected
+//! upstream socket per session.
+//!
+//! The receive loop owns the listening socket's read side. For each datagram it finds the
+//! client's session in a sharded table (`DashMap`, keyed by the client's full address) or opens
+//! one: a `max_connections` permit, a member picked from the active pool by the client's hash
+//! key (so with `hash = "source-ip"` every port of one IP lands on one member), and a socket on an
+//! ephemeral port connected to that member. The datagram goes out on that socket.
+//!
+//! Each session has one task, which relays the member's replies back to the client *from the
+//! listening socket* (so the client sees answers from the address it wrote to) and owns the
+//! session's idle timer: nothing scans the table. A session ends after `idle_timeout` without a
+//! datagram in either direction, when the service stops (shutdown, or removed by a reload), or
+//! when a re-hash replaces it. Ending drops its upstream socket, closing it.
+//!
+//! A session stays on its member while the member is available. When it is not (down, drain,
+//! maint, removed by a reload), the client's next datagram opens a new session on the member the
+//! client's key now picks in the active pool: UDP has no connection to keep, and the old member is
+//! not going to answer.
+//!
+//! Hot path: no allocation per datagram. The receive loop reuses one 64 KiB buffer; reply tasks
+//! share one per worker thread (a reply is read and sent without an `.await` in between). Only a
+//! send that would block copies the datagram and waits. Counters are added once per batch.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use tokio::net::UdpSocket;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::config::FailoverMode;
+use crate::pool::{ClientKey, MemberState, PoolState, Route, Snapshot};
+use crate::stats::ServiceStats;
+
+/// Largest datagram relayed (the UDP maximum); longer ones do not exist on the wire.
+pub const MAX_DATAGRAM: usize = 65535;
+/// Receive buffer asked of the kernel for a listening socket (it caps it at `net.core.rmem_max`):
+/// a burst of datagrams waits here while the receive loop is busy.
+const LISTEN_RECV_BUFFER: usize = 4 << 20;
+/// Datagrams handled in one go before the receive loop yields to other tasks.
+const BATCH: usize = 256;
+/// Pause after a listening socket error that is not about one datagram.
+const ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+thread_local! {
+    /// Reply buffer of the session tasks running on this thread.
+    static REPLY_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
+}
+
+/// Binds the listening socket of a UDP service.
+pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // No SO_REUSEADDR: on UDP it would let another socket share the port and split the traffic.
+    // Best effort: a smaller buffer still works, it only drops sooner under a burst.
+    let _ = socket.set_recv_buffer_size(LISTEN_RECV_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// What a UDP service's receive loop and its sessions share with the app.
+#[derive(Clone)]
+pub struct UdpContext {
+    /// Service name, the key of its route in the snapshot.
+    pub name: Arc<str>,
+    /// The current routing snapshot, read for new sessions and after a reload.
+    pub routes: Arc<ArcSwap<Snapshot>>,
+    pub stats: Arc<ServiceStats>,
+    /// `max_connections` permits: one per session.
+    pub limiter: Arc<Semaphore>,
+    /// Tracks session tasks so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Fires when the service stops (shutdown, or removed by a reload): the receive loop and
+    /// every session end at once, and the listening socket closes.
+    pub stop: CancellationToken,
+}
+
+/// The session table and the listening socket, shared by the receive loop and session tasks.
+struct Service {
+    cx: UdpContext,
+    listen: UdpSocket,
+    sessions: DashMap<SocketAddr, Session>,
+    /// Time origin of `last_seen` stamps (milliseconds since it).
+    base: Instant,
+}
+
+impl Service {
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+}
+
+/// One client's session, as the receive loop sees it.
+struct Session {
+    io: Arc<SessionIo>,
+    /// The member the session is bound to, as of snapshot `generation`.
+    member: Option<MemberState>,
+    /// The pool the member was picked from (local or backup).
+    pool: Arc<PoolState>,
+    generation: u64,
+    /// When the client last sent a datagram (ms since [`Service::base`]).
+    last_seen: u64,
+    /// The session's `max_connections` permit; handed to the session that replaces it.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What a session's task owns: the upstream socket, and a token that ends the task when a
+/// re-hash replaces the session.
+struct SessionIo {
+    socket: UdpSocket,
+    replaced: CancellationToken,
+}
+
+/// Receives until `cx.stop` fires; then ends every session and closes the socket.
+pub async fn serve(listen: UdpSocket, cx: UdpContext) {
+    let service = Arc::new(Service {
+        cx,
+        listen,
+        sessions: DashMap::new(),
+        base: Instant::now(),
+    });
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let stop = service.cx.stop.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = service.listen.readable() => {
+                if let Err(e) = r {
+                    warn!(service = %service.cx.name, error = %e, "udp socket failed; pausing");
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                    continue;
+                }
+            }
+        }
+        receive_batch(&service, &mut buf).await;
+        // Let session tasks and others run between batches under a flood.
+        tokio::task::yield_now().await;
+    }
+    // Sessions see `stop` too and end; take them out of the gauge here, once.
+    let mut open = 0;
+    service.sessions.retain(|_, _| {
+        open += 1;
+        false
+    });
+    service.cx.stats.sessions_active.fetch_sub(open, Relaxed);
+    debug!(service = %service.cx.name, sessions = open, "udp listener closed");
+}
+
+/// Counts kept in locals and added to the shared counters once per batch.
+#[derive(Default)]
+struct Tally {
+    datagrams: u64,
+    bytes: u64,
+    dropped: u64,
+}
+
+impl Tally {
+    fn flush(&mut self, datagrams: &AtomicU64, bytes: &AtomicU64, dropped: &AtomicU64) {
+        if self.datagrams > 0 {
+            datagrams.fetch_add(self.datagrams, Relaxed);
+            bytes.fetch_add(self.bytes, Relaxed);
+        }
+        if self.dropped > 0 {
+            dropped.fetch_add(self.dropped, Relaxed);
+        }
+        *self = Tally::default();
+    }
+}
+
+/// Reads datagrams until the socket is empty (or a batch is done) and forwards each.
+async fn receive_batch(service: &Arc<Service>, buf: &mut [u8]) {
+    let stats = &service.cx.stats;
+    let mut tally = Tally::default();
+    for _ in 0..BATCH {
+        let (n, peer) = match service.listen.try_recv_from(buf) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            // An error about one datagram (e.g. a pending ICMP error): go on with the next.
+            Err(_) => continue,
+        };
+        let datagram = &buf[..n];
+        match forward(service, peer, datagram) {
+            Forward::Sent => {
+                tally.datagrams += 1;
+                tally.bytes += n as u64;
+            }
+            Forward::Dropped => tally.dropped += 1,
+            Forward::WouldBlock(socket) => {
+                // The upstream socket's send buffer is full: wait for room (rare; the kernel
+                // drains it quickly), without holding the table.
+                match socket.socket.send(datagram).await {
+                    Ok(_) => {
+                        tally.datagrams += 1;
+                        tally.bytes += n as u64;
+                    }
+                    Err(_) => tally.dropped += 1,
+                }
+            }
+        }
+    }
+    tally.flush(
+        &stats.datagrams_to_members,
+        &stats.bytes_to_members,
+        &stats.datagrams_dropped,
+    );
+}
+
+enum Forward {
+    Sent,
+    Dropped,
+    WouldBlock(Arc<SessionIo>),
+}
+
+/// Sends one client datagram to its session's member, opening or re-hashing the session first
+/// when needed. Never awaits: table shards are locked only inside.
+fn forward(service: &Arc<Service>, peer: SocketAddr, datagram: &[u8]) -> Forward {
+    let now = service.now_ms();
+    let snapshot = service.cx.routes.load();
+    let mut entry = match service.sessions.entry(peer) {
+        dashmap::Entry::Occupied(entry) => entry,
+        dashmap::Entry::Vacant(vacant) => {
+            let Some(session) = open(service, &snapshot, peer, now, None) else {
+                return Forward::Dropped;
+            };
+            let io = session.io.clone();
+            vacant.insert(session);
+            service.cx.stats.sessions_active.fetch_add(1, Relaxed);
+            return send(&io, datagram);
+        }
+    };
+    let session = entry.get_mut();
+    if session.generation != snapshot.generation {
+        refresh(session, &snapshot, &service.cx.name);
+    }
+    session.last_seen = now;
+    let usable = session
+        .member
+        .as_ref()
+        .is_some_and(|m| m.available() && !m.retired.is_cancelled());
+    if !usable {
+        // The member cannot serve: move the client to the member its key picks now. The new
+        // session takes over the old one's permit, so a full table never blocks a re-hash.
+        let permit = session.permit.take();
+        let Some(new) = open(service, &snapshot, peer, now, permit) else {
+            // Nobody to move to: the session ends and the datagram is dropped; the client's
+            // next datagram starts afresh.
+            let (_, old) = entry.remove_entry();
+            old.io.replaced.cancel();
+            service.cx.stats.sessions_active.fetch_sub(1, Relaxed);
+            return Forward::Dropped;
+        };
+        debug!(service = %service.cx.name, client = %peer, "member unavailable; session re-hashed");
+        service.cx.stats.sessions_rehashed.fetch_add(1, Relaxed);
+        let old = std::mem::replace(session, new);
+        old.io.replaced.cancel();
+    }
+    send(&session.io, datagram)
+}
+
+fn send(io: &Arc<SessionIo>, datagram: &[u8]) -> Forward {
+    match io.socket.try_send(datagram) {
+        Ok(_) => Forward::Sent,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Forward::WouldBlock(io.clone()),
+        // A pending ICMP error from the member (port unreachable) fails this send without
+        // sending; the datagram itself may still get through.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            match io.socket.try_send(datagram) {
+                Ok(_) => Forward::Sent,
+                Err(_) => Forward::Dropped,
+            }
+        }
+        Err(_) => Forward::Dropped,
+    }
+}
+
+/// After a reload: finds the session's member in the new snapshot (same pool, same address),
+/// so its current health and operator state apply. A member that is gone is unusable.
+fn refresh(session: &mut Session, snapshot: &Snapshot, name: &str) {
+    session.generation = snapshot.generation;
+    let addr = session.member.as_ref().map(|m| m.addr);
+    let current = snapshot.route(name).and_then(|route| {
+        std::iter::once(&route.local)
+            .chain(route.backup.as_ref())
+            .find(|p| p.name == session.pool.name)
+    });
+    match (current, addr) {
+        (Some(pool), Some(addr)) => {
+            session.member = pool.members.iter().find(|m| m.addr == addr).cloned();
+            session.pool = pool.clone();
+        }
+        _ => session.member = None,
+    }
+}
+
+/// Opens a session for `peer`: a permit (or the one handed over by a re-hash), a member from
+/// the active pool (spilling to the paired pool under `auto` when the active one has none), a
+/// connected upstream socket, and the task relaying replies.
+fn open(
+    service: &Arc<Service>,
+    snapshot: &Snapshot,
+    peer: SocketAddr,
+    now: u64,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Option<Session> {
+    let stats = &service.cx.stats;
+    let route = snapshot.route(&service.cx.name)?;
+    let permit = match permit {
+        Some(p) => p,
+        None => match service.cx.limiter.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                stats.rejected_limit.fetch_add(1, Relaxed);
+                debug!(service = %service.cx.name, client = %peer, "max_connections sessions open; datagram dropped");
+                return None;
+            }
+        },
+    };
+    let Some((pool, member)) = choose(route, peer) else {
+        stats.rejected_no_member.fetch_add(1, Relaxed);
+        debug!(service = %service.cx.name, client = %peer, "no member available; datagram dropped");
+        return None;
+    };
+    let addr = member.addr.socket_addr(route.service.port);
+    let socket = match connect(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            stats.connect_failures.fetch_add(1, Relaxed);
+            debug!(service = %service.cx.name, member = %addr, error = %e, "upstream socket failed");
+            return None;
+        }
+    };
+    let io = Arc::new(SessionIo {
+        socket,
+        replaced: CancellationToken::new(),
+    });
+    stats.sessions_created.fetch_add(1, Relaxed);
+    service.cx.tracker.spawn(relay_replies(
+        service.clone(),
+        peer,
+        io.clone(),
+        route.service.idle_timeout,
+        now,
+    ));
+    Some(Session {
+        io,
+        member: Some(member),
+        pool,
+        generation: snapshot.generation,
+        last_seen: now,
+        permit: Some(permit),
+    })
+}
+
+/// The member for a new session: the active pool first; under `auto`, the paired pool when
+/// the active one has nobody available (the moments before failover is decided).
+fn choose(route: &Route, peer: SocketAddr) -> Option<(Arc<PoolState>, MemberState)> {
+    let key = ClientKey::new(peer, route.service.hash);
+    let active = route.active_pool();
+    let spill = match (&route.backup, route.service.failover) {
+        (Some(backup), FailoverMode::Auto) => Some(if Arc::ptr_eq(active, backup) {
+            &route.local
+        } else {
+            backup
+        }),
+        _ => None,
+    };
+    std::iter::once(active).chain(spill).find_map(|pool| {
+        let index = pool.pick(key.as_bytes(), &[])?;
+        let member = pool.members.get(index)?.clone();
+        Some((pool.clone(), member))
+    })
+}
+
+/// A socket on an ephemeral port connected to `member` (synchronous: a few syscalls, no wait).
+fn connect(member: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = match member {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = std::net::UdpSocket::bind(local)?;
+    socket.connect(member)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+/// A session's task: relays the member's replies to the client from the listening socket, and
+/// ends the session after `idle` without traffic either way.
+async fn relay_replies(
+    service: Arc<Service>,
+    peer: SocketAddr,
+    io: Arc<SessionIo>,
+    idle: Duration,
+    opened: u64,
+) {
+    let stats = &service.cx.stats;
+    let idle_ms = idle.as_millis() as u64;
+    let mut last_reply = opened;
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            _ = service.cx.stop.cancelled() => return,
+            _ = io.replaced.cancelled() => return,
+            r = io.socket.readable() => {
+                if r.is_err() {
+                    // Only when the runtime's I/O driver is gone: nothing more will come.
+                    return;
+                }
+                let mut tally = Tally::default();
+                let pending = relay_ready(&service, &io, peer, &mut tally);
+                if let Some(datagram) = pending {
+                    // The listening socket's send buffer is full: wait for room (rare).
+                    match service.listen.send_to(&datagram, peer).await {
+                        Ok(_) => {
+                            tally.datagrams += 1;
+                            tally.bytes += datagram.len() as u64;
+                        }
+                        Err(_) => tally.dropped += 1,
+                    }
+                }
+                if tally.datagrams > 0 {
+                    last_reply = service.now_ms();
+                }
+                tally.flush(&stats.datagrams_to_clients, &stats.bytes_to_clients, &stats.datagrams_dropped);
+            }
+            _ = &mut timer => {
+                let Some(last_seen) = service
+                    .sessions
+                    .get(&peer)
+                    .filter(|s| Arc::ptr_eq(&s.io, &io))
+                    .map(|s| s.last_seen)
+                else {
+                    return; // no longer in the table
+                };
+                let last = last_seen.max(last_reply);
+                let now = service.now_ms();
+                if now.saturating_sub(last) >= idle_ms {
+                    // Remove only if the client has not sent meanwhile (checked under the
+                    // shard lock the receive loop also takes).
+                    let removed = service.sessions.remove_if(&peer, |_, s| {
+                        Arc::ptr_eq(&s.io, &io) && s.last_seen == last_seen
+                    });
+                    if removed.is_some() {
+                        stats.sessions_expired.fetch_add(1, Relaxed);
+                        stats.sessions_active.fetch_sub(1, Relaxed);
+                        debug!(service = %service.cx.name, client = %peer, "udp session idle; closed");
+                        return;
+                    }
+                    timer.as_mut().reset(Instant::now() + idle);
+                } else {
+                    let left = idle_ms - (now - last);
+                    timer.as_mut().reset(Instant::now() + Duration::from_millis(left));
+                }
+            }
+        }
+    }
+}
+
+/// Reads every reply waiting on the session's socket and sends each to the client, without
+/// waiting. Returns a copy of a reply that could not be sent without waiting.
+fn relay_ready(
+    service: &Service,
+    io: &SessionIo,
+    peer: SocketAddr,
+    tally: &mut Tally,
+) -> Option<Vec<u8>> {
+    REPLY_BUF.with_borrow_mut(|buf| {
+        for _ in 0..BATCH {
+            let n = match io.socket.try_recv(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                // The member's port is closed (ICMP port unreachable), or another error about
+                // one datagram: nothing to relay; health checks judge the member.
+                Err(_) => {
+                    tally.dropped += 1;
+                    continue;
+                }
+            };
+            match service.listen.try_send_to(&buf[..n], peer) {
+                Ok(_) => {
+                    tally.datagrams += 1;
+                    tally.bytes += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(buf[..n].to_vec()),
+                Err(_) => tally.dropped += 1,
+            }
+        }
+        None
+    })
+}

@@ -330,24 +330,14 @@ async fn idle_connections_close_after_idle_timeout_and_activity_resets_it() {
     tokio::time::pause();
     let start = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(1000)).await;
-    // The echo crosses real sockets; if the runtime went idle while the kernel held a byte in
-    // flight, the paused clock would jump to the next timer (the idle deadlines) and the test
-    // would measure the race, not the relay. A task that keeps yielding keeps the runtime busy
-    // (it still polls I/O) until the echo is back.
-    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let spinner = {
-        let busy = busy.clone();
-        tokio::spawn(async move {
-            while busy.load(std::sync::atomic::Ordering::Relaxed) {
-                tokio::task::yield_now().await;
-            }
-        })
-    };
-    chatty.write_all(b"x").await.expect("write");
-    let mut echo = [0u8; 1];
-    chatty.read_exact(&mut echo).await.expect("echo");
-    busy.store(false, std::sync::atomic::Ordering::Relaxed);
-    spinner.await.expect("spinner");
+    // The echo crosses real sockets: keep the runtime busy meanwhile, or the paused clock could
+    // jump to the idle deadlines while a byte is in flight (see `without_clock_jumps`).
+    without_clock_jumps(async {
+        chatty.write_all(b"x").await.expect("write");
+        let mut echo = [0u8; 1];
+        chatty.read_exact(&mut echo).await.expect("echo");
+    })
+    .await;
     // (The timer wheel rounds to the millisecond; a jump would be to the 1800 s deadlines.)
     assert!(
         start.elapsed() < Duration::from_secs(1001),

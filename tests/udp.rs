@@ -278,16 +278,18 @@ async fn idle_sessions_expire_and_close_their_socket() {
     .await;
     let addr = app.local_addr("s").expect("udp service");
     let client = udp_client(client_ip(3000)).await;
-    // No timeouts here: with the clock paused they would fire while datagrams are in flight.
+    // No timeouts here: with the clock paused they would fire while datagrams are in flight;
+    // and the runtime is kept busy meanwhile, so the clock cannot jump to the session's idle
+    // deadline before the proxy has seen the datagram.
     let ask = |payload: &'static [u8]| {
         let client = &client;
-        async move {
+        without_clock_jumps(async move {
             client.send_to(payload, addr).await.expect("send");
             let mut buf = [0u8; 64];
             let (n, from) = client.recv_from(&mut buf).await.expect("recv");
             assert_eq!(from, addr);
             buf[..n].to_vec()
-        }
+        })
     };
     assert_eq!(ask(b"one").await, b"i1|one");
     let upstream = *member

@@ -482,3 +482,22 @@ pub async fn udp_who(socket: &tokio::net::UdpSocket, to: SocketAddr) -> String {
         .unwrap_or_else(|n| panic!("no reply after {n} tries"))
         .0
 }
+
+/// Awaits `f` while keeping the runtime busy, so that under tokio's paused clock time cannot
+/// jump to the next timer while bytes are in flight through real sockets (auto-advance happens
+/// only when every task is idle; a yielding task still lets the runtime poll I/O).
+pub async fn without_clock_jumps<F: Future>(f: F) -> F::Output {
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let spinner = {
+        let busy = busy.clone();
+        tokio::spawn(async move {
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let out = f.await;
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = spinner.await;
+    out
+}

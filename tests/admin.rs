@@ -3,73 +3,20 @@
 //! promtool when it is installed), `/status`, `/events` in order, and hostile requests.
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use process::Tandem;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-
-struct Tandem {
-    child: Child,
-    logs: mpsc::UnboundedReceiver<Value>,
-}
-
-impl Tandem {
-    fn spawn(config: &Path) -> Tandem {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .args(["run", "--no-watch", "--log-format", "json", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tandem starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, logs) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        Tandem { child, logs }
-    }
-
-    async fn addr_of(&mut self, message: &str) -> SocketAddr {
-        let found = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(v) = self.logs.recv().await {
-                if v.get("message").and_then(Value::as_str) == Some(message) {
-                    return v["listen"].as_str().and_then(|s| s.parse().ok());
-                }
-            }
-            None
-        })
-        .await;
-        found
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| panic!("no {message:?} log with an address"))
-    }
-}
-
-impl Drop for Tandem {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One HTTP/1.1 request; returns the status and the body.
 async fn http(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
@@ -157,7 +104,7 @@ async fn admin_api_after_a_scripted_sequence() {
     let path = dir.path().join("tandem.toml");
     std::fs::write(&path, config(&local, &backup, &token, "")).expect("write");
 
-    let mut tandem = Tandem::spawn(&path);
+    let mut tandem = Tandem::spawn(&path, &["--no-watch"]);
     let service = tandem.addr_of("listening").await;
     let admin = tandem.addr_of("admin API listening").await;
     assert_eq!(

@@ -4,84 +4,11 @@
 //! it too; SIGTERM exits 0.
 
 mod common;
-
-use std::io::BufRead;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+#[path = "common/process.rs"]
+mod process;
 
 use common::*;
-use serde_json::Value;
-use tokio::sync::mpsc;
-
-/// `tandem run` as a child process with JSON logs streamed back line by line.
-struct Tandem {
-    child: Child,
-    logs: mpsc::UnboundedReceiver<Value>,
-}
-
-impl Tandem {
-    fn spawn(config: &Path) -> Tandem {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .args(["run", "-c"])
-            .arg(config)
-            .args(["--log-format", "json", "--shutdown-grace", "5s"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tandem starts");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, logs) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                if tx.send(value).is_err() {
-                    break;
-                }
-            }
-        });
-        Tandem { child, logs }
-    }
-
-    /// The next log line whose message is `message` (at most 10 s away).
-    async fn expect_log(&mut self, message: &str) -> Value {
-        let found = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(v) = self.logs.recv().await {
-                if v.get("message").and_then(Value::as_str) == Some(message) {
-                    return Some(v);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(v)) => v,
-            Ok(None) => panic!(
-                "tandem's log ended before {message:?}; exit status: {:?}",
-                self.child.try_wait()
-            ),
-            Err(_) => panic!("tandem did not log {message:?} within 10 s"),
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-    }
-}
-
-impl Drop for Tandem {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use process::Tandem;
 
 fn config(local: &[DemoMember], backup: &[DemoMember], failover: &str) -> String {
     pool_toml("dc1", local)
@@ -103,12 +30,8 @@ async fn drill_by_editing_the_file_and_sending_sighup() {
     let path = dir.path().join("tandem.toml");
     std::fs::write(&path, config(&local, &backup, "auto")).expect("write");
 
-    let mut tandem = Tandem::spawn(&path);
-    let listening = tandem.expect_log("listening").await;
-    let addr: SocketAddr = listening["listen"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no listen address in {listening}"));
+    let mut tandem = Tandem::spawn(&path, &["--shutdown-grace", "5s"]);
+    let addr = tandem.addr_of("listening").await;
 
     let mut streams = Vec::new();
     for i in 0..4 {

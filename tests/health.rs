@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -12,48 +10,6 @@ use tandem::health::state::Verdict;
 use tokio::net::TcpListener;
 
 const CLIENTS: u32 = 600;
-
-/// Clients connecting in a loop from rotating source addresses until stopped; counts failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Load {
-    fn start(addr: std::net::SocketAddr) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
-        let task = tokio::spawn(async move {
-            let mut i = 0u32;
-            while !s.load(Ordering::Relaxed) {
-                match who_serves(client_ip(1000 + i % 300), addr).await {
-                    Ok(_) => o.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => f.fetch_add(1, Ordering::Relaxed),
-                };
-                i += 1;
-            }
-        });
-        Load {
-            stop,
-            ok,
-            failed,
-            task,
-        }
-    }
-
-    async fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("load task");
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
 
 #[tokio::test]
 async fn killed_member_is_detected_and_revived_without_a_failed_client() {
@@ -64,7 +20,7 @@ async fn killed_member_is_detected_and_revived_without_a_failed_client() {
     let addr = app.local_addr("s").expect("bound");
     let before = placement(CLIENTS, addr).await;
 
-    let load = Load::start(addr);
+    let load = Load::start(addr, 1000, 300);
     ms[1].stop();
     let reason = wait_health(
         &mut events,
@@ -106,11 +62,11 @@ async fn killed_member_is_detected_and_revived_without_a_failed_client() {
         "the revived member gets exactly its clients back"
     );
 
-    let (ok, failed) = load.finish().await;
-    assert!(ok > 0);
+    let load = load.finish().await;
+    assert!(load.ok > 0);
     assert_eq!(
-        failed, 0,
-        "client connections failed while a member died and returned"
+        load.failed, 0,
+        "client connections failed while a member died and returned: {load:?}"
     );
 }
 

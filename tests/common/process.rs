@@ -1,0 +1,94 @@
+//! `tandem run` as a child process, with its JSON log lines streamed back, for tests of the
+//! real binary (signals, admin API). Only the test binaries that need it include this file.
+#![allow(dead_code)] // each including test uses its own subset
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// A running `tandem run -c CONFIG --log-format json ...`; killed when dropped.
+pub struct Tandem {
+    pub child: Child,
+    logs: mpsc::UnboundedReceiver<Value>,
+}
+
+impl Tandem {
+    /// Starts tandem on `config` with `extra` arguments after `run`.
+    pub fn spawn(config: &Path, extra: &[&str]) -> Tandem {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .arg("run")
+            .args(extra)
+            .args(["--log-format", "json", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tandem starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, logs) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        Tandem { child, logs }
+    }
+
+    /// The next log line whose message is `message` (at most 10 s away).
+    pub async fn expect_log(&mut self, message: &str) -> Value {
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(v) = self.logs.recv().await {
+                if v.get("message").and_then(Value::as_str) == Some(message) {
+                    return Some(v);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(v)) => v,
+            Ok(None) => panic!(
+                "tandem's log ended before {message:?}; exit status: {:?}",
+                self.child.try_wait()
+            ),
+            Err(_) => panic!("tandem did not log {message:?} within 10 s"),
+        }
+    }
+
+    /// The `listen` address of the next log line with `message`.
+    pub async fn addr_of(&mut self, message: &str) -> SocketAddr {
+        let line = self.expect_log(message).await;
+        line["listen"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no listen address in {line}"))
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tandem {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -180,6 +180,31 @@ fn status(admin: Option<SocketAddr>, path: &std::path::Path, json: bool) -> Exit
     }
 }
 
+/// Builds the runtime, installs the signal handlers inside it (before any listener exists, so
+/// an early SIGTERM is not lost), and runs `main` to its exit code.
+fn with_runtime<F, Fut>(workers: Option<u16>, main: F) -> ExitCode
+where
+    F: FnOnce(Signals) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    let rt = match runtime(workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match Signals::new() {
+            Ok(signals) => main(signals).await,
+            Err(e) => {
+                eprintln!("cannot install signal handlers: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 fn runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
     // tokio's default is the machine's CPU count; the CPUs we may run on (taskset, cgroups) is
     // what an operator pinning the process means.
@@ -198,22 +223,7 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
         Ok(cfg) => cfg,
         Err(e) => return report(&e),
     };
-    let rt = match runtime(workers) {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
-        // Signal handlers go in before the listeners, so an early SIGTERM is not lost.
-        let signals = match Signals::new() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    with_runtime(workers, move |signals| async move {
         info!(config = %path.display(), summary = %cfg.summary(), "starting");
         // The admin listener is bound before anything starts, like the service listeners: a
         // port that is taken fails the start as a whole.
@@ -343,21 +353,7 @@ fn after_reload(app: &App, applied: bool) -> String {
 }
 
 fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
-    let rt = match runtime(None) {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
-        let signals = match Signals::new() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    with_runtime(None, move |signals| async move {
         match tandem::demo::run(listen, admin, signals).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -190,6 +190,7 @@ impl Metrics {
                 st.rejected_no_member,
             );
             counter("tandem_connect_failures_total", svc(), st.connect_failures);
+            counter("tandem_connect_retries_total", svc(), st.retries);
             counter(
                 "tandem_bytes_total",
                 vec![l("service", s.name), l("direction", "to_member")],
@@ -359,6 +360,12 @@ fn describe(r: &PrometheusRecorder) {
         "tandem_connect_failures_total",
         None,
         "Connects to members refused or timed out (each is followed by a retry while tries remain).",
+        0,
+    );
+    d(
+        "tandem_connect_retries_total",
+        None,
+        "Connect attempts after the first for a client connection (next member or paired pool).",
         0,
     );
     d(

@@ -15,6 +15,9 @@ pub struct ServiceStats {
     pub rejected_no_member: AtomicU64,
     /// Connects to members that were refused or timed out.
     pub connect_failures: AtomicU64,
+    /// Connect attempts after the first for one client connection (next member, or the
+    /// paired pool).
+    pub retries: AtomicU64,
     /// Connections currently relayed to a member.
     pub active: AtomicU64,
     /// Bytes from clients to members.
@@ -45,6 +48,7 @@ pub struct StatsSnapshot {
     pub rejected_limit: u64,
     pub rejected_no_member: u64,
     pub connect_failures: u64,
+    pub retries: u64,
     pub active: u64,
     pub bytes_to_members: u64,
     pub bytes_to_clients: u64,
@@ -66,6 +70,7 @@ impl ServiceStats {
             rejected_limit: r(&self.rejected_limit),
             rejected_no_member: r(&self.rejected_no_member),
             connect_failures: r(&self.connect_failures),
+            retries: r(&self.retries),
             active: r(&self.active),
             bytes_to_members: r(&self.bytes_to_members),
             bytes_to_clients: r(&self.bytes_to_clients),

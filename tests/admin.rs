@@ -289,6 +289,7 @@ async fn admin_api_after_a_scripted_sequence() {
         "tandem_connections_active",
         "tandem_connections_rejected_total",
         "tandem_connect_failures_total",
+        "tandem_connect_retries_total",
         "tandem_bytes_total",
         "tandem_member_connections_total",
         "tandem_member_bytes_total",

@@ -140,6 +140,8 @@ async fn every_connection_succeeds_with_one_member_refusing() {
         "no client was hashed to the stopped member first, so the retry path was not exercised"
     );
     assert_eq!(stats.rejected_no_member, 0);
+    // Every failed connect was followed by a try of the next member.
+    assert_eq!(stats.retries, stats.connect_failures);
 }
 
 #[tokio::test]

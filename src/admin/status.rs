@@ -56,6 +56,7 @@ pub fn status(view: &AppView) -> Value {
                     "rejected_max_connections": st.rejected_limit,
                     "rejected_no_member": st.rejected_no_member,
                     "connect_failures": st.connect_failures,
+                    "connect_retries": st.retries,
                     "bytes_to_members": st.bytes_to_members,
                     "bytes_to_clients": st.bytes_to_clients,
                     "udp_sessions_active": st.sessions_active,

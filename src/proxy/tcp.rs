@@ -174,6 +174,9 @@ async fn connection(
                 break;
             };
             attempts += 1;
+            if attempts > 1 {
+                bump(&cx.stats.retries);
+            }
             let addr = target.addr.socket_addr(service.port);
             let outcome = tokio::select! {
                 r = tokio::time::timeout(service.connect_timeout, TcpStream::connect(addr)) => r,

@@ -119,13 +119,48 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-struct Tandem(Child);
+/// A child process killed when dropped.
+struct KillOnDrop(Child);
 
-impl Drop for Tandem {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// NGINX's stream module proxying UDP to `member` with one worker, when installed.
+fn nginx_stream_udp(member: SocketAddr, dir: &std::path::Path) -> Option<(KillOnDrop, SocketAddr)> {
+    let module = "/usr/lib/nginx/modules/ngx_stream_module.so";
+    if !std::path::Path::new(module).exists() {
+        return None;
+    }
+    let port = free_udp_port();
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "load_module {module};\nworker_processes 1;\ndaemon off;\npid {pid};\n\
+             error_log {log} error;\nevents {{ worker_connections 65536; }}\n\
+             stream {{ server {{ listen {addr} udp; proxy_pass {member}; proxy_timeout 60s; }} }}\n",
+            pid = dir.join("nginx.pid").display(),
+            log = dir.join("nginx.log").display(),
+        ),
+    )
+    .ok()?;
+    let child = Command::new("nginx")
+        .args(["-p"])
+        .arg(dir)
+        .args(["-c"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .ok()?;
+    let nginx = KillOnDrop(child);
+    let probe = UdpSocket::bind((Ipv4Addr::new(127, 0, 2, 251), 0)).ok()?;
+    ask(&probe, addr, 50).then_some((nginx, addr))
 }
 
 fn main() {
@@ -156,7 +191,7 @@ fn main() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start tandem");
-    let tandem = Tandem(child);
+    let tandem = KillOnDrop(child);
     let pid = tandem.0.id();
     let probe = UdpSocket::bind((Ipv4Addr::new(127, 0, 2, 250), 0)).expect("bind");
     assert!(ask(&probe, listen, 50), "tandem did not answer on {listen}");
@@ -171,6 +206,18 @@ fn main() {
         "  through tandem {via:>10.0} datagrams/s  ({:.0}% of direct)",
         via / direct * 100.0
     );
+    match nginx_stream_udp(member, dir.path()) {
+        Some((nginx, addr)) => {
+            let ngx = load(addr, secs, clients, window, size);
+            println!(
+                "  through nginx  {ngx:>10.0} datagrams/s  ({:.0}% of direct; tandem/nginx {:.2}x)",
+                ngx / direct * 100.0,
+                via / ngx
+            );
+            drop(nginx);
+        }
+        None => println!("  through nginx  skipped (needs nginx and libnginx-mod-stream)"),
+    }
 
     // Memory: warm up (thread buffers, table shards), then SESSIONS more sessions.
     let (rss_before, fds_before) = (rss_kib(pid), open_fds(pid));

@@ -417,6 +417,10 @@ impl App {
     async fn try_reload(&mut self, new: Config) -> Result<ReloadReport, StartError> {
         let started = Instant::now();
         let diff = reload::diff(&self.config, &new);
+        if self.config.admin != new.admin {
+            // The admin listener belongs to the process, not to a config generation.
+            warn!("[admin] changed; the admin API keeps its current settings until a restart");
+        }
         let old = self.routes.load_full();
         let generation = old.generation + 1;
 

@@ -38,15 +38,26 @@ async fn http(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16
     (status, body)
 }
 
-/// Reads server-sent events into a channel of (event, data).
-fn sse(addr: SocketAddr) -> mpsc::UnboundedReceiver<(String, Value)> {
+/// Opens `/events` and returns once the stream is open (its first comment has arrived, so the
+/// server has subscribed); events then arrive on the channel as (event, data).
+async fn sse(addr: SocketAddr) -> mpsc::UnboundedReceiver<(String, Value)> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let mut lines = BufReader::new(s).lines();
+    let opened = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with(": tandem events") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(opened, Ok(true), "the event stream did not open");
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        s.write_all(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .expect("write");
-        let mut lines = BufReader::new(s).lines();
         let mut event = String::new();
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(e) = line.strip_prefix("event: ") {
@@ -115,8 +126,7 @@ async fn admin_api_after_a_scripted_sequence() {
         http(admin, "GET", "/readyz", "").await,
         (200, "ready\n".to_string())
     );
-    let mut events = sse(admin);
-    // The stream is open once its first comment arrives; give it a health event to prove it.
+    let mut events = sse(admin).await;
 
     for i in 0..10 {
         who_serves(client_ip(800 + i), service)

@@ -148,7 +148,7 @@ impl Snapshot {
         let mut next: Option<Instant> = None;
         for route in self.routes.values() {
             let inputs = route.inputs();
-            if let Some(at) = route.failover.update(&inputs, now) {
+            if let Some(at) = route.failover.update(&inputs, now, self.generation) {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
@@ -198,7 +198,10 @@ pub struct FailoverCell {
     pub failbacks: AtomicU64,
     service: Arc<str>,
     side: AtomicU8,
-    state: Mutex<Failover>,
+    /// The state machine, and the newest config generation that has fed it: a reload and the
+    /// controller may evaluate the old and the new snapshot at the same moment (they share
+    /// this cell), and the old one must not undo what the new one decided.
+    state: Mutex<(Failover, u64)>,
     events: EventSender,
 }
 
@@ -218,7 +221,7 @@ impl FailoverCell {
             failbacks: AtomicU64::new(0),
             service,
             side: AtomicU8::new(Side::Local as u8),
-            state: Mutex::new(Failover::new(Instant::now())),
+            state: Mutex::new((Failover::new(Instant::now()), 0)),
             events,
         }
     }
@@ -234,7 +237,8 @@ impl FailoverCell {
 
     /// The current state, for status.
     pub fn status(&self) -> Option<FailoverStatus> {
-        let state = self.state.lock().ok()?;
+        let guard = self.state.lock().ok()?;
+        let state = &guard.0;
         Some(FailoverStatus {
             side: state.side(),
             since: state.since(),
@@ -244,10 +248,15 @@ impl FailoverCell {
 
     /// Feeds the state machine; publishes, logs and broadcasts a transition. Returns the
     /// pending failback deadline, if any.
-    pub fn update(&self, inputs: &Inputs, now: Instant) -> Option<Instant> {
-        let Ok(mut state) = self.state.lock() else {
+    pub fn update(&self, inputs: &Inputs, now: Instant, generation: u64) -> Option<Instant> {
+        let Ok(mut guard) = self.state.lock() else {
             return None;
         };
+        let (state, seen) = &mut *guard;
+        if generation < *seen {
+            return None;
+        }
+        *seen = generation;
         if let Some(t) = state.update(inputs, now) {
             self.side.store(t.to as u8, Ordering::Release);
             let counter = match t.to {
@@ -503,6 +512,35 @@ backup_pool = "b"
         // The pinned side applies from the first evaluation, whatever the health.
         snap.evaluate_failover(Instant::now());
         assert_eq!(snap.route("s").expect("route").active_pool().name, "b");
+    }
+
+    #[test]
+    fn an_older_snapshot_cannot_undo_a_newer_decision() {
+        // A reload evaluates the new snapshot while the failover controller may still hold the
+        // old one; both share the service's failover cell.
+        let events = crate::events::channel();
+        let remote_cfg = parse(
+            &CONFIG.replace(
+                "backup_pool = \"b\"",
+                "backup_pool = \"b\"\nfailover = \"remote\"",
+            ),
+            "t.toml",
+        )
+        .expect("valid");
+        let old = Snapshot::build(&remote_cfg, 1, &events, None).expect("builds");
+        old.evaluate_failover(Instant::now());
+        assert_eq!(old.route("s").expect("route").active_pool().name, "b");
+        let auto_cfg = parse(CONFIG, "t.toml").expect("valid");
+        let new =
+            Snapshot::build(&auto_cfg, 2, &events, Some((&old, &remote_cfg))).expect("builds");
+        new.evaluate_failover(Instant::now());
+        assert_eq!(new.route("s").expect("route").active_pool().name, "a");
+        old.evaluate_failover(Instant::now());
+        assert_eq!(
+            new.route("s").expect("route").active_pool().name,
+            "a",
+            "the old snapshot flipped the shared failover state back"
+        );
     }
 
     #[test]

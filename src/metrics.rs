@@ -189,6 +189,11 @@ impl Metrics {
                 vec![l("service", s.name), l("reason", "no_member")],
                 st.rejected_no_member,
             );
+            counter(
+                "tandem_connections_rejected_total",
+                vec![l("service", s.name), l("reason", "resources")],
+                st.rejected_resources,
+            );
             counter("tandem_connect_failures_total", svc(), st.connect_failures);
             counter("tandem_connect_retries_total", svc(), st.retries);
             counter(

@@ -13,6 +13,8 @@ pub struct ServiceStats {
     pub rejected_limit: AtomicU64,
     /// Connections closed because no member could be reached.
     pub rejected_no_member: AtomicU64,
+    /// Connections closed because this process was out of descriptors or memory.
+    pub rejected_resources: AtomicU64,
     /// Connects to members that were refused or timed out.
     pub connect_failures: AtomicU64,
     /// Connect attempts after the first for one client connection (next member, or the
@@ -47,6 +49,7 @@ pub struct StatsSnapshot {
     pub accepted: u64,
     pub rejected_limit: u64,
     pub rejected_no_member: u64,
+    pub rejected_resources: u64,
     pub connect_failures: u64,
     pub retries: u64,
     pub active: u64,
@@ -69,6 +72,7 @@ impl ServiceStats {
             accepted: r(&self.accepted),
             rejected_limit: r(&self.rejected_limit),
             rejected_no_member: r(&self.rejected_no_member),
+            rejected_resources: r(&self.rejected_resources),
             connect_failures: r(&self.connect_failures),
             retries: r(&self.retries),
             active: r(&self.active),

@@ -55,6 +55,7 @@ pub fn status(view: &AppView) -> Value {
                     "accepted": st.accepted,
                     "rejected_max_connections": st.rejected_limit,
                     "rejected_no_member": st.rejected_no_member,
+                    "rejected_resources": st.rejected_resources,
                     "connect_failures": st.connect_failures,
                     "connect_retries": st.retries,
                     "bytes_to_members": st.bytes_to_members,

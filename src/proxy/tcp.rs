@@ -112,6 +112,12 @@ pub async fn serve(listener: TcpListener, cx: ServiceContext) {
     debug!(service = %cx.name, "listener closed");
 }
 
+/// Errors that say this process is out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+/// ENOMEM), not that the peer failed.
+fn is_local_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
+}
+
 /// Errors about one pending connection (it died in the queue), not about the listener.
 fn is_transient(e: &io::Error) -> bool {
     matches!(
@@ -188,6 +194,13 @@ async fn connection(
                     health.connect_succeeded();
                     member = Some((stream, addr, target.retired.clone(), target.health.clone()));
                     break 'pools;
+                }
+                Ok(Err(e)) if is_local_exhaustion(&e) => {
+                    // Out of descriptors or memory here: no member is to blame and none would
+                    // do better, so the member's health is left alone and the client closed.
+                    bump(&cx.stats.rejected_resources);
+                    warn!(service = %cx.name, error = %e, "cannot open a connection to a member; client closed");
+                    return;
                 }
                 Ok(Err(e)) => {
                     health.connect_failed();

@@ -20,11 +20,24 @@ pub struct Tandem {
 impl Tandem {
     /// Starts tandem on `config` with `extra` arguments after `run`.
     pub fn spawn(config: &Path, extra: &[&str]) -> Tandem {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
+        command
             .arg("run")
             .args(extra)
             .args(["--log-format", "json", "-c"])
-            .arg(config)
+            .arg(config);
+        Tandem::start(command)
+    }
+
+    /// Starts a shell script that `exec`s tandem with JSON logs (for limits set by `ulimit`).
+    pub fn spawn_shell(script: &str) -> Tandem {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        Tandem::start(command)
+    }
+
+    fn start(mut command: Command) -> Tandem {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -222,3 +222,34 @@ async fn an_upgrade_requested_during_a_reload_waits_for_it() {
     new.signal("TERM");
     assert!(exit_of(new, Duration::from_secs(10)).await.success());
 }
+
+#[tokio::test]
+async fn the_new_process_takes_the_udp_socket() {
+    let members = udp_members("u", 159, 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tandem.toml");
+    let socket = dir.path().join("upgrade.sock");
+    let toml =
+        udp_pool_toml("p", &members, &fast_tcp_check(1, 1)) + &udp_service_toml("u", "p", "");
+    std::fs::write(&path, toml).expect("write");
+
+    let mut old = old_process(&path, &socket);
+    let addr = old.addr_of("listening").await;
+    old.expect_log("upgrade socket listening").await;
+    let client = udp_client(client_ip(970)).await;
+    let before = udp_who(&client, addr).await;
+
+    let mut new = new_process(&path, &socket);
+    take_over(&mut old, &mut new, addr).await;
+    // UDP sessions end with the old process; it does not wait for them.
+    assert!(exit_of(old, Duration::from_secs(10)).await.success());
+
+    // The same client, the same address: the new process answers (a new session, placed by
+    // the same hash on the same member).
+    assert_eq!(udp_who(&client, addr).await, before);
+    let other = udp_client(client_ip(971)).await;
+    udp_who(&other, addr).await;
+
+    new.signal("TERM");
+    assert!(exit_of(new, Duration::from_secs(10)).await.success());
+}

@@ -270,7 +270,8 @@ fn run(
         if let Some(from) = &upgrade.from {
             match upgrade::receive(from).await {
                 Ok((stream, sockets)) => {
-                    info!(from = %from.display(), sockets = sockets.len(), "upgrade: received the listening sockets");
+                    info!(from = %from.display(), sockets = sockets.len(), pid = std::process::id(),
+                          "upgrade: received the listening sockets");
                     predecessor = Some(stream);
                     inherited = sockets;
                 }
@@ -412,6 +413,14 @@ fn run(
             tokio::select! {
                 request = signals.next() => match request {
                     Request::Stop => break,
+                    Request::Upgrade if control.is_none() => {
+                        warn!("no upgrade socket: cannot hand over to a new process");
+                    }
+                    Request::Upgrade if successor.is_some() => {
+                        warn!("upgrade: another upgrade is in progress; request refused");
+                    }
+                    // The new process connects to the control socket like one started by hand.
+                    Request::Upgrade => start_successor(&upgrade.socket),
                     // A rejected reload is logged (with every problem) by the app; the running
                     // config keeps serving.
                     Request::Reload => {
@@ -513,6 +522,48 @@ fn after_reload(app: &App, applied: bool) -> String {
         serving(app)
     } else {
         format!("reload rejected (see the log); {}", serving(app))
+    }
+}
+
+/// Starts this binary again with the arguments this process got, plus `--upgrade-from socket`.
+/// The program is `argv[0]` (the path the service manager started, where a package upgrade put
+/// the new binary), not `/proc/self/exe` (the old binary). The child inherits stderr (the log)
+/// and `NOTIFY_SOCKET`, and stays in this process's cgroup, so systemd accepts its `MAINPID=`.
+fn start_successor(socket: &std::path::Path) {
+    let mut args = std::env::args_os();
+    let Some(program) = args.next() else {
+        warn!("upgrade: no argv[0]; cannot start a new process");
+        return;
+    };
+    let mut kept = Vec::new();
+    while let Some(arg) = args.next() {
+        if arg == "--upgrade-from" {
+            args.next();
+        } else if !arg.to_string_lossy().starts_with("--upgrade-from=") {
+            kept.push(arg);
+        }
+    }
+    let mut command = tokio::process::Command::new(&program);
+    command
+        .args(&kept)
+        .arg("--upgrade-from")
+        .arg(socket)
+        .stdin(std::process::Stdio::null());
+    match command.spawn() {
+        Ok(mut child) => {
+            info!(program = %std::path::Path::new(&program).display(), pid = child.id(),
+                  "upgrade: new process started");
+            // Reaped here, so a new process that fails does not linger as a zombie.
+            tokio::spawn(async move {
+                if let Ok(status) = child.wait().await
+                    && !status.success()
+                {
+                    warn!(%status, "upgrade: new process exited");
+                }
+            });
+        }
+        Err(e) => warn!(program = %std::path::Path::new(&program).display(), error = %e,
+                        "upgrade: cannot start a new process"),
     }
 }
 

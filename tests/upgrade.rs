@@ -8,6 +8,7 @@ mod common;
 #[path = "common/process.rs"]
 mod process;
 
+use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -51,22 +52,18 @@ fn new_process(config: &Path, socket: &Path) -> Tandem {
 }
 
 /// Waits (at most `limit`) for `tandem` to exit by itself.
-async fn exit_of(mut tandem: Tandem, limit: Duration) -> ExitStatus {
-    tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = tandem.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "tandem did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+async fn exit_of(tandem: &mut Tandem, limit: Duration) -> ExitStatus {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = tandem.child.try_wait().expect("try_wait") {
+            return status;
         }
-    })
-    .await
-    .expect("wait task")
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tandem did not exit within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Several clients connecting in a loop from distinct address ranges.
@@ -130,7 +127,7 @@ async fn upgrade_under_load_refuses_nothing_and_streams_run_on() {
             .expect("stream on the old process unharmed");
         assert!(bytes > 0);
     }
-    let status = exit_of(old, Duration::from_secs(10)).await;
+    let status = exit_of(&mut old, Duration::from_secs(10)).await;
     assert!(status.success(), "old process: {status}");
 
     // Only the new process is left, and it serves everything.
@@ -148,7 +145,7 @@ async fn upgrade_under_load_refuses_nothing_and_streams_run_on() {
     assert_eq!(report.failed, 0, "{report:?}");
 
     new.signal("TERM");
-    assert!(exit_of(new, Duration::from_secs(10)).await.success());
+    assert!(exit_of(&mut new, Duration::from_secs(10)).await.success());
 }
 
 #[tokio::test]
@@ -167,12 +164,12 @@ async fn a_new_process_with_a_bad_config_leaves_the_old_one_serving() {
     let stream = Stream::start(client_ip(950), addr, 80).await;
     let load = loads(addr);
 
-    let failed = new_process(&broken, &socket);
+    let mut failed = new_process(&broken, &socket);
     old.expect_log("upgrade: listening sockets handed over; waiting for the new process")
         .await;
     old.expect_log("upgrade: new process stopped before it was ready; still serving")
         .await;
-    let status = exit_of(failed, Duration::from_secs(10)).await;
+    let status = exit_of(&mut failed, Duration::from_secs(10)).await;
     assert!(!status.success(), "a bad config fails the new process");
     assert_eq!(placement(50, addr).await.len(), 50, "the old one serves");
 
@@ -180,13 +177,13 @@ async fn a_new_process_with_a_bad_config_leaves_the_old_one_serving() {
     let mut new = new_process(&path, &socket);
     take_over(&mut old, &mut new, addr).await;
     stream.finish().await.expect("stream unharmed");
-    assert!(exit_of(old, Duration::from_secs(10)).await.success());
+    assert!(exit_of(&mut old, Duration::from_secs(10)).await.success());
     assert_eq!(placement(50, addr).await.len(), 50, "the new one serves");
     let report = finish(load).await;
     assert_eq!(report.failed, 0, "{report:?}");
 
     new.signal("TERM");
-    assert!(exit_of(new, Duration::from_secs(10)).await.success());
+    assert!(exit_of(&mut new, Duration::from_secs(10)).await.success());
 }
 
 #[tokio::test]
@@ -213,14 +210,14 @@ async fn an_upgrade_requested_during_a_reload_waits_for_it() {
     take_over(&mut old, &mut new, addr).await;
 
     stream.finish().await.expect("stream unharmed");
-    assert!(exit_of(old, Duration::from_secs(10)).await.success());
+    assert!(exit_of(&mut old, Duration::from_secs(10)).await.success());
     let placed = placement(100, addr).await;
     assert!(placed.iter().any(|m| m == "mid4"), "{:?}", counts(&placed));
     let report = finish(load).await;
     assert_eq!(report.failed, 0, "{report:?}");
 
     new.signal("TERM");
-    assert!(exit_of(new, Duration::from_secs(10)).await.success());
+    assert!(exit_of(&mut new, Duration::from_secs(10)).await.success());
 }
 
 #[tokio::test]
@@ -242,7 +239,7 @@ async fn the_new_process_takes_the_udp_socket() {
     let mut new = new_process(&path, &socket);
     take_over(&mut old, &mut new, addr).await;
     // UDP sessions end with the old process; it does not wait for them.
-    assert!(exit_of(old, Duration::from_secs(10)).await.success());
+    assert!(exit_of(&mut old, Duration::from_secs(10)).await.success());
 
     // The same client, the same address: the new process answers (a new session, placed by
     // the same hash on the same member).
@@ -251,5 +248,134 @@ async fn the_new_process_takes_the_udp_socket() {
     udp_who(&other, addr).await;
 
     new.signal("TERM");
-    assert!(exit_of(new, Duration::from_secs(10)).await.success());
+    assert!(exit_of(&mut new, Duration::from_secs(10)).await.success());
+}
+
+/// A systemd stand-in: the datagram socket `NOTIFY_SOCKET` points at.
+struct FakeSystemd(tokio::net::UnixDatagram);
+
+impl FakeSystemd {
+    fn bind(path: &Path) -> FakeSystemd {
+        let socket = StdDatagram::bind(path).expect("notify socket binds");
+        socket.set_nonblocking(true).expect("nonblocking");
+        FakeSystemd(tokio::net::UnixDatagram::from_std(socket).expect("tokio socket"))
+    }
+
+    /// The next notification that is not a watchdog ping, within 10 s.
+    async fn next(&self) -> String {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), self.0.recv(&mut buf))
+                .await
+                .expect("a notification within 10 s")
+                .expect("recv");
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if m != "WATCHDOG=1\n" {
+                return m;
+            }
+        }
+    }
+
+    /// Notifications already waiting.
+    fn pending(&self) -> Vec<String> {
+        let mut buf = [0u8; 4096];
+        let mut out = Vec::new();
+        while let Ok(n) = self.0.try_recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+}
+
+fn main_pid(message: &str) -> u32 {
+    message
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no MAINPID in {message:?}"))
+}
+
+/// A process that is not our child (the successor the old process started): SIGKILLed when
+/// the test ends, whatever happened.
+struct Foreign(u32);
+
+impl Foreign {
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.0.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Foreign {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn sigusr2_starts_the_successor_and_systemd_follows_its_main_pid() {
+    let members = members("sd", 162, 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tandem.toml");
+    let socket = dir.path().join("upgrade.sock");
+    let notify = dir.path().join("notify.sock");
+    std::fs::write(&path, config(&members)).expect("write");
+    let systemd = FakeSystemd::bind(&notify);
+
+    let mut old = Tandem::spawn_with_env(
+        &path,
+        &[
+            "--shutdown-grace",
+            GRACE,
+            "--no-watch",
+            "--upgrade-socket",
+            socket.to_str().expect("utf-8 path"),
+        ],
+        &[("NOTIFY_SOCKET", &notify)],
+    );
+    let addr = old.addr_of("listening").await;
+    let ready = systemd.next().await;
+    assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+    assert_eq!(main_pid(&ready), old.child.id());
+    old.expect_log("upgrade socket listening").await;
+    let stream = Stream::start(client_ip(980), addr, 95).await;
+    let load = loads(addr);
+
+    old.signal("USR2");
+    // The successor logs to the same stderr: its lines come in the old one's log.
+    let started = old.expect_log("upgrade: new process started").await;
+    let successor = Foreign(started["pid"].as_u64().expect("pid") as u32);
+    old.expect_log("upgrade: new process serving; stopping accepting and draining")
+        .await;
+    let ready = systemd.next().await;
+    assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+    assert_eq!(
+        main_pid(&ready),
+        successor.0,
+        "systemd follows the new process"
+    );
+
+    stream.finish().await.expect("stream unharmed");
+    assert!(exit_of(&mut old, Duration::from_secs(10)).await.success());
+    old.expect_log("stopped").await; // the old process's own last line
+    let after = systemd.pending();
+    assert!(
+        after.iter().all(|m| !m.contains("STOPPING=1")),
+        "the old process must not stop the unit: {after:?}"
+    );
+    assert_eq!(placement(50, addr).await.len(), 50, "the new one serves");
+    let report = finish(load).await;
+    assert_eq!(report.failed, 0, "{report:?}");
+
+    // The unit's stop now reaches the new process.
+    successor.signal("TERM");
+    let stopping = systemd.next().await;
+    assert!(stopping.starts_with("STOPPING=1\n"), "{stopping:?}");
+    old.expect_log("stopped").await; // the successor's
 }

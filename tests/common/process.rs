@@ -20,12 +20,18 @@ pub struct Tandem {
 impl Tandem {
     /// Starts tandem on `config` with `extra` arguments after `run`.
     pub fn spawn(config: &Path, extra: &[&str]) -> Tandem {
+        Tandem::spawn_with_env(config, extra, &[])
+    }
+
+    /// [`Tandem::spawn`] with extra environment variables.
+    pub fn spawn_with_env(config: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Tandem {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
             .arg("run")
             .args(extra)
             .args(["--log-format", "json", "-c"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -11,6 +11,10 @@
 //! their listeners and connections; removed services stop accepting and their connections drain
 //! for `drain_timeout`; members removed or taken out of service keep their connections as long.
 //!
+//! [`App::start_with`] is the same start on listening sockets inherited from the process being
+//! upgraded (see [`crate::upgrade`]); every service keeps a duplicate of its socket
+//! ([`App::handoff_sockets`]) to hand over in turn.
+//!
 //! [`App::shutdown`] stops accepting, waits for open connections up to a grace period, then cuts
 //! the rest. UDP services stop at once with their sessions: a session has no connection to
 //! finish, and its replies would have to leave from the listening socket that just closed.

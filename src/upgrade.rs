@@ -32,7 +32,7 @@ use rustix::net::{
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
-use tracing::info;
+use tracing::{info, warn};
 
 /// Where `tandem run` listens for upgrade requests unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/tandem/upgrade.sock";
@@ -156,9 +156,22 @@ impl Control {
         })
     }
 
-    /// The next process asking to take over.
+    /// The next process asking to take over. Only our own user (or root) gets the sockets: a
+    /// peer of another user is logged and turned away (the socket file's mode already keeps
+    /// others out unless the umask let them in).
     pub async fn accept(&self) -> io::Result<UnixStream> {
-        self.listener.accept().await.map(|(s, _)| s)
+        let ours = rustix::process::geteuid().as_raw();
+        loop {
+            let (stream, _) = self.listener.accept().await?;
+            match stream.peer_cred() {
+                Ok(cred) if cred.uid() == ours || cred.uid() == 0 => return Ok(stream),
+                Ok(cred) => warn!(
+                    uid = cred.uid(),
+                    "upgrade: request from another user refused"
+                ),
+                Err(e) => warn!(error = %e, "upgrade: cannot tell who asks; request refused"),
+            }
+        }
     }
 
     /// Stops listening and removes the socket file if it is still ours (a successor may have

@@ -8,6 +8,7 @@ mod common;
 #[path = "common/process.rs"]
 mod process;
 
+use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::path::Path;
 use std::process::ExitStatus;
@@ -378,4 +379,83 @@ async fn sigusr2_starts_the_successor_and_systemd_follows_its_main_pid() {
     let stopping = systemd.next().await;
     assert!(stopping.starts_with("STOPPING=1\n"), "{stopping:?}");
     old.expect_log("stopped").await; // the successor's
+}
+
+/// The `listening` lines of `n` services, by service name.
+async fn listening(tandem: &mut Tandem, n: usize) -> std::collections::HashMap<String, SocketAddr> {
+    let mut out = std::collections::HashMap::new();
+    for _ in 0..n {
+        let line = tandem.expect_log("listening").await;
+        let addr = line["listen"].as_str().and_then(|s| s.parse().ok());
+        let name = line["service"].as_str().map(str::to_string);
+        out.insert(name.expect("service"), addr.expect("listen address"));
+    }
+    out
+}
+
+/// The status line of `GET /healthz` on the admin API.
+async fn healthz(admin: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("admin connects");
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: tandem\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.expect("response");
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn services_and_the_admin_api_are_matched_added_and_dropped() {
+    let members = members("mx", 164, 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old_path = dir.path().join("old.toml");
+    let new_path = dir.path().join("new.toml");
+    let socket = dir.path().join("upgrade.sock");
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let pool = pool_toml("dc1", &members) + &fast_tcp_check(1, 1);
+    let old_toml =
+        pool.clone() + &service_toml("fe", "dc1", "") + &service_toml("gone", "dc1", "") + admin;
+    let new_toml =
+        pool + &service_toml("fe", "dc1", "") + &service_toml("fresh", "dc1", "") + admin;
+    std::fs::write(&old_path, old_toml).expect("write");
+    std::fs::write(&new_path, new_toml).expect("write");
+
+    let mut old = old_process(&old_path, &socket);
+    let before = listening(&mut old, 2).await;
+    old.expect_log("upgrade socket listening").await;
+    let old_admin = old.addr_of("admin API listening").await;
+
+    let mut new = new_process(&new_path, &socket);
+    let after = listening(&mut new, 2).await;
+    let closed = new
+        .expect_log("upgrade: inherited socket not in the new config; closed")
+        .await;
+    assert_eq!(closed["service"], "gone", "{closed}");
+    assert_eq!(after["fe"], before["fe"], "fe keeps its socket");
+    assert_eq!(
+        new.addr_of("admin API listening").await,
+        old_admin,
+        "the admin API keeps its socket"
+    );
+    old.expect_log("upgrade: new process serving; stopping accepting and draining")
+        .await;
+    assert!(exit_of(&mut old, Duration::from_secs(10)).await.success());
+
+    who_serves(client_ip(990), after["fe"]).await.expect("fe");
+    who_serves(client_ip(991), after["fresh"])
+        .await
+        .expect("fresh");
+    let gone = who_serves(client_ip(992), before["gone"]).await;
+    assert_eq!(
+        gone.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "a service the new config dropped is closed once the old process is gone"
+    );
+    assert!(healthz(old_admin).await.contains(" 200 "));
+
+    new.signal("TERM");
+    assert!(exit_of(&mut new, Duration::from_secs(10)).await.success());
 }

@@ -341,16 +341,9 @@ fn run(
         inherited.close_unused();
         // READY=1 carries MAINPID: after an upgrade systemd follows this process from here on.
         notifier.ready(&serving(&app));
-        if let Some(stream) = predecessor {
-            match upgrade::ready(stream).await {
-                Ok(()) => info!("upgrade: serving; the old process stops accepting and drains"),
-                Err(e) => {
-                    warn!(error = %e, "upgrade: cannot tell the old process we serve; both serve until it stops")
-                }
-            }
-        }
         // Our own control socket, for the next upgrade. A successor replaces its
-        // predecessor's socket file (the predecessor stops listening now).
+        // predecessor's socket file before saying "ready", so the predecessor, which removes
+        // the file when it stops only if it is still its own, leaves ours alone.
         let control = match Control::bind(&upgrade.socket, upgrade.from.is_some()) {
             Ok(c) => {
                 info!(path = %upgrade.socket.display(), "upgrade socket listening");
@@ -362,6 +355,14 @@ fn run(
                 None
             }
         };
+        if let Some(stream) = predecessor {
+            match upgrade::ready(stream).await {
+                Ok(()) => info!("upgrade: serving; the old process stops accepting and drains"),
+                Err(e) => {
+                    warn!(error = %e, "upgrade: cannot tell the old process we serve; both serve until it stops")
+                }
+            }
+        }
         // The new process taking over, between the handoff and its "ready".
         let mut successor: Option<tokio::net::UnixStream> = None;
         let mut upgraded = false;
@@ -420,7 +421,7 @@ fn run(
                         warn!("upgrade: another upgrade is in progress; request refused");
                     }
                     // The new process connects to the control socket like one started by hand.
-                    Request::Upgrade => start_successor(&upgrade.socket),
+                    Request::Upgrade => upgrade::start_successor(&upgrade.socket),
                     // A rejected reload is logged (with every problem) by the app; the running
                     // config keeps serving.
                     Request::Reload => {
@@ -522,48 +523,6 @@ fn after_reload(app: &App, applied: bool) -> String {
         serving(app)
     } else {
         format!("reload rejected (see the log); {}", serving(app))
-    }
-}
-
-/// Starts this binary again with the arguments this process got, plus `--upgrade-from socket`.
-/// The program is `argv[0]` (the path the service manager started, where a package upgrade put
-/// the new binary), not `/proc/self/exe` (the old binary). The child inherits stderr (the log)
-/// and `NOTIFY_SOCKET`, and stays in this process's cgroup, so systemd accepts its `MAINPID=`.
-fn start_successor(socket: &std::path::Path) {
-    let mut args = std::env::args_os();
-    let Some(program) = args.next() else {
-        warn!("upgrade: no argv[0]; cannot start a new process");
-        return;
-    };
-    let mut kept = Vec::new();
-    while let Some(arg) = args.next() {
-        if arg == "--upgrade-from" {
-            args.next();
-        } else if !arg.to_string_lossy().starts_with("--upgrade-from=") {
-            kept.push(arg);
-        }
-    }
-    let mut command = tokio::process::Command::new(&program);
-    command
-        .args(&kept)
-        .arg("--upgrade-from")
-        .arg(socket)
-        .stdin(std::process::Stdio::null());
-    match command.spawn() {
-        Ok(mut child) => {
-            info!(program = %std::path::Path::new(&program).display(), pid = child.id(),
-                  "upgrade: new process started");
-            // Reaped here, so a new process that fails does not linger as a zombie.
-            tokio::spawn(async move {
-                if let Ok(status) = child.wait().await
-                    && !status.success()
-                {
-                    warn!(%status, "upgrade: new process exited");
-                }
-            });
-        }
-        Err(e) => warn!(program = %std::path::Path::new(&program).display(), error = %e,
-                        "upgrade: cannot start a new process"),
     }
 }
 

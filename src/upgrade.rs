@@ -16,7 +16,10 @@
 //!    `ready\n`; if it fails first, the connection closes without it and the old process keeps
 //!    serving.
 //!
-//! This module does the socket work and the matching; it knows nothing of the app.
+//! [`start_successor`] starts the new process itself (SIGUSR2), so that under systemd it runs in
+//! the unit's cgroup and systemd accepts its `MAINPID=`.
+//!
+//! This module does the socket work, the matching and the spawning; it knows nothing of the app.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -145,7 +148,11 @@ impl Control {
                     "another process listens on it",
                 ));
             }
-            std::fs::remove_file(path)?;
+            // Already gone is fine: the process that made it may just have stopped.
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
         let listener = UnixListener::bind(path)?;
         let meta = std::fs::metadata(path)?;
@@ -293,6 +300,48 @@ pub async fn receive(path: &Path) -> Result<(UnixStream, Inherited), UpgradeErro
 pub async fn ready(mut stream: UnixStream) -> io::Result<()> {
     stream.write_all(READY).await?;
     stream.shutdown().await
+}
+
+/// Starts this binary again with the arguments this process got, plus `--upgrade-from socket`.
+/// The program is `argv[0]` (the path the service manager started, where a package upgrade put
+/// the new binary), not `/proc/self/exe` (the old binary). The child inherits stderr (the log)
+/// and `NOTIFY_SOCKET`, and stays in this process's cgroup, so systemd accepts its `MAINPID=`.
+pub fn start_successor(socket: &Path) {
+    let mut args = std::env::args_os();
+    let Some(program) = args.next() else {
+        warn!("upgrade: no argv[0]; cannot start a new process");
+        return;
+    };
+    let mut kept = Vec::new();
+    while let Some(arg) = args.next() {
+        if arg == "--upgrade-from" {
+            args.next();
+        } else if !arg.to_string_lossy().starts_with("--upgrade-from=") {
+            kept.push(arg);
+        }
+    }
+    let mut command = tokio::process::Command::new(&program);
+    command
+        .args(&kept)
+        .arg("--upgrade-from")
+        .arg(socket)
+        .stdin(std::process::Stdio::null());
+    match command.spawn() {
+        Ok(mut child) => {
+            info!(program = %Path::new(&program).display(), pid = child.id(),
+                  "upgrade: new process started");
+            // Reaped here, so a new process that fails does not linger as a zombie.
+            tokio::spawn(async move {
+                if let Ok(status) = child.wait().await
+                    && !status.success()
+                {
+                    warn!(%status, "upgrade: new process exited");
+                }
+            });
+        }
+        Err(e) => warn!(program = %Path::new(&program).display(), error = %e,
+                        "upgrade: cannot start a new process"),
+    }
 }
 
 /// The frame: big-endian length, then the JSON list.

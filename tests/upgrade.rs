@@ -459,3 +459,38 @@ async fn services_and_the_admin_api_are_matched_added_and_dropped() {
     new.signal("TERM");
     assert!(exit_of(&mut new, Duration::from_secs(10)).await.success());
 }
+
+#[tokio::test]
+async fn the_successor_can_be_upgraded_in_turn() {
+    let members = members("ch", 166, 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tandem.toml");
+    let socket = dir.path().join("upgrade.sock");
+    std::fs::write(&path, config(&members)).expect("write");
+
+    let mut first = old_process(&path, &socket);
+    let addr = first.addr_of("listening").await;
+    first.expect_log("upgrade socket listening").await;
+    let load = loads(addr);
+
+    let mut second = new_process(&path, &socket);
+    take_over(&mut first, &mut second, addr).await;
+    assert!(exit_of(&mut first, Duration::from_secs(10)).await.success());
+    // The first process left the control socket file to its successor.
+    assert!(socket.exists());
+
+    let mut third = new_process(&path, &socket);
+    take_over(&mut second, &mut third, addr).await;
+    assert!(
+        exit_of(&mut second, Duration::from_secs(10))
+            .await
+            .success()
+    );
+    assert_eq!(placement(50, addr).await.len(), 50);
+    let report = finish(load).await;
+    assert_eq!(report.failed, 0, "{report:?}");
+
+    third.signal("TERM");
+    assert!(exit_of(&mut third, Duration::from_secs(10)).await.success());
+    assert!(!socket.exists(), "removed by its last owner");
+}

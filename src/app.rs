@@ -11,6 +11,10 @@
 //! their listeners and connections; removed services stop accepting and their connections drain
 //! for `drain_timeout`; members removed or taken out of service keep their connections as long.
 //!
+//! [`App::start_with`] is the same start on listening sockets inherited from the process being
+//! upgraded (see [`crate::upgrade`]); every service keeps a duplicate of its socket
+//! ([`App::handoff_sockets`]) to hand over in turn.
+//!
 //! [`App::shutdown`] stops accepting, waits for open connections up to a grace period, then cuts
 //! the rest. UDP services stop at once with their sessions: a session has no connection to
 //! finish, and its replies would have to leave from the listening socket that just closed.
@@ -18,6 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,6 +47,7 @@ use crate::proxy::tcp::{self, ServiceContext};
 use crate::proxy::udp::{self, UdpContext};
 use crate::reload::{self, Diff};
 use crate::stats::{ServiceStats, StatsSnapshot};
+use crate::upgrade::{self, Inherited, SocketInfo};
 
 /// Why tandem could not start serving a config, or a reload was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -185,18 +191,32 @@ struct RunningService {
     stop_accepting: CancellationToken,
     removed: CancellationToken,
     accept: JoinHandle<()>,
+    /// A duplicate of the listening socket, to hand over in a binary upgrade. Closed with the
+    /// service, so a removed service's port is free once its accept loop ends.
+    handoff: OwnedFd,
 }
 
 impl App {
     /// Builds the snapshot, binds every listener, runs the first round of health checks, then
     /// starts accepting on all listeners.
     pub async fn start(config: Config) -> Result<App, StartError> {
+        App::start_with(config, &mut Inherited::default()).await
+    }
+
+    /// [`App::start`], taking the listening socket of each service from `inherited` (a binary
+    /// upgrade) when the old process handed one over for it, and binding the others.
+    pub async fn start_with(config: Config, inherited: &mut Inherited) -> Result<App, StartError> {
         let events = events::channel();
         let snapshot = Snapshot::build(&config, 1, &events, None)?;
         // Bind everything first: a port already taken must fail the start, not half of it.
         let mut listeners = Vec::new();
         for service in &config.services {
-            listeners.push((service.clone(), bind(service)?));
+            let listener =
+                match inherited.take(kind(service.protocol), &service.name, service.listen) {
+                    Some(fd) => adopt(service, fd)?,
+                    None => bind(service)?,
+                };
+            listeners.push((service.clone(), listener));
         }
 
         let stop_background = CancellationToken::new();
@@ -304,6 +324,11 @@ impl App {
             addr: service.listen,
             source,
         })?;
+        let handoff = listener.dup().map_err(|source| StartError::Bind {
+            service: service.name.clone(),
+            addr: service.listen,
+            source,
+        })?;
         let limiter = Arc::new(Semaphore::new(service.max_connections));
         let stop_accepting = CancellationToken::new();
         let removed = CancellationToken::new();
@@ -349,9 +374,26 @@ impl App {
                 stop_accepting,
                 removed,
                 accept,
+                handoff,
             },
         );
         Ok(())
+    }
+
+    /// The listening sockets of every service, described for a binary upgrade.
+    pub fn handoff_sockets(&self) -> Vec<(SocketInfo, BorrowedFd<'_>)> {
+        self.services
+            .values()
+            .map(|s| {
+                let info = SocketInfo {
+                    kind: kind(s.config.protocol),
+                    name: s.config.name.clone(),
+                    listen: s.config.listen,
+                    local: s.local_addr,
+                };
+                (info, s.handoff.as_fd())
+            })
+            .collect()
     }
 
     /// The address a service listens on (useful with port 0).
@@ -595,6 +637,46 @@ impl Listener {
             Listener::Udp(s) => s.local_addr(),
         }
     }
+
+    fn dup(&self) -> io::Result<OwnedFd> {
+        match self {
+            Listener::Tcp(l) => l.as_fd().try_clone_to_owned(),
+            Listener::Udp(s) => s.as_fd().try_clone_to_owned(),
+        }
+    }
+}
+
+fn kind(protocol: Protocol) -> upgrade::Kind {
+    match protocol {
+        Protocol::Tcp => upgrade::Kind::Tcp,
+        Protocol::Udp => upgrade::Kind::Udp,
+    }
+}
+
+/// Serves `service` on a socket inherited from the process being upgraded. The socket keeps
+/// its accept queue (TCP) or receive queue (UDP): nothing waiting in it is lost.
+fn adopt(service: &Service, fd: OwnedFd) -> Result<Listener, StartError> {
+    let adopted = match service.protocol {
+        Protocol::Tcp => {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(l))
+                .map(Listener::Tcp)
+        }
+        Protocol::Udp => {
+            let s = std::net::UdpSocket::from(fd);
+            s.set_nonblocking(true)
+                .and_then(|()| UdpSocket::from_std(s))
+                .map(Listener::Udp)
+        }
+    };
+    let adopted = adopted.map_err(|source| StartError::Bind {
+        service: service.name.clone(),
+        addr: service.listen,
+        source,
+    })?;
+    info!(service = %service.name, listen = %service.listen, "upgrade: listener inherited");
+    Ok(adopted)
 }
 
 /// Binds the listener (TCP) or listening socket (UDP) of a service.

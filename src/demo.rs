@@ -280,6 +280,10 @@ pub async fn run(
             request = signals.next() => match request {
                 Request::Stop => break,
                 Request::Reload => None,
+                Request::Upgrade => {
+                    println!("the demo does not do binary upgrades; use tandem run");
+                    continue;
+                }
             },
             Some(crate::admin::Command::Reload { reply }) = commands.recv() => Some(reply),
         };

@@ -13,6 +13,7 @@
 //! - [`stats`] holds the per-service counters the data path bumps.
 //! - [`demo`] runs demo pools on loopback for `tandem demo` and the tests.
 //! - [`notify`] tells systemd when tandem is ready, reloading or stopping (`Type=notify`).
+//! - [`upgrade`] hands the listening sockets to a new tandem process (binary upgrades).
 
 pub mod admin;
 pub mod app;
@@ -29,4 +30,5 @@ pub mod proxy;
 pub mod reload;
 pub mod signals;
 pub mod stats;
+pub mod upgrade;
 pub mod watch;

@@ -2,6 +2,7 @@
 //! the library. Nothing here binds a port before the config has been validated.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,6 +20,15 @@ use tandem::app::App;
 use tandem::config::{self, ConfigError};
 use tandem::notify::Notifier;
 use tandem::signals::{Request, Signals};
+use tandem::upgrade::{self, Control, Inherited, SocketInfo};
+
+/// Binary upgrade options of `tandem run`.
+struct Upgrade {
+    /// Control socket to listen on.
+    socket: PathBuf,
+    /// Control socket of the process to take over from.
+    from: Option<PathBuf>,
+}
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +65,15 @@ enum Command {
         /// Worker threads of the data path (default: the CPUs this process may run on).
         #[arg(long, env = "TANDEM_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
+        /// Control socket a new tandem connects to with `--upgrade-from` to take over the
+        /// listeners (binary upgrade). Default: the `--upgrade-from` path, else
+        /// /run/tandem/upgrade.sock. When it cannot be bound, tandem runs without it.
+        #[arg(long)]
+        upgrade_socket: Option<PathBuf>,
+        /// Take over the listeners of the tandem listening on this control socket; it stops
+        /// accepting and drains once this process serves.
+        #[arg(long)]
+        upgrade_from: Option<PathBuf>,
     },
     /// Validate a config file and report every problem in it.
     Check {
@@ -111,7 +130,17 @@ fn main() -> ExitCode {
             shutdown_grace,
             no_watch,
             workers,
-        } => run(&config, shutdown_grace, !no_watch, workers),
+            upgrade_socket,
+            upgrade_from,
+        } => {
+            let upgrade = Upgrade {
+                socket: upgrade_socket
+                    .or_else(|| upgrade_from.clone())
+                    .unwrap_or_else(|| PathBuf::from(upgrade::DEFAULT_SOCKET)),
+                from: upgrade_from,
+            };
+            run(&config, shutdown_grace, !no_watch, workers, upgrade)
+        }
         Command::Demo { listen, admin } => demo(listen, admin),
         Command::Status {
             admin,
@@ -218,22 +247,82 @@ fn runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16>) -> ExitCode {
-    let cfg = match config::load(path) {
-        Ok(cfg) => cfg,
-        Err(e) => return report(&e),
+fn run(
+    path: &std::path::Path,
+    grace: Duration,
+    watch: bool,
+    workers: Option<u16>,
+    upgrade: Upgrade,
+) -> ExitCode {
+    // Without an upgrade, the config is checked before the runtime exists. With one, the
+    // sockets are received first (receiving binds nothing), so that a bad config closes the
+    // control connection and the old process logs the failed upgrade.
+    let cfg = match upgrade.from {
+        Some(_) => None,
+        None => match config::load(path) {
+            Ok(cfg) => Some(cfg),
+            Err(e) => return report(&e),
+        },
     };
     with_runtime(workers, move |signals| async move {
+        let mut inherited = Inherited::default();
+        let mut predecessor = None;
+        if let Some(from) = &upgrade.from {
+            match upgrade::receive(from).await {
+                Ok((stream, sockets)) => {
+                    info!(from = %from.display(), sockets = sockets.len(), pid = std::process::id(),
+                          "upgrade: received the listening sockets");
+                    predecessor = Some(stream);
+                    inherited = sockets;
+                }
+                Err(e) => {
+                    eprintln!("upgrade: cannot take over from {}: {e}", from.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        let cfg = match cfg {
+            Some(cfg) => cfg,
+            None => match config::load(path) {
+                Ok(cfg) => cfg,
+                Err(e) => return report(&e),
+            },
+        };
         info!(config = %path.display(), summary = %cfg.summary(), "starting");
         // The admin listener is bound before anything starts, like the service listeners: a
         // port that is taken fails the start as a whole.
         let admin = match &cfg.admin {
-            Some(a) => match tokio::net::TcpListener::bind(a.listen).await {
-                Ok(l) => Some((l, a.token_file.clone())),
-                Err(e) => {
-                    eprintln!("admin: cannot listen on {}: {e}", a.listen);
-                    return ExitCode::FAILURE;
-                }
+            Some(a) => match inherited.take(upgrade::Kind::Admin, "admin", a.listen) {
+                Some(fd) => match adopt_admin(fd) {
+                    Ok(l) => Some((l, a.token_file.clone())),
+                    Err(e) => {
+                        eprintln!("admin: cannot use the inherited listener: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None => match tokio::net::TcpListener::bind(a.listen).await {
+                    Ok(l) => Some((l, a.token_file.clone())),
+                    Err(e) => {
+                        eprintln!("admin: cannot listen on {}: {e}", a.listen);
+                        return ExitCode::FAILURE;
+                    }
+                },
+            },
+            None => None,
+        };
+        // Kept to hand the admin listener over in a later upgrade.
+        let admin_handoff = match &admin {
+            Some((l, _)) => match (l.as_fd().try_clone_to_owned(), l.local_addr()) {
+                (Ok(fd), Ok(local)) => cfg.admin.as_ref().map(|a| {
+                    let info = SocketInfo {
+                        kind: upgrade::Kind::Admin,
+                        name: "admin".into(),
+                        listen: a.listen,
+                        local,
+                    };
+                    (info, fd)
+                }),
+                _ => None,
             },
             None => None,
         };
@@ -242,14 +331,41 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
         let notifier = Notifier::from_env();
         let stop_watchdog = tokio_util::sync::CancellationToken::new();
         let watchdog = notifier.spawn_watchdog(stop_watchdog.clone());
-        let app = match App::start(cfg).await {
+        let app = match App::start_with(cfg, &mut inherited).await {
             Ok(app) => app,
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;
             }
         };
+        inherited.close_unused();
+        // READY=1 carries MAINPID: after an upgrade systemd follows this process from here on.
         notifier.ready(&serving(&app));
+        // Our own control socket, for the next upgrade. A successor replaces its
+        // predecessor's socket file before saying "ready", so the predecessor, which removes
+        // the file when it stops only if it is still its own, leaves ours alone.
+        let control = match Control::bind(&upgrade.socket, upgrade.from.is_some()) {
+            Ok(c) => {
+                info!(path = %upgrade.socket.display(), "upgrade socket listening");
+                Some(c)
+            }
+            Err(e) => {
+                warn!(path = %upgrade.socket.display(), error = %e,
+                      "cannot listen on the upgrade socket; binary upgrades without refused connections are off");
+                None
+            }
+        };
+        if let Some(stream) = predecessor {
+            match upgrade::ready(stream).await {
+                Ok(()) => info!("upgrade: serving; the old process stops accepting and drains"),
+                Err(e) => {
+                    warn!(error = %e, "upgrade: cannot tell the old process we serve; both serve until it stops")
+                }
+            }
+        }
+        // The new process taking over, between the handoff and its "ready".
+        let mut successor: Option<tokio::net::UnixStream> = None;
+        let mut upgraded = false;
         let mut app = app;
         let (commands_tx, mut commands) = tokio::sync::mpsc::channel(8);
         let stop_admin = tokio_util::sync::CancellationToken::new();
@@ -277,6 +393,18 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
             None
         };
         loop {
+            let upgrade_request = async {
+                match &control {
+                    Some(c) => c.accept().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let successor_ready = async {
+                match successor.as_mut() {
+                    Some(s) => upgrade::wait_ready(s).await,
+                    None => std::future::pending().await,
+                }
+            };
             let changed = async {
                 match watcher.as_mut() {
                     Some(w) => w.changed().await,
@@ -286,6 +414,14 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
             tokio::select! {
                 request = signals.next() => match request {
                     Request::Stop => break,
+                    Request::Upgrade if control.is_none() => {
+                        warn!("no upgrade socket: cannot hand over to a new process");
+                    }
+                    Request::Upgrade if successor.is_some() => {
+                        warn!("upgrade: another upgrade is in progress; request refused");
+                    }
+                    // The new process connects to the control socket like one started by hand.
+                    Request::Upgrade => upgrade::start_successor(&upgrade.socket),
                     // A rejected reload is logged (with every problem) by the app; the running
                     // config keeps serving.
                     Request::Reload => {
@@ -308,6 +444,37 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
                         let _ = reply.send(outcome);
                     }
                 },
+                // Served by this loop like signals and reloads: a handoff requested during a
+                // reload waits for it to finish, and hands over the listeners it left.
+                accepted = upgrade_request => match accepted {
+                    Ok(_) if successor.is_some() => {
+                        warn!("upgrade: another upgrade is in progress; request refused");
+                    }
+                    Ok(mut stream) => {
+                        let mut sockets = app.handoff_sockets();
+                        if let Some((info, fd)) = &admin_handoff {
+                            sockets.push((info.clone(), fd.as_fd()));
+                        }
+                        match upgrade::hand_over(&mut stream, &sockets).await {
+                            Ok(()) => {
+                                info!(sockets = sockets.len(), "upgrade: listening sockets handed over; waiting for the new process");
+                                drop(sockets);
+                                successor = Some(stream);
+                            }
+                            Err(e) => warn!(error = %e, "upgrade: handoff failed; still serving"),
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "upgrade: cannot accept on the upgrade socket"),
+                },
+                ready = successor_ready => {
+                    if ready {
+                        info!("upgrade: new process serving; stopping accepting and draining");
+                        upgraded = true;
+                        break;
+                    }
+                    warn!("upgrade: new process stopped before it was ready; still serving");
+                    successor = None;
+                }
                 change = changed => match change {
                     Some(()) => {
                         info!(config = %path.display(), "config file changed: reloading");
@@ -322,7 +489,14 @@ fn run(path: &std::path::Path, grace: Duration, watch: bool, workers: Option<u16
                 },
             }
         }
-        notifier.stopping();
+        // After an upgrade the socket file belongs to the new process: close() leaves it.
+        if let Some(c) = control {
+            c.close();
+        }
+        // After an upgrade systemd follows the new process: STOPPING=1 would stop the unit.
+        if !upgraded {
+            notifier.stopping();
+        }
         stop_admin.cancel();
         let report = app.shutdown(grace).await;
         stop_watchdog.cancel();
@@ -350,6 +524,13 @@ fn after_reload(app: &App, applied: bool) -> String {
     } else {
         format!("reload rejected (see the log); {}", serving(app))
     }
+}
+
+/// The admin listener inherited from the process being upgraded.
+fn adopt_admin(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::net::TcpListener> {
+    let l = std::net::TcpListener::from(fd);
+    l.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(l)
 }
 
 fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {

@@ -1,4 +1,5 @@
-//! Process signals as requests: SIGTERM and SIGINT ask to stop, SIGHUP to reload the config.
+//! Process signals as requests: SIGTERM and SIGINT ask to stop, SIGHUP to reload the config,
+//! SIGUSR2 to start a new tandem process (a binary upgrade) that takes over.
 //! Handlers are installed before any listener is bound, so an early signal is never lost and
 //! SIGHUP's default action (exit) can never take the balancer down.
 
@@ -14,6 +15,8 @@ pub enum Request {
     Stop,
     /// SIGHUP: reload the config file.
     Reload,
+    /// SIGUSR2: start the tandem binary anew and hand it the listeners (binary upgrade).
+    Upgrade,
 }
 
 /// The signals tandem listens to.
@@ -21,6 +24,7 @@ pub struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    usr2: Signal,
 }
 
 impl Signals {
@@ -30,6 +34,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 
@@ -39,6 +44,7 @@ impl Signals {
             _ = self.term.recv() => { info!("SIGTERM: shutting down"); Request::Stop }
             _ = self.int.recv() => { info!("SIGINT: shutting down"); Request::Stop }
             _ = self.hup.recv() => { info!("SIGHUP: reloading the config"); Request::Reload }
+            _ = self.usr2.recv() => { info!("SIGUSR2: starting a new process to take over"); Request::Upgrade }
         }
     }
 }

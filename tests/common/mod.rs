@@ -184,6 +184,10 @@ pub struct Load {
 pub struct LoadReport {
     pub ok: u64,
     pub failed: u64,
+    /// Of `failed`: connects refused.
+    pub refused: u64,
+    /// Of `failed`: connections reset or closed before the member's greeting.
+    pub reset: u64,
     pub by_member: HashMap<String, u64>,
 }
 
@@ -202,7 +206,16 @@ impl Load {
                         report.ok += 1;
                         *report.by_member.entry(name).or_default() += 1;
                     }
-                    Err(_) => report.failed += 1,
+                    Err(e) => {
+                        report.failed += 1;
+                        match e.kind() {
+                            std::io::ErrorKind::ConnectionRefused => report.refused += 1,
+                            std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::UnexpectedEof => report.reset += 1,
+                            _ => {}
+                        }
+                    }
                 }
                 i += 1;
             }

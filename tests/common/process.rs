@@ -20,8 +20,14 @@ pub struct Tandem {
 impl Tandem {
     /// Starts tandem on `config` with `extra` arguments after `run`.
     pub fn spawn(config: &Path, extra: &[&str]) -> Tandem {
+        Tandem::spawn_with_env(config, extra, &[])
+    }
+
+    /// [`Tandem::spawn`] with extra environment variables.
+    pub fn spawn_with_env(config: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Tandem {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
         command
+            .envs(env.iter().copied())
             .arg("run")
             .args(extra)
             .args(["--log-format", "json", "-c"])

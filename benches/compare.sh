@@ -8,6 +8,7 @@
 #   benches/compare.sh                           # RUNS=3 SECONDS_PER_RUN=5 by default
 #   BASELINE=/tmp/tandem-old benches/compare.sh  # adds a column for another tandem binary,
 #                                                # e.g. a build of main, measured in the same run
+#   ONLY="keepalive close" benches/compare.sh     # a subset: bulk1 bulk8 keepalive close
 #
 # Needs (installed with apt-get when missing and running as root): haproxy, iperf3, wrk, nginx.
 set -euo pipefail
@@ -125,15 +126,15 @@ target() { # label -> "ip iperf-port http-port"
   esac
 }
 declare -A result
-run_workload() { # name kind(iperf1|iperf8|keepalive|close)
-  local name=$1 kind=$2 label ip pi ph
+run_workload() { # name kind(bulk1|bulk8|keepalive|close)
+  local name=$1 kind=$2 label ip pi ph v
   declare -A vals=()
   for _ in $(seq "$RUNS"); do
     for label in "${labels[@]}"; do
       read -r ip pi ph <<<"$(target "$label")"
       case $kind in
-        iperf1) v=$(iperf "$ip" "$pi" 1) ;;
-        iperf8) v=$(iperf "$ip" "$pi" 8) ;;
+        bulk1) v=$(iperf "$ip" "$pi" 1) ;;
+        bulk8) v=$(iperf "$ip" "$pi" 8) ;;
         keepalive) v=$(wrk_rps "$ip" "$ph" "") ;;
         close) v=$(wrk_rps "$ip" "$ph" "Connection: close") ;;
       esac
@@ -148,10 +149,16 @@ run_workload() { # name kind(iperf1|iperf8|keepalive|close)
 }
 
 workloads=("bulk 1 stream (Gbit/s)" "bulk 8 streams (Gbit/s)" "keepalive req/s (wrk -c50)" "new conns/s (Connection: close)")
-run_workload "${workloads[0]}" iperf1
-run_workload "${workloads[1]}" iperf8
-run_workload "${workloads[2]}" keepalive
-run_workload "${workloads[3]}" close
+ONLY=${ONLY:-bulk1 bulk8 keepalive close}
+kinds=(bulk1 bulk8 keepalive close)
+selected=()
+for i in "${!kinds[@]}"; do
+  if [[ " $ONLY " == *" ${kinds[$i]} "* ]]; then
+    run_workload "${workloads[$i]}" "${kinds[$i]}"
+    selected+=("${workloads[$i]}")
+  fi
+done
+workloads=("${selected[@]}")
 
 printf '\n%-34s %12s %18s %18s %16s' workload direct tandem haproxy tandem/haproxy
 [[ -n ${BASELINE:-} ]] && printf ' %18s %17s' baseline baseline/haproxy

@@ -46,6 +46,8 @@ pub struct Transferred {
 }
 
 /// Relays until both directions end, the connection idles out, or `stop` completes.
+/// The caller pins `stop` and lends it, so that this future, which lives as long as the
+/// connection, is stored once rather than in both the caller's and this function's state.
 ///
 /// Returns the end reason and the bytes moved, or the first I/O error together with the
 /// bytes moved up to it.
@@ -53,9 +55,8 @@ pub async fn relay(
     client: &mut TcpStream,
     member: &mut TcpStream,
     idle_timeout: Duration,
-    stop: impl Future<Output = ()>,
+    mut stop: impl Future<Output = ()> + Unpin,
 ) -> (io::Result<RelayEnd>, Transferred) {
-    tokio::pin!(stop);
     // Shared by the two pumps of this one task; atomics (uncontended, relaxed) rather than
     // `Cell` because the task must be `Send`. Activity is kept as nanoseconds since `start`.
     let start = Instant::now();

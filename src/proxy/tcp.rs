@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -238,14 +239,19 @@ async fn connection(
 
     // The connection ends early when shutdown runs out of grace, or `drain_timeout` after a
     // reload retired its member or removed its service.
+    //
+    // This future lives as long as the connection, so its size counts in the memory of every
+    // idle one: it is pinned here and lent to `relay` (a future passed by value into an async
+    // fn is stored twice), and the drain sleeps, which almost never run, are boxed when they
+    // start rather than reserved inline.
     let drain = service.drain_timeout;
-    let stop = async {
+    let stop = pin!(async {
         tokio::select! {
             _ = cx.force_close.cancelled() => {}
-            _ = async { retired.cancelled().await; tokio::time::sleep(drain).await } => {}
-            _ = async { cx.removed.cancelled().await; tokio::time::sleep(drain).await } => {}
+            _ = async { retired.cancelled().await; Box::pin(tokio::time::sleep(drain)).await } => {}
+            _ = async { cx.removed.cancelled().await; Box::pin(tokio::time::sleep(drain)).await } => {}
         }
-    };
+    });
     let traffic = &member_health.traffic;
     traffic.connections.fetch_add(1, Relaxed);
     traffic.active.fetch_add(1, Relaxed);

@@ -5,18 +5,27 @@
 //! both (the sockets are dropped, which closes them). The connection ends early when no byte has
 //! moved in either direction for the idle timeout, or when the caller's `stop` future completes
 //! (shutdown grace over, or a drain period after a reload ended).
+//!
+//! An idle connection holds no buffer: each direction waits for readiness first, then borrows a
+//! buffer from a small per-thread pool only while bytes are in flight, and gives it back as soon
+//! as a read would block. Memory per held idle connection is then the task and two sockets.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 /// Bytes read per syscall in each direction.
 const BUFFER_SIZE: usize = 16 * 1024;
+/// Free buffers kept per worker thread (16 KiB each); more are freed when given back. Enough
+/// for the connections one thread has bytes in flight on at once.
+const POOL_KEEP: usize = 64;
 
 /// How a relayed connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +46,8 @@ pub struct Transferred {
 }
 
 /// Relays until both directions end, the connection idles out, or `stop` completes.
+/// The caller pins `stop` and lends it, so that this future, which lives as long as the
+/// connection, is stored once rather than in both the caller's and this function's state.
 ///
 /// Returns the end reason and the bytes moved, or the first I/O error together with the
 /// bytes moved up to it.
@@ -44,9 +55,8 @@ pub async fn relay(
     client: &mut TcpStream,
     member: &mut TcpStream,
     idle_timeout: Duration,
-    stop: impl Future<Output = ()>,
+    mut stop: impl Future<Output = ()> + Unpin,
 ) -> (io::Result<RelayEnd>, Transferred) {
-    tokio::pin!(stop);
     // Shared by the two pumps of this one task; atomics (uncontended, relaxed) rather than
     // `Cell` because the task must be `Send`. Activity is kept as nanoseconds since `start`.
     let start = Instant::now();
@@ -56,13 +66,13 @@ pub async fn relay(
     };
     let to_member = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
-    let (mut client_read, mut client_write) = client.split();
-    let (mut member_read, mut member_write) = member.split();
+    let (client_read, mut client_write) = client.split();
+    let (member_read, mut member_write) = member.split();
 
     let both = async {
         tokio::try_join!(
-            pump(&mut client_read, &mut member_write, &activity, &to_member),
-            pump(&mut member_read, &mut client_write, &activity, &to_client),
+            pump(&client_read, &mut member_write, &activity, &to_member),
+            pump(&member_read, &mut client_write, &activity, &to_client),
         )
     };
     tokio::pin!(both);
@@ -89,29 +99,69 @@ pub async fn relay(
 }
 
 /// Copies one direction until EOF, then passes the FIN on by shutting down the write half.
-async fn pump<R, W>(
-    from: &mut R,
-    to: &mut W,
+///
+/// Waits for readability without a buffer; borrows one for the bytes in flight and returns it
+/// when the socket has nothing more to read (or on any exit, through the lease's `Drop`).
+async fn pump(
+    from: &ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
     activity: &Activity,
     count: &AtomicU64,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUFFER_SIZE];
+) -> io::Result<()> {
     loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            // The peer may already be gone (it reset or closed); a failed shutdown then changes
-            // nothing for the other direction, which ends on its own.
-            let _ = to.shutdown().await;
-            return Ok(());
+        from.readable().await?;
+        let mut buf = Lease::take();
+        loop {
+            let n = match from.try_read(&mut buf.0) {
+                Ok(n) => n,
+                // Readiness was spurious or the socket is drained: back to waiting, and the
+                // buffer back to the pool.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                // The peer may already be gone (it reset or closed); a failed shutdown then
+                // changes nothing for the other direction, which ends on its own.
+                drop(buf);
+                let _ = to.shutdown().await;
+                return Ok(());
+            }
+            activity.touch();
+            to.write_all(&buf.0[..n]).await?;
+            count.fetch_add(n as u64, Relaxed);
+            activity.touch();
         }
-        activity.touch();
-        to.write_all(&buf[..n]).await?;
-        count.fetch_add(n as u64, Relaxed);
-        activity.touch();
+    }
+}
+
+thread_local! {
+    /// Free relay buffers of this worker thread.
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A relay buffer borrowed from the thread's pool; goes back on drop (to the pool of whichever
+/// thread drops it, as the task may have moved), or is freed when that pool is full.
+struct Lease(Box<[u8]>);
+
+impl Lease {
+    fn take() -> Lease {
+        let pooled = POOL.try_with(|p| p.borrow_mut().pop()).ok().flatten();
+        // Zeroed once when first allocated, then reused as is: the relay only ever writes out
+        // the bytes a read just put in.
+        Lease(pooled.unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice()))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        // `try_with` fails only while the thread exits; the buffer is then simply freed.
+        let _ = POOL.try_with(|p| {
+            let mut pool = p.borrow_mut();
+            if pool.len() < POOL_KEEP {
+                pool.push(buf);
+            }
+        });
     }
 }
 

@@ -254,6 +254,28 @@ mod tests {
         assert_eq!(quote_bytes(b"abcdef", 3), "abc...");
     }
 
+    proptest::proptest! {
+        /// Whatever a member or a library said, the reason is one printable line of bounded
+        /// length.
+        #[test]
+        fn any_reason_is_cleaned(reason in proptest::prelude::any::<String>()) {
+            let clean = clean_reason(&reason);
+            proptest::prop_assert!(!clean.chars().any(char::is_control), "{:?}", clean);
+            proptest::prop_assert!(clean.chars().count() <= MAX_REASON + 3);
+        }
+
+        /// Any received bytes quote as printable ASCII, at most four characters a byte.
+        #[test]
+        fn any_bytes_are_quoted(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            max in 0usize..64,
+        ) {
+            let quoted = quote_bytes(&bytes, max);
+            proptest::prop_assert!(quoted.bytes().all(|b| b.is_ascii_graphic() || b == b' '));
+            proptest::prop_assert!(quoted.len() <= 4 * max + 3);
+        }
+    }
+
     #[test]
     fn short_io_reasons() {
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);

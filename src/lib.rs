@@ -5,15 +5,23 @@
 //! - [`config`] reads a TOML file into validated types ([`config::raw`] mirrors the file,
 //!   [`config::validate`] checks it and reports every problem with its line and column).
 //! - [`hash::maglev`] builds the consistent-hash table of a pool (pure).
-//! - [`pool`] turns a config into the immutable routing [`pool::Snapshot`]: pools, members,
-//!   tables, and each service's route; `pick` walks a client's preference order.
+//! - [`health`] decides whether members are up: probes, the pure rise/fall machine
+//!   ([`health::state`]), the published verdict ([`health::cell`]) and the check loops.
+//! - [`failover`] decides which pool a service uses (pure: counts and a clock in, a side out).
+//! - [`pool`] turns a config into the immutable routing [`pool::Snapshot`]: pools, members with
+//!   their health, tables, and each service's route with its failover state; `pick` walks a
+//!   client's preference order.
 //! - [`proxy`] is the data path: accept, pick, connect with retries, PROXY header, relay (TCP);
 //!   sessions per client address with replies from the listening socket (UDP).
-//! - [`app`] wires it together: binds listeners, owns the snapshot, shuts down gracefully.
-//! - [`stats`] holds the per-service counters the data path bumps.
-//! - [`demo`] runs demo pools on loopback for `tandem demo` and the tests.
-//! - [`notify`] tells systemd when tandem is ready, reloading or stopping (`Type=notify`).
+//! - [`reload`] diffs two configs (pure); [`watch`] notices the file changing.
+//! - [`app`] wires it together: binds listeners, runs the checks and the failover controller,
+//!   applies reloads with one snapshot swap, shuts down gracefully.
+//! - [`events`] broadcasts health, failover and reload transitions; [`stats`] holds the
+//!   counters the data path bumps; [`metrics`] renders them for Prometheus.
+//! - [`admin`] is the HTTP admin API and status page; [`signals`] turns SIGTERM/SIGINT/SIGHUP
+//!   into requests; [`notify`] tells systemd when tandem is ready, reloading or stopping.
 //! - [`upgrade`] hands the listening sockets to a new tandem process (binary upgrades).
+//! - [`demo`] runs demo pools on loopback for `tandem demo` and the tests.
 
 pub mod admin;
 pub mod app;

@@ -293,14 +293,7 @@ pub async fn run(
             Err(e) => println!("reload rejected, the running config keeps serving:\n{e}"),
         }
         if let Some(reply) = reload {
-            let _ = reply.send(
-                result
-                    .map(|r| crate::admin::ReloadOutcome {
-                        generation: r.generation,
-                        change: r.diff.to_string(),
-                    })
-                    .map_err(|e| e.to_string()),
-            );
+            let _ = reply.send(crate::admin::ReloadOutcome::of(&result));
         }
     }
     stop_admin.cancel();

@@ -16,7 +16,7 @@ use tandem::watch::ConfigWatcher;
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
 
 use tandem::admin;
-use tandem::app::App;
+use tandem::app::{App, ReloadReport, StartError};
 use tandem::config::{self, ConfigError};
 use tandem::notify::Notifier;
 use tandem::signals::{Request, Signals};
@@ -425,23 +425,13 @@ fn run(
                     // A rejected reload is logged (with every problem) by the app; the running
                     // config keeps serving.
                     Request::Reload => {
-                        notifier.reloading();
-                        let result = app.reload_file(path).await;
-                        notifier.ready(&after_reload(&app, result.is_ok()));
+                        let _ = reload(&mut app, path, &notifier).await;
                     }
                 },
                 Some(command) = commands.recv() => match command {
                     admin::Command::Reload { reply } => {
-                        notifier.reloading();
-                        let result = app.reload_file(path).await;
-                        notifier.ready(&after_reload(&app, result.is_ok()));
-                        let outcome = result
-                            .map(|r| admin::ReloadOutcome {
-                                generation: r.generation,
-                                change: r.diff.to_string(),
-                            })
-                            .map_err(|e| e.to_string());
-                        let _ = reply.send(outcome);
+                        let result = reload(&mut app, path, &notifier).await;
+                        let _ = reply.send(admin::ReloadOutcome::of(&result));
                     }
                 },
                 // Served by this loop like signals and reloads: a handoff requested during a
@@ -478,9 +468,7 @@ fn run(
                 change = changed => match change {
                     Some(()) => {
                         info!(config = %path.display(), "config file changed: reloading");
-                        notifier.reloading();
-                        let result = app.reload_file(path).await;
-                        notifier.ready(&after_reload(&app, result.is_ok()));
+                        let _ = reload(&mut app, path, &notifier).await;
                     }
                     None => {
                         warn!("config file watcher stopped; reload with SIGHUP");
@@ -518,6 +506,19 @@ fn serving(app: &App) -> String {
 }
 
 /// systemd's STATUS= line after a reload, applied or rejected.
+/// Reloads the config file, telling systemd around it. A rejected reload is logged (with every
+/// problem) by the app; the running config keeps serving.
+async fn reload(
+    app: &mut App,
+    path: &std::path::Path,
+    notifier: &Notifier,
+) -> Result<ReloadReport, StartError> {
+    notifier.reloading();
+    let result = app.reload_file(path).await;
+    notifier.ready(&after_reload(app, result.is_ok()));
+    result
+}
+
 fn after_reload(app: &App, applied: bool) -> String {
     if applied {
         serving(app)

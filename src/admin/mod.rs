@@ -33,7 +33,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::app::AppView;
+use crate::app::{AppView, ReloadReport, StartError};
 
 /// Concurrent admin connections; beyond it new ones are closed at once.
 const MAX_CONNECTIONS: usize = 64;
@@ -60,6 +60,19 @@ pub enum Command {
 pub struct ReloadOutcome {
     pub generation: u64,
     pub change: String,
+}
+
+impl ReloadOutcome {
+    /// The reply to a reload request: the change applied, or every problem found.
+    pub fn of(result: &Result<ReloadReport, StartError>) -> Result<ReloadOutcome, String> {
+        match result {
+            Ok(r) => Ok(ReloadOutcome {
+                generation: r.generation,
+                change: r.diff.to_string(),
+            }),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 /// Settings of the admin server.

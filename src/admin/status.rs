@@ -7,7 +7,6 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::app::AppView;
-use crate::config::{CheckKind, FailoverMode, OperatorState};
 
 /// Builds the status document.
 pub fn status(view: &AppView) -> Value {
@@ -39,7 +38,7 @@ pub fn status(view: &AppView) -> Value {
                 "backup_pool": s.backup_pool,
                 "active_pool": route.active_pool().name,
                 "failover": {
-                    "mode": mode(s.failover),
+                    "mode": s.failover.as_str(),
                     "side": failover.as_ref().map_or("local", |f| f.side.as_str()),
                     "since": rfc3339(wall, since),
                     "for_seconds": since.as_secs_f64(),
@@ -88,7 +87,7 @@ pub fn status(view: &AppView) -> Value {
                         .zip(&pool.checks)
                         .map(|(d, c)| {
                             json!({
-                                "kind": kind(c.kind),
+                                "kind": c.kind.as_str(),
                                 "port": c.port,
                                 "verdict": d.verdict.as_str(),
                                 "last_ok": d.last_ok,
@@ -105,7 +104,7 @@ pub fn status(view: &AppView) -> Value {
                     json!({
                         "addr": m.addr.to_string(),
                         "weight": m.weight,
-                        "state": operator(m.operator),
+                        "state": m.operator.as_str(),
                         "health": m.health.verdict().as_str(),
                         "available": m.available(),
                         "passive_down": m.health.passive_down(),
@@ -144,33 +143,4 @@ pub fn status(view: &AppView) -> Value {
 fn rfc3339(now: SystemTime, ago: Duration) -> String {
     let t = now.checked_sub(ago).unwrap_or(now);
     humantime::format_rfc3339_seconds(t).to_string()
-}
-
-fn mode(m: FailoverMode) -> &'static str {
-    match m {
-        FailoverMode::Auto => "auto",
-        FailoverMode::Local => "local",
-        FailoverMode::Remote => "remote",
-    }
-}
-
-fn operator(s: OperatorState) -> &'static str {
-    match s {
-        OperatorState::Up => "up",
-        OperatorState::Drain => "drain",
-        OperatorState::Maint => "maint",
-    }
-}
-
-fn kind(k: CheckKind) -> &'static str {
-    match k {
-        CheckKind::Tcp => "tcp",
-        CheckKind::Tls => "tls",
-        CheckKind::Http => "http",
-        CheckKind::Https => "https",
-        CheckKind::Sip => "sip",
-        CheckKind::SipTls => "sip-tls",
-        CheckKind::SendExpect => "send-expect",
-        CheckKind::Udp => "udp",
-    }
 }

@@ -137,6 +137,17 @@ pub enum OperatorState {
     Maint,
 }
 
+impl OperatorState {
+    /// The name used in the config file and in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorState::Up => "up",
+            OperatorState::Drain => "drain",
+            OperatorState::Maint => "maint",
+        }
+    }
+}
+
 /// One `[[pool.check]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
@@ -200,6 +211,23 @@ pub enum CheckKind {
     Udp,
 }
 
+impl CheckKind {
+    /// The name used in status and messages (`kind` in the file; SIP over TLS is
+    /// `kind = "sip"` with `transport = "tls"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Tls => "tls",
+            CheckKind::Http => "http",
+            CheckKind::Https => "https",
+            CheckKind::Sip => "sip",
+            CheckKind::SipTls => "sip-tls",
+            CheckKind::SendExpect => "send-expect",
+            CheckKind::Udp => "udp",
+        }
+    }
+}
+
 /// One listener in front of a pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
@@ -250,6 +278,17 @@ pub enum FailoverMode {
     Local,
     /// Pinned to the backup pool (drill or maintenance).
     Remote,
+}
+
+impl FailoverMode {
+    /// The name used in the config file and in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverMode::Auto => "auto",
+            FailoverMode::Local => "local",
+            FailoverMode::Remote => "remote",
+        }
+    }
 }
 
 /// What a client's hash key is made of.

@@ -448,7 +448,7 @@ impl<'a> Cx<'a> {
                 self.problem(
                     span,
                     path,
-                    format!("{key} does not apply to a {} check", kind_name(kind)),
+                    format!("{key} does not apply to a {} check", kind.as_str()),
                 );
                 ok = false;
             }
@@ -482,7 +482,7 @@ impl<'a> Cx<'a> {
                         format!(
                             "a {} check needs ca_file (the CA that signed the members' certificates), \
                              or verify = false to accept any certificate",
-                            kind_name(kind)
+                            kind.as_str()
                         ),
                     );
                     ok = false;
@@ -537,7 +537,7 @@ impl<'a> Cx<'a> {
                 path,
                 format!(
                     "a {} check needs `expect` (or `expect_hex`): the bytes the reply must contain",
-                    kind_name(kind)
+                    kind.as_str()
                 ),
             );
             ok = false;
@@ -945,19 +945,6 @@ impl<'a> Cx<'a> {
                 None
             }
         }
-    }
-}
-
-fn kind_name(kind: CheckKind) -> &'static str {
-    match kind {
-        CheckKind::Tcp => "tcp",
-        CheckKind::Tls => "tls",
-        CheckKind::Http => "http",
-        CheckKind::Https => "https",
-        CheckKind::Sip => "sip",
-        CheckKind::SipTls => "sip (tls)",
-        CheckKind::SendExpect => "send-expect",
-        CheckKind::Udp => "udp",
     }
 }
 

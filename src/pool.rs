@@ -290,7 +290,8 @@ pub struct PoolState {
     pub members: Vec<MemberState>,
     /// The pool's checks, run by the health checker.
     pub checks: Vec<Check>,
-    table: Table,
+    /// Shared with the previous config's pool when membership and weights are unchanged.
+    table: Arc<Table>,
 }
 
 /// One member as routed.
@@ -318,26 +319,42 @@ impl MemberState {
 }
 
 impl PoolState {
-    /// Builds the pool's table from its configured members; identities are the canonical
-    /// address strings, so the table does not depend on config order.
-    /// Builds the pool's table and member states. With `previous` (the same pool before a
-    /// reload), members that stay keep their health when the checks are unchanged, and keep
-    /// their open connections' lifetime when they stay in service.
+    /// Builds the pool's table and member states. Identities are the canonical address
+    /// strings, so the table does not depend on config order. With `previous` (the same pool
+    /// before a reload), the table is kept when membership and weights are unchanged (a drain
+    /// or a check change rebuilds nothing), members that stay keep their health when the checks
+    /// are unchanged, and keep their open connections' lifetime when they stay in service.
     pub fn build(
         pool: &Pool,
         events: &EventSender,
         previous: Option<(&PoolState, &Pool)>,
     ) -> Result<PoolState, SnapshotError> {
         let ids: Vec<String> = pool.members.iter().map(|m| m.addr.to_string()).collect();
-        let weighted: Vec<(&str, u32)> = ids
-            .iter()
-            .zip(&pool.members)
-            .map(|(id, m)| (id.as_str(), m.weight))
-            .collect();
-        let table = Table::build(&weighted).map_err(|source| SnapshotError::Table {
-            pool: pool.name.clone(),
-            source,
-        })?;
+        // Table slots hold member indices in config order, so only the same members with the
+        // same weights in the same order can share the previous table.
+        let same_members = |old: &Pool| {
+            old.members.len() == pool.members.len()
+                && old
+                    .members
+                    .iter()
+                    .zip(&pool.members)
+                    .all(|(o, n)| o.addr == n.addr && o.weight == n.weight)
+        };
+        let table = match previous {
+            Some((state, old)) if same_members(old) => state.table.clone(),
+            _ => {
+                let weighted: Vec<(&str, u32)> = ids
+                    .iter()
+                    .zip(&pool.members)
+                    .map(|(id, m)| (id.as_str(), m.weight))
+                    .collect();
+                let table = Table::build(&weighted).map_err(|source| SnapshotError::Table {
+                    pool: pool.name.clone(),
+                    source,
+                })?;
+                Arc::new(table)
+            }
+        };
         let pool_name: Arc<str> = Arc::from(pool.name.as_str());
         // Passive detection takes a member down after as many failed connects as the pool's
         // most sensitive check would need failed probes.
@@ -541,6 +558,36 @@ backup_pool = "b"
             "a",
             "the old snapshot flipped the shared failover state back"
         );
+    }
+
+    #[test]
+    fn a_reload_rebuilds_the_table_only_when_membership_or_weights_change() {
+        let events = crate::events::channel();
+        let old_cfg = parse(CONFIG, "t.toml").expect("valid");
+        let old = Snapshot::build(&old_cfg, 1, &events, None).expect("builds");
+        let table = |s: &Snapshot| s.pool("a").expect("pool a").table.clone();
+        let next = |text: &str| {
+            let cfg = parse(text, "t.toml").expect("valid");
+            Snapshot::build(&cfg, 2, &events, Some((&old, &old_cfg))).expect("builds")
+        };
+        let drained = next(&CONFIG.replace(
+            "{ addr = \"127.0.1.1:7000\" }",
+            "{ addr = \"127.0.1.1:7000\", state = \"maint\" }",
+        ));
+        assert!(
+            Arc::ptr_eq(&table(&old), &table(&drained)),
+            "a drain rebuilt the table"
+        );
+        let weighted = next(&CONFIG.replace(
+            "{ addr = \"127.0.1.1:7000\" }",
+            "{ addr = \"127.0.1.1:7000\", weight = 2 }",
+        ));
+        assert!(!Arc::ptr_eq(&table(&old), &table(&weighted)));
+        let added = next(&CONFIG.replace(
+            "{ addr = \"127.0.1.2:7000\" }",
+            "{ addr = \"127.0.1.2:7000\" }, { addr = \"127.0.1.4:7000\" }",
+        ));
+        assert!(!Arc::ptr_eq(&table(&old), &table(&added)));
     }
 
     #[test]

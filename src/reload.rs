@@ -43,25 +43,6 @@ pub struct PoolChange {
     pub checks_changed: bool,
 }
 
-impl PoolChange {
-    /// Whether the Maglev table must be rebuilt (membership or weights changed).
-    pub fn rebuilds_table(&self, old: &Pool, new: &Pool) -> bool {
-        !self.members_added.is_empty()
-            || !self.members_removed.is_empty()
-            || self
-                .members_changed
-                .iter()
-                .any(|a| weight_of(old, a) != weight_of(new, a))
-    }
-}
-
-fn weight_of(pool: &Pool, addr: &MemberAddr) -> Option<u32> {
-    pool.members
-        .iter()
-        .find(|m| &m.addr == addr)
-        .map(|m| m.weight)
-}
-
 impl Diff {
     /// Whether the configs route identically.
     pub fn is_empty(&self) -> bool {
@@ -299,7 +280,6 @@ pool = "b"
             vec![addr("127.0.1.1"), addr("127.0.1.3")]
         );
         assert!(!p.checks_changed);
-        assert!(p.rebuilds_table(&old.pools[0], &new.pools[0]));
         assert_eq!(
             d.to_string(),
             "pool a (+1 member(s), -1 member(s), 2 member(s) changed)"
@@ -307,14 +287,15 @@ pool = "b"
     }
 
     #[test]
-    fn drain_alone_does_not_rebuild_the_table() {
+    fn drain_alone_is_a_member_change_not_a_membership_change() {
         let new = BASE.replace(
             "{ addr = \"127.0.1.3:80\" }",
             "{ addr = \"127.0.1.3:80\", state = \"drain\" }",
         );
-        let (old, new) = (cfg(BASE), cfg(&new));
-        let d = diff(&old, &new);
-        assert!(!d.pools_changed[0].rebuilds_table(&old.pools[0], &new.pools[0]));
+        let d = diff(&cfg(BASE), &cfg(&new));
+        let p = &d.pools_changed[0];
+        assert!(p.members_added.is_empty() && p.members_removed.is_empty());
+        assert_eq!(p.members_changed.len(), 1);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::app::App;
 use crate::config;
-use crate::events::Event;
+use crate::events::{self, Event};
 use crate::failover::Side;
 use crate::health::state::Verdict;
 use crate::signals::{Request, Signals};
@@ -305,17 +305,15 @@ pub async fn run(
 
 /// Waits for the demo service to move to `to`, returning the reason (or a note after 15 s).
 async fn wait_failover(events: &mut tokio::sync::broadcast::Receiver<Event>, to: Side) -> String {
-    let found = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            match events.recv().await {
-                Ok(Event::Failover(e)) if e.to == to => return e.reason,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(_) => return "event stream closed".to_string(),
-            }
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| "no failover within 15 s".to_string())
+    let found = events::wait_for(
+        events,
+        Duration::from_secs(15),
+        |e| matches!(e, Event::Failover(f) if f.to == to),
+    );
+    match found.await {
+        Some(Event::Failover(f)) => f.reason,
+        _ => "no failover within 15 s".to_string(),
+    }
 }
 
 /// Waits for `member` to reach `to`, returning the reason (or a note after 10 s).
@@ -325,17 +323,15 @@ async fn wait_for(
     to: Verdict,
 ) -> String {
     let want = member.to_string();
-    let found = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match events.recv().await {
-                Ok(Event::Health(e)) if *e.member == *want && e.to == to => return e.reason,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(_) => return "event stream closed".to_string(),
-            }
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| "no transition within 10 s".to_string())
+    let found = events::wait_for(
+        events,
+        Duration::from_secs(10),
+        |e| matches!(e, Event::Health(h) if *h.member == *want && h.to == to),
+    );
+    match found.await {
+        Some(Event::Health(h)) => h.reason,
+        _ => "no transition within 10 s".to_string(),
+    }
 }
 
 async fn placement(clients: &[IpAddr], addr: SocketAddr) -> Vec<String> {

@@ -64,6 +64,26 @@ pub struct HealthEvent {
 /// The sending side, cloned into whatever produces events.
 pub type EventSender = broadcast::Sender<Event>;
 
+/// Waits at most `limit` for the first event `matches` accepts, skipping the others (and any
+/// missed while lagging). `None` when the time is up or the channel closed.
+pub async fn wait_for(
+    rx: &mut broadcast::Receiver<Event>,
+    limit: std::time::Duration,
+    mut matches: impl FnMut(&Event) -> bool,
+) -> Option<Event> {
+    use broadcast::error::RecvError;
+    let found = tokio::time::timeout(limit, async {
+        loop {
+            match rx.recv().await {
+                Ok(e) if matches(&e) => return Some(e),
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    found.await.ok().flatten()
+}
+
 /// A new event channel.
 pub fn channel() -> EventSender {
     broadcast::channel(EVENT_BUFFER).0

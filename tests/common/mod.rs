@@ -10,6 +10,7 @@ use std::time::Duration;
 use tandem::app::App;
 use tandem::config;
 pub use tandem::demo::{DemoMember, client_ip, connect_from, greeting_from, who_serves};
+use tandem::events::{self, Event};
 
 /// Starts a balancer from a TOML config text.
 pub async fn balancer(toml: &str) -> App {
@@ -117,52 +118,42 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
 /// Waits (real time, at most `limit`) for `member` of any pool to reach verdict `to`; returns the
 /// event's reason.
 pub async fn wait_health(
-    rx: &mut tokio::sync::broadcast::Receiver<tandem::events::Event>,
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
     member: SocketAddr,
     to: tandem::health::state::Verdict,
     limit: Duration,
 ) -> String {
     let want = member.to_string();
-    let found = tokio::time::timeout(limit, async {
-        loop {
-            match rx.recv().await {
-                Ok(tandem::events::Event::Health(e)) if *e.member == *want && e.to == to => {
-                    return e.reason;
-                }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("event stream ended: {e}"),
-            }
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| panic!("{want} did not become {to} within {limit:?}"))
+    let found = events::wait_for(
+        rx,
+        limit,
+        |e| matches!(e, Event::Health(h) if *h.member == *want && h.to == to),
+    );
+    match found.await {
+        Some(Event::Health(h)) => h.reason,
+        _ => panic!("{want} did not become {to} within {limit:?}"),
+    }
 }
 
 /// Waits (real time, at most `limit`) until every member of `members` has reached `to`, in any
 /// order.
 pub async fn wait_health_all(
-    rx: &mut tokio::sync::broadcast::Receiver<tandem::events::Event>,
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
     members: &[SocketAddr],
     to: tandem::health::state::Verdict,
     limit: Duration,
 ) {
     let mut missing: Vec<String> = members.iter().map(|m| m.to_string()).collect();
-    let done = tokio::time::timeout(limit, async {
-        while !missing.is_empty() {
-            match rx.recv().await {
-                Ok(tandem::events::Event::Health(e)) if e.to == to => {
-                    missing.retain(|m| **m != *e.member);
-                }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("event stream ended: {e}"),
-            }
+    let done = events::wait_for(rx, limit, |e| {
+        if let Event::Health(h) = e
+            && h.to == to
+        {
+            missing.retain(|m| **m != *h.member);
         }
-    })
-    .await;
-    assert!(
-        done.is_ok(),
-        "{missing:?} did not become {to} within {limit:?}"
-    );
+        missing.is_empty()
+    });
+    let done = done.await.is_some();
+    assert!(done, "{missing:?} did not become {to} within {limit:?}");
 }
 
 /// A `[[pool.check]]` table for a fast TCP check (for tests that wait on health transitions).
@@ -290,24 +281,20 @@ impl Stream {
 
 /// Waits (real time, at most `limit`) for service `service` to move to `to`; returns the reason.
 pub async fn wait_failover(
-    rx: &mut tokio::sync::broadcast::Receiver<tandem::events::Event>,
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
     service: &str,
     to: tandem::failover::Side,
     limit: Duration,
 ) -> String {
-    let found = tokio::time::timeout(limit, async {
-        loop {
-            match rx.recv().await {
-                Ok(tandem::events::Event::Failover(e)) if &*e.service == service && e.to == to => {
-                    return e.reason;
-                }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("event stream ended: {e}"),
-            }
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| panic!("{service} did not fail over to {to} within {limit:?}"))
+    let found = events::wait_for(
+        rx,
+        limit,
+        |e| matches!(e, Event::Failover(f) if &*f.service == service && f.to == to),
+    );
+    match found.await {
+        Some(Event::Failover(f)) => f.reason,
+        _ => panic!("{service} did not fail over to {to} within {limit:?}"),
+    }
 }
 
 /// A UDP echo member for the UDP tests: answers every datagram with `name|payload`, and a STUN

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use tandem::events::{Event, FailoverEvent, HealthEvent};
+use tandem::events::{self, Event, FailoverEvent, HealthEvent};
 use tandem::failover::Side;
 use tandem::health::state::Verdict;
-use tokio::sync::broadcast::{Receiver, error::RecvError};
+use tokio::sync::broadcast::Receiver;
 
 const IP: &str = "/usr/sbin/ip";
 const TC: &str = "/usr/sbin/tc";
@@ -303,32 +303,28 @@ async fn health_event(
     limit: Duration,
 ) -> HealthEvent {
     let want = member.to_string();
-    tokio::time::timeout(limit, async {
-        loop {
-            match rx.recv().await {
-                Ok(Event::Health(e)) if *e.member == *want && e.to == to => return e,
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(e) => panic!("event stream ended: {e}"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{want} did not become {to} within {limit:?}"))
+    let found = events::wait_for(
+        rx,
+        limit,
+        |e| matches!(e, Event::Health(h) if *h.member == *want && h.to == to),
+    );
+    match found.await {
+        Some(Event::Health(h)) => h,
+        _ => panic!("{want} did not become {to} within {limit:?}"),
+    }
 }
 
 /// The failover event of service `s` to `to` (real time, at most `limit`).
 async fn failover_event(rx: &mut Receiver<Event>, to: Side, limit: Duration) -> FailoverEvent {
-    tokio::time::timeout(limit, async {
-        loop {
-            match rx.recv().await {
-                Ok(Event::Failover(e)) if &*e.service == "s" && e.to == to => return e,
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(e) => panic!("event stream ended: {e}"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("s did not fail over to {to} within {limit:?}"))
+    let found = events::wait_for(
+        rx,
+        limit,
+        |e| matches!(e, Event::Failover(f) if &*f.service == "s" && f.to == to),
+    );
+    match found.await {
+        Some(Event::Failover(f)) => f,
+        _ => panic!("s did not fail over to {to} within {limit:?}"),
+    }
 }
 
 fn since(at: SystemTime, earlier: SystemTime) -> Duration {

@@ -22,16 +22,27 @@ fn fast_check() -> String {
     fast_tcp_check(1, 1)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn echo_integrity_200_clients_x_200_datagrams() {
-    let members = udp_members("e", 200, 3).await;
+/// A balancer with one UDP service `s` in front of one pool `p` of `members`; returns it and the
+/// service's address.
+async fn one_pool_udp_balancer(
+    members: &[UdpMember],
+    pool_extra: &str,
+    service_extra: &str,
+) -> (tandem::app::App, SocketAddr) {
     let app = balancer(&format!(
         "{}{}",
-        udp_pool_toml("p", &members, ""),
-        udp_service_toml("s", "p", "")
+        udp_pool_toml("p", members, pool_extra),
+        udp_service_toml("s", "p", service_extra)
     ))
     .await;
     let addr = app.local_addr("s").expect("udp service");
+    (app, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_integrity_200_clients_x_200_datagrams() {
+    let members = udp_members("e", 200, 3).await;
+    let (app, addr) = one_pool_udp_balancer(&members, "", "").await;
     let mut tasks = Vec::new();
     for c in 0..200u32 {
         tasks.push(tokio::spawn(async move {
@@ -112,13 +123,7 @@ async fn echo_integrity_200_clients_x_200_datagrams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_one_member_and_600_clients_spread_over_3() {
     let members = udp_members("a", 203, 3).await;
-    let app = balancer(&format!(
-        "{}{}",
-        udp_pool_toml("p", &members, ""),
-        udp_service_toml("s", "p", "")
-    ))
-    .await;
-    let addr = app.local_addr("s").expect("udp service");
+    let (app, addr) = one_pool_udp_balancer(&members, "", "").await;
     let mut placement = Vec::new();
     for batch in (0..600u32).collect::<Vec<_>>().chunks(50) {
         let tasks: Vec<_> = batch
@@ -162,13 +167,7 @@ async fn one_client_one_member_and_600_clients_spread_over_3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_down_moves_only_its_clients() {
     let mut members = udp_members("d", 206, 3).await;
-    let app = balancer(&format!(
-        "{}{}",
-        udp_pool_toml("p", &members, &fast_check()),
-        udp_service_toml("s", "p", "")
-    ))
-    .await;
-    let addr = app.local_addr("s").expect("udp service");
+    let (app, addr) = one_pool_udp_balancer(&members, &fast_check(), "").await;
     let mut clients = Vec::new();
     for c in 1000..1090u32 {
         let socket = udp_client(client_ip(c)).await;
@@ -270,13 +269,8 @@ async fn local_pool_down_fails_over_to_backup() {
 #[tokio::test(start_paused = true)]
 async fn idle_sessions_expire_and_close_their_socket() {
     let member = UdpMember::start("i1", ip(1, 214)).await;
-    let app = balancer(&format!(
-        "{}{}",
-        udp_pool_toml("p", std::slice::from_ref(&member), ""),
-        udp_service_toml("s", "p", "idle_timeout = \"10s\"")
-    ))
-    .await;
-    let addr = app.local_addr("s").expect("udp service");
+    let (app, addr) =
+        one_pool_udp_balancer(std::slice::from_ref(&member), "", "idle_timeout = \"10s\"").await;
     let client = udp_client(client_ip(3000)).await;
     // No timeouts here: with the clock paused they would fire while datagrams are in flight;
     // and the runtime is kept busy meanwhile, so the clock cannot jump to the session's idle
@@ -338,13 +332,8 @@ async fn idle_sessions_expire_and_close_their_socket() {
 #[tokio::test]
 async fn max_connections_caps_sessions() {
     let member = UdpMember::start("c1", ip(1, 215)).await;
-    let app = balancer(&format!(
-        "{}{}",
-        udp_pool_toml("p", std::slice::from_ref(&member), ""),
-        udp_service_toml("s", "p", "max_connections = 2")
-    ))
-    .await;
-    let addr = app.local_addr("s").expect("udp service");
+    let (app, addr) =
+        one_pool_udp_balancer(std::slice::from_ref(&member), "", "max_connections = 2").await;
     let a = udp_client(client_ip(4000)).await;
     let b = udp_client(client_ip(4001)).await;
     let c = udp_client(client_ip(4002)).await;

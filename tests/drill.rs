@@ -7,6 +7,8 @@ mod common;
 #[path = "common/process.rs"]
 mod process;
 
+use std::time::Duration;
+
 use common::*;
 use process::Tandem;
 
@@ -97,11 +99,5 @@ async fn drill_by_editing_the_file_and_sending_sighup() {
     }
 
     tandem.signal("TERM");
-    let status = tokio::task::spawn_blocking(move || {
-        let status = tandem.child.wait();
-        (status, tandem)
-    })
-    .await
-    .expect("wait");
-    assert!(status.0.expect("exit status").success());
+    assert!(tandem.exit(Duration::from_secs(10)).await.success());
 }

@@ -283,8 +283,12 @@ const FALL: u32 = 2;
 /// (`fall x interval + timeout` after the last good probe began, plus a phase of up to 10% of
 /// the interval), where a probe that overran its interval (timeout > interval here) is followed
 /// at once, so each failing probe takes max(interval, timeout); plus 500 ms of slack.
+/// Scheduling slack on top of the configured detection bound: a loaded CI machine delays the
+/// probe tasks, and the bound is about the configured timing, not about the machine's speed.
+const SCHEDULING_SLACK: Duration = Duration::from_millis(1500);
+
 fn detection_bound() -> Duration {
-    INTERVAL + INTERVAL.max(TIMEOUT) * FALL + INTERVAL / 10 + Duration::from_millis(500)
+    INTERVAL + INTERVAL.max(TIMEOUT) * FALL + INTERVAL / 10 + SCHEDULING_SLACK
 }
 
 /// A TCP `[[service]]` on 127.0.0.1:0 with a 300 ms connect timeout and extra lines.

@@ -11,7 +11,6 @@ mod process;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::path::Path;
-use std::process::ExitStatus;
 use std::time::Duration;
 
 use common::*;
@@ -50,21 +49,6 @@ fn new_process(config: &Path, socket: &Path) -> Tandem {
             socket.to_str().expect("utf-8 path"),
         ],
     )
-}
-
-/// Waits (at most `limit`) for `tandem` to exit by itself.
-async fn exit_of(tandem: &mut Tandem, limit: Duration) -> ExitStatus {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = tandem.child.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "tandem did not exit within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Several clients connecting in a loop from distinct address ranges.
@@ -128,7 +112,7 @@ async fn upgrade_under_load_refuses_nothing_and_streams_run_on() {
             .expect("stream on the old process unharmed");
         assert!(bytes > 0);
     }
-    let status = exit_of(&mut old, Duration::from_secs(10)).await;
+    let status = old.exit(Duration::from_secs(10)).await;
     assert!(status.success(), "old process: {status}");
 
     // Only the new process is left, and it serves everything.
@@ -146,7 +130,7 @@ async fn upgrade_under_load_refuses_nothing_and_streams_run_on() {
     assert_eq!(report.failed, 0, "{report:?}");
 
     new.signal("TERM");
-    assert!(exit_of(&mut new, Duration::from_secs(10)).await.success());
+    assert!(new.exit(Duration::from_secs(10)).await.success());
 }
 
 #[tokio::test]
@@ -170,7 +154,7 @@ async fn a_new_process_with_a_bad_config_leaves_the_old_one_serving() {
         .await;
     old.expect_log("upgrade: new process stopped before it was ready; still serving")
         .await;
-    let status = exit_of(&mut failed, Duration::from_secs(10)).await;
+    let status = failed.exit(Duration::from_secs(10)).await;
     assert!(!status.success(), "a bad config fails the new process");
     assert_eq!(placement(50, addr).await.len(), 50, "the old one serves");
 
@@ -178,13 +162,13 @@ async fn a_new_process_with_a_bad_config_leaves_the_old_one_serving() {
     let mut new = new_process(&path, &socket);
     take_over(&mut old, &mut new, addr).await;
     stream.finish().await.expect("stream unharmed");
-    assert!(exit_of(&mut old, Duration::from_secs(10)).await.success());
+    assert!(old.exit(Duration::from_secs(10)).await.success());
     assert_eq!(placement(50, addr).await.len(), 50, "the new one serves");
     let report = finish(load).await;
     assert_eq!(report.failed, 0, "{report:?}");
 
     new.signal("TERM");
-    assert!(exit_of(&mut new, Duration::from_secs(10)).await.success());
+    assert!(new.exit(Duration::from_secs(10)).await.success());
 }
 
 #[tokio::test]
@@ -211,14 +195,14 @@ async fn an_upgrade_requested_during_a_reload_waits_for_it() {
     take_over(&mut old, &mut new, addr).await;
 
     stream.finish().await.expect("stream unharmed");
-    assert!(exit_of(&mut old, Duration::from_secs(10)).await.success());
+    assert!(old.exit(Duration::from_secs(10)).await.success());
     let placed = placement(100, addr).await;
     assert!(placed.iter().any(|m| m == "mid4"), "{:?}", counts(&placed));
     let report = finish(load).await;
     assert_eq!(report.failed, 0, "{report:?}");
 
     new.signal("TERM");
-    assert!(exit_of(&mut new, Duration::from_secs(10)).await.success());
+    assert!(new.exit(Duration::from_secs(10)).await.success());
 }
 
 #[tokio::test]
@@ -240,7 +224,7 @@ async fn the_new_process_takes_the_udp_socket() {
     let mut new = new_process(&path, &socket);
     take_over(&mut old, &mut new, addr).await;
     // UDP sessions end with the old process; it does not wait for them.
-    assert!(exit_of(&mut old, Duration::from_secs(10)).await.success());
+    assert!(old.exit(Duration::from_secs(10)).await.success());
 
     // The same client, the same address: the new process answers (a new session, placed by
     // the same hash on the same member).
@@ -249,7 +233,7 @@ async fn the_new_process_takes_the_udp_socket() {
     udp_who(&other, addr).await;
 
     new.signal("TERM");
-    assert!(exit_of(&mut new, Duration::from_secs(10)).await.success());
+    assert!(new.exit(Duration::from_secs(10)).await.success());
 }
 
 /// A systemd stand-in: the datagram socket `NOTIFY_SOCKET` points at.
@@ -363,7 +347,7 @@ async fn sigusr2_starts_the_successor_and_systemd_follows_its_main_pid() {
     );
 
     stream.finish().await.expect("stream unharmed");
-    assert!(exit_of(&mut old, Duration::from_secs(10)).await.success());
+    assert!(old.exit(Duration::from_secs(10)).await.success());
     old.expect_log("stopped").await; // the old process's own last line
     let after = systemd.pending();
     assert!(
@@ -442,7 +426,7 @@ async fn services_and_the_admin_api_are_matched_added_and_dropped() {
     );
     old.expect_log("upgrade: new process serving; stopping accepting and draining")
         .await;
-    assert!(exit_of(&mut old, Duration::from_secs(10)).await.success());
+    assert!(old.exit(Duration::from_secs(10)).await.success());
 
     who_serves(client_ip(990), after["fe"]).await.expect("fe");
     who_serves(client_ip(991), after["fresh"])
@@ -457,7 +441,7 @@ async fn services_and_the_admin_api_are_matched_added_and_dropped() {
     assert!(healthz(old_admin).await.contains(" 200 "));
 
     new.signal("TERM");
-    assert!(exit_of(&mut new, Duration::from_secs(10)).await.success());
+    assert!(new.exit(Duration::from_secs(10)).await.success());
 }
 
 #[tokio::test]
@@ -475,22 +459,18 @@ async fn the_successor_can_be_upgraded_in_turn() {
 
     let mut second = new_process(&path, &socket);
     take_over(&mut first, &mut second, addr).await;
-    assert!(exit_of(&mut first, Duration::from_secs(10)).await.success());
+    assert!(first.exit(Duration::from_secs(10)).await.success());
     // The first process left the control socket file to its successor.
     assert!(socket.exists());
 
     let mut third = new_process(&path, &socket);
     take_over(&mut second, &mut third, addr).await;
-    assert!(
-        exit_of(&mut second, Duration::from_secs(10))
-            .await
-            .success()
-    );
+    assert!(second.exit(Duration::from_secs(10)).await.success());
     assert_eq!(placement(50, addr).await.len(), 50);
     let report = finish(load).await;
     assert_eq!(report.failed, 0, "{report:?}");
 
     third.signal("TERM");
-    assert!(exit_of(&mut third, Duration::from_secs(10)).await.success());
+    assert!(third.exit(Duration::from_secs(10)).await.success());
     assert!(!socket.exists(), "removed by its last owner");
 }

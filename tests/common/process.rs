@@ -95,6 +95,22 @@ impl Tandem {
             .unwrap_or_else(|| panic!("no listen address in {line}"))
     }
 
+    /// Waits (at most `limit`) for tandem to exit by itself. Polled: a std child has no exit
+    /// event to await.
+    pub async fn exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tandem did not exit within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends a signal (`HUP`, `TERM`, ...) with kill(1).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

@@ -179,10 +179,7 @@ impl<'a> Cx<'a> {
         let mut pools = Vec::new();
         for (path, rp) in raw {
             let name = rp.name.get_ref().clone();
-            if self
-                .check_name(&rp.name, &path, "pool", &mut seen)
-                .is_some()
-            {
+            if !self.name_is_usable(&rp.name, &path, "pool", &mut seen) {
                 continue;
             }
             let members = self.members(&rp, &path);
@@ -221,19 +218,19 @@ impl<'a> Cx<'a> {
         pools
     }
 
-    /// Checks a pool or service name; returns `Some(())` when it must be skipped (duplicate or
-    /// empty) and records the problem.
-    fn check_name(
+    /// Checks a pool or service name; records the problem and returns `false` when the entry
+    /// must be skipped (empty, or a duplicate).
+    fn name_is_usable(
         &mut self,
         name: &Spanned<String>,
         path: &str,
         what: &str,
         seen: &mut HashMap<String, usize>,
-    ) -> Option<()> {
+    ) -> bool {
         let n = name.get_ref();
         if n.trim().is_empty() {
             self.problem(name.span(), path, format!("{what} name must not be empty"));
-            return Some(());
+            return false;
         }
         let (line, _) = line_col(self.text, name.span().start);
         if let Some(first) = seen.get(n) {
@@ -243,10 +240,10 @@ impl<'a> Cx<'a> {
                 path,
                 format!("duplicate {what} name \"{n}\" (first defined on line {first})"),
             );
-            return Some(());
+            return false;
         }
         seen.insert(n.clone(), line);
-        None
+        true
     }
 
     fn members(&mut self, rp: &RawPool, path: &str) -> Option<Vec<Member>> {
@@ -608,10 +605,7 @@ impl<'a> Cx<'a> {
         let mut listens: Vec<(Protocol, SocketAddr, String, usize)> = Vec::new();
         let mut out = Vec::new();
         for (path, rs) in raw {
-            if self
-                .check_name(&rs.name, &path, "service", &mut seen)
-                .is_some()
-            {
+            if !self.name_is_usable(&rs.name, &path, "service", &mut seen) {
                 continue;
             }
             if let Some(s) = self.service(&rs, &path, pools, declared) {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use tandem::events::{self, Event, FailoverEvent, HealthEvent};
+use tandem::events::{self, Event, FailoverEvent};
 use tandem::failover::Side;
 use tandem::health::state::Verdict;
 use tokio::sync::broadcast::Receiver;
@@ -297,25 +297,6 @@ fn ns_service_toml(pool: &str, extra: &str) -> String {
         "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\npool = \"{pool}\"\n\
          connect_timeout = \"300ms\"\n{extra}\n"
     )
-}
-
-/// The health event of `member` reaching `to` (real time, at most `limit`).
-async fn health_event(
-    rx: &mut Receiver<Event>,
-    member: SocketAddr,
-    to: Verdict,
-    limit: Duration,
-) -> HealthEvent {
-    let want = member.to_string();
-    let found = events::wait_for(
-        rx,
-        limit,
-        |e| matches!(e, Event::Health(h) if *h.member == *want && h.to == to),
-    );
-    match found.await {
-        Some(Event::Health(h)) => h,
-        _ => panic!("{want} did not become {to} within {limit:?}"),
-    }
 }
 
 /// The failover event of service `s` to `to` (real time, at most `limit`).

@@ -116,13 +116,14 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Waits (real time, at most `limit`) for `member` of any pool to reach verdict `to`; returns the
-/// event's reason.
-pub async fn wait_health(
+/// Waits (real time, at most `limit`) for `member` of any pool to reach verdict `to`; returns
+/// the event (its time and reason).
+pub async fn health_event(
     rx: &mut tokio::sync::broadcast::Receiver<Event>,
     member: SocketAddr,
     to: tandem::health::state::Verdict,
     limit: Duration,
-) -> String {
+) -> tandem::events::HealthEvent {
     let want = member.to_string();
     let found = events::wait_for(
         rx,
@@ -130,9 +131,19 @@ pub async fn wait_health(
         |e| matches!(e, Event::Health(h) if *h.member == *want && h.to == to),
     );
     match found.await {
-        Some(Event::Health(h)) => h.reason,
+        Some(Event::Health(h)) => h,
         _ => panic!("{want} did not become {to} within {limit:?}"),
     }
+}
+
+/// [`health_event`], returning only the reason.
+pub async fn wait_health(
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    member: SocketAddr,
+    to: tandem::health::state::Verdict,
+    limit: Duration,
+) -> String {
+    health_event(rx, member, to, limit).await.reason
 }
 
 /// Waits (real time, at most `limit`) until every member of `members` has reached `to`, in any

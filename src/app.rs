@@ -525,14 +525,15 @@ impl App {
                 stop.cancel();
             }
         }
+        // A member keeps its connections when its token carried over (same pool, still in
+        // service); every other old token is cancelled.
+        let kept: std::collections::HashSet<*const CancellationToken> = snapshot
+            .pools()
+            .flat_map(|p| p.members.iter().map(|m| Arc::as_ptr(&m.retired)))
+            .collect();
         for pool in old.pools() {
             for member in &pool.members {
-                let kept = snapshot.pool(&pool.name).is_some_and(|p| {
-                    p.members
-                        .iter()
-                        .any(|m| Arc::ptr_eq(&m.retired, &member.retired))
-                });
-                if !kept {
+                if !kept.contains(&Arc::as_ptr(&member.retired)) {
                     member.retired.cancel();
                 }
             }

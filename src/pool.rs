@@ -364,18 +364,19 @@ impl PoolState {
             .map(|c| c.fall)
             .min()
             .unwrap_or(DEFAULT_FALL);
+        // Members that stay, by address (one map, not a search per member: pools can be large).
+        let previous_members: HashMap<MemberAddr, &MemberState> = previous
+            .map(|(state, _)| state.members.iter().map(|m| (m.addr, m)).collect())
+            .unwrap_or_default();
+        let checks_unchanged = previous.is_some_and(|(_, cfg)| cfg.checks == pool.checks);
         let members = pool
             .members
             .iter()
             .zip(ids)
             .map(|(m, id)| {
-                let old = previous.and_then(|(state, cfg)| {
-                    state
-                        .members
-                        .iter()
-                        .find(|o| o.addr == m.addr)
-                        .map(|o| (o, cfg.checks == pool.checks))
-                });
+                let old = previous_members
+                    .get(&m.addr)
+                    .map(|o| (*o, checks_unchanged));
                 let health = match old {
                     Some((o, true)) => o.health.clone(),
                     _ => Arc::new(MemberHealth::new(

@@ -1,29 +1,36 @@
 #!/usr/bin/env bash
-# End-to-end comparison on loopback: the same workloads direct to a member, through tandem and
-# through HAProxy (mode tcp). Proxies get one worker pinned to CPU 1; load generators and members
-# run on CPU 0. Prints the median of RUNS runs per cell and the ratio against direct. The runs of
-# one workload take turns between the targets, so load that drifts during the script (these
-# machines are shared) spreads over all of them rather than landing on one.
+# End-to-end comparison on loopback: the same workloads direct to a member, through tandem,
+# through HAProxy (mode tcp) and through nginx (stream). Proxies get one worker pinned to CPU 1;
+# load generators and members run on CPU 0. Prints one table of medians, spreads (min-max) and
+# ratios. The runs of one workload take turns between the targets, so load that drifts during
+# the script (these machines are shared) spreads over all of them rather than landing on one.
 #
 #   benches/compare.sh                           # RUNS=3 SECONDS_PER_RUN=5 by default
+#   ONLY="keepalive close" benches/compare.sh    # a subset: bulk1 bulk8 keepalive close memory
 #   BASELINE=/tmp/tandem-old benches/compare.sh  # adds a column for another tandem binary,
 #                                                # e.g. a build of main, measured in the same run
-#   ONLY="keepalive close" benches/compare.sh     # a subset: bulk1 bulk8 keepalive close
+#   SCALING=1 benches/compare.sh                 # no pinning: tandem with 1 worker vs 2 workers
+#                                                # (and direct), load generators with 2 threads
 #
-# Needs (installed with apt-get when missing and running as root): haproxy, iperf3, wrk, nginx.
+# Memory is RSS growth per held idle connection (benches/idle_memory.sh, N_IDLE=5000 held).
+# Needs (installed with apt-get when missing and running as root): haproxy, iperf3, wrk, nginx
+# with its stream module, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 SECS=${SECONDS_PER_RUN:-5}
+SCALING=${SCALING:-}
+STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 
 need=()
-for tool in haproxy iperf3 wrk nginx; do command -v "$tool" >/dev/null || need+=("$tool"); done
+for tool in haproxy iperf3 wrk nginx python3; do command -v "$tool" >/dev/null || need+=("$tool"); done
+[[ -f $STREAM_MODULE ]] || need+=(libnginx-mod-stream)
 if ((${#need[@]})); then
   if [[ $(id -u) == 0 ]]; then
-    pkgs=("${need[@]/nginx/nginx-light}")
+    pkgs=("${need[@]/#nginx/nginx-light}")
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
   else
-    echo "missing: ${need[*]} (install them, e.g. apt-get install haproxy iperf3 wrk nginx-light)" >&2
+    echo "missing: ${need[*]} (e.g. apt-get install haproxy iperf3 wrk nginx-light libnginx-mod-stream)" >&2
     exit 1
   fi
 fi
@@ -35,22 +42,32 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
+# `on CPU cmd...` pins a command to one CPU, except in the scaling run, where nothing is pinned.
+on() { local cpu=$1; shift; if [[ -n $SCALING ]]; then "$@"; else taskset -c "$cpu" "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1:$2" >&2; exit 1; }
 
-IPERF_PORT=$(free_port); HTTP_PORT=$(free_port); T_IPERF=$(free_port); T_HTTP=$(free_port)
-H_IPERF=$(free_port); H_HTTP=$(free_port); B_IPERF=$(free_port); B_HTTP=$(free_port)
-labels=(direct tandem haproxy)
-[[ -n ${BASELINE:-} ]] && labels+=(baseline)
+IPERF_PORT=$(free_port); HTTP_PORT=$(free_port)
+if [[ -n $SCALING ]]; then
+  labels=(direct tandem-w1 tandem-w2)
+  THREADS=2; CONNS=100
+else
+  labels=(direct tandem haproxy nginx)
+  [[ -n ${BASELINE:-} ]] && labels+=(baseline)
+  THREADS=1; CONNS=50
+fi
+declare -A port_iperf port_http
+port_iperf[direct]=$IPERF_PORT; port_http[direct]=$HTTP_PORT
+for label in "${labels[@]:1}"; do port_iperf[$label]=$(free_port); port_http[$label]=$(free_port); done
 
 # Members: iperf3 and a tiny nginx, both on 127.0.1.1, CPU 0.
-taskset -c 0 iperf3 -s -B 127.0.1.1 -p "$IPERF_PORT" >/dev/null 2>&1 & pids+=($!)
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<NGINX
+on 0 iperf3 -s -B 127.0.1.1 -p "$IPERF_PORT" >/dev/null 2>&1 & pids+=($!)
+mkdir -p "$work/member"
+cat >"$work/member/nginx.conf" <<NGINX
 worker_processes 1;
 daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
+pid $work/member/nginx.pid;
+error_log $work/member/error.log;
 events { worker_connections 4096; }
 http {
   access_log off;
@@ -58,9 +75,10 @@ http {
   server { listen 127.0.1.1:$HTTP_PORT; location / { return 200 "ok\n"; } }
 }
 NGINX
-taskset -c 0 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" >/dev/null 2>&1 & pids+=($!)
+on 0 nginx -c "$work/member/nginx.conf" -p "$work/member" >/dev/null 2>&1 & pids+=($!)
 
-cat >"$work/tandem.toml" <<TOML
+tandem_config() { # iperf-port http-port
+  cat <<TOML
 [[pool]]
 name = "iperf"
 members = [{ addr = "127.0.1.1:$IPERF_PORT" }]
@@ -69,20 +87,27 @@ name = "http"
 members = [{ addr = "127.0.1.1:$HTTP_PORT" }]
 [[service]]
 name = "iperf"
-listen = "127.0.0.1:$T_IPERF"
+listen = "127.0.0.1:$1"
 pool = "iperf"
 [[service]]
 name = "http"
-listen = "127.0.0.1:$T_HTTP"
+listen = "127.0.0.1:$2"
 pool = "http"
 TOML
-RUST_LOG=warn taskset -c 1 "$TANDEM" run -c "$work/tandem.toml" --workers 1 & pids+=($!)
-if [[ -n ${BASELINE:-} ]]; then
-  sed -e "s/:$T_IPERF\"/:$B_IPERF\"/" -e "s/:$T_HTTP\"/:$B_HTTP\"/" "$work/tandem.toml" >"$work/baseline.toml"
-  RUST_LOG=warn taskset -c 1 "$BASELINE" run -c "$work/baseline.toml" --workers 1 & pids+=($!)
-fi
+}
+start_tandem() { # label binary workers
+  tandem_config "${port_iperf[$1]}" "${port_http[$1]}" >"$work/$1.toml"
+  RUST_LOG=warn on 1 "$2" run -c "$work/$1.toml" --workers "$3" --no-watch & pids+=($!)
+}
 
-cat >"$work/haproxy.cfg" <<HAP
+for label in "${labels[@]:1}"; do
+  case $label in
+    tandem) start_tandem tandem "$TANDEM" 1 ;;
+    baseline) start_tandem baseline "$BASELINE" 1 ;;
+    tandem-w1) start_tandem tandem-w1 "$TANDEM" 1 ;;
+    tandem-w2) start_tandem tandem-w2 "$TANDEM" 2 ;;
+    haproxy)
+      cat >"$work/haproxy.cfg" <<HAP
 global
   nbthread 1
   maxconn 8000
@@ -92,90 +117,134 @@ defaults
   timeout client 1800s
   timeout server 1800s
 listen iperf
-  bind 127.0.0.1:$H_IPERF
+  bind 127.0.0.1:${port_iperf[haproxy]}
   server m1 127.0.1.1:$IPERF_PORT
 listen http
-  bind 127.0.0.1:$H_HTTP
+  bind 127.0.0.1:${port_http[haproxy]}
   server m1 127.0.1.1:$HTTP_PORT
 HAP
-taskset -c 1 haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
-
-for p in "127.0.1.1 $IPERF_PORT" "127.0.1.1 $HTTP_PORT" "127.0.0.1 $T_IPERF" "127.0.0.1 $T_HTTP" "127.0.0.1 $H_IPERF" "127.0.0.1 $H_HTTP"; do
-  wait_port $p
+      on 1 haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+      ;;
+    nginx)
+      mkdir -p "$work/proxy"
+      # One process (no master) so that it is the one worker pinned to CPU 1.
+      cat >"$work/proxy/nginx.conf" <<NGINX
+load_module $STREAM_MODULE;
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/proxy/nginx.pid;
+error_log $work/proxy/error.log;
+events { worker_connections 8192; }
+stream {
+  server { listen 127.0.0.1:${port_iperf[nginx]}; proxy_pass 127.0.1.1:$IPERF_PORT; }
+  server { listen 127.0.0.1:${port_http[nginx]}; proxy_pass 127.0.1.1:$HTTP_PORT; }
+}
+NGINX
+      on 1 nginx -c "$work/proxy/nginx.conf" -p "$work/proxy" >/dev/null 2>&1 & pids+=($!)
+      ;;
+  esac
 done
-[[ -n ${BASELINE:-} ]] && { wait_port 127.0.0.1 "$B_IPERF"; wait_port 127.0.0.1 "$B_HTTP"; }
 
-median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(statistics.median(v))' "$@"; }
+for label in "${labels[@]}"; do
+  host=127.0.0.1; [[ $label == direct ]] && host=127.0.1.1
+  wait_port "$host" "${port_iperf[$label]}"; wait_port "$host" "${port_http[$label]}"
+done
+
 iperf() { # host port streams -> Gbit/s
-  taskset -c 0 iperf3 -c "$1" -p "$2" -P "$3" -t "$SECS" -J |
+  on 0 iperf3 -c "$1" -p "$2" -P "$3" -t "$SECS" -J |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'
 }
-wrk_rps() { # host port extra-header -> requests/s
+wrk_run() { # host port extra-header -> "requests/s p99-in-microseconds"
   local hdr=()
   [[ -n $3 ]] && hdr=(-H "$3")
-  taskset -c 0 wrk -t1 -c50 -d"${SECS}s" "${hdr[@]}" "http://$1:$2/" |
-    awk '/Requests\/sec/ {print $2}'
+  on 0 wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "${hdr[@]}" "http://$1:$2/" |
+    awk '
+      function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1e6; return v }
+      /Requests\/sec/ { rps = $2 }
+      $1 == "99%" { p99 = us($2) }
+      END { print rps, p99 }'
+}
+# Memory per held idle connection for every proxy in one run of benches/idle_memory.sh.
+memory_run() {
+  TANDEM=$TANDEM N=${N_IDLE:-5000} bash benches/idle_memory.sh |
+    awk '/bytes per connection/ { print $1, $(NF-3) }'
 }
 
-target() { # label -> "ip iperf-port http-port"
-  case $1 in
-    direct) echo "127.0.1.1 $IPERF_PORT $HTTP_PORT" ;;
-    tandem) echo "127.0.0.1 $T_IPERF $T_HTTP" ;;
-    haproxy) echo "127.0.0.1 $H_IPERF $H_HTTP" ;;
-    baseline) echo "127.0.0.1 $B_IPERF $B_HTTP" ;;
-  esac
-}
-declare -A result
-run_workload() { # name kind(bulk1|bulk8|keepalive|close)
-  local name=$1 kind=$2 label ip pi ph v
-  declare -A vals=()
+declare -A vals
+record() { vals[$1/$2]+="$3 "; }
+run_workload() { # kind
+  local kind=$1 label host v rps p99
   for _ in $(seq "$RUNS"); do
+    if [[ $kind == memory ]]; then
+      while read -r label v; do record memory "$label" "$v"; done < <(memory_run)
+      continue
+    fi
     for label in "${labels[@]}"; do
-      read -r ip pi ph <<<"$(target "$label")"
+      host=127.0.0.1; [[ $label == direct ]] && host=127.0.1.1
       case $kind in
-        bulk1) v=$(iperf "$ip" "$pi" 1) ;;
-        bulk8) v=$(iperf "$ip" "$pi" 8) ;;
-        keepalive) v=$(wrk_rps "$ip" "$ph" "") ;;
-        close) v=$(wrk_rps "$ip" "$ph" "Connection: close") ;;
+        bulk1) record bulk1 "$label" "$(iperf "$host" "${port_iperf[$label]}" 1)" ;;
+        bulk8) record bulk8 "$label" "$(iperf "$host" "${port_iperf[$label]}" 8)" ;;
+        keepalive)
+          read -r rps p99 <<<"$(wrk_run "$host" "${port_http[$label]}" "")"
+          record keepalive "$label" "$rps"; record p99 "$label" "$p99" ;;
+        close)
+          read -r rps p99 <<<"$(wrk_run "$host" "${port_http[$label]}" "Connection: close")"
+          record close "$label" "$rps" ;;
       esac
-      vals[$label]+="$v "
     done
   done
-  for label in "${labels[@]}"; do
-    # shellcheck disable=SC2086 # word splitting of the values is intended
-    result[$name/$label]=$(median ${vals[$label]})
-    result[$name/$label/all]=${vals[$label]}
-  done
 }
 
-workloads=("bulk 1 stream (Gbit/s)" "bulk 8 streams (Gbit/s)" "keepalive req/s (wrk -c50)" "new conns/s (Connection: close)")
-ONLY=${ONLY:-bulk1 bulk8 keepalive close}
-kinds=(bulk1 bulk8 keepalive close)
-selected=()
-for i in "${!kinds[@]}"; do
-  if [[ " $ONLY " == *" ${kinds[$i]} "* ]]; then
-    run_workload "${workloads[$i]}" "${kinds[$i]}"
-    selected+=("${workloads[$i]}")
-  fi
+ONLY=${ONLY:-bulk1 bulk8 keepalive close memory}
+[[ -n $SCALING ]] && ONLY=${ONLY/memory/}
+rows=()
+for kind in bulk1 bulk8 keepalive close memory; do
+  [[ " $ONLY " == *" $kind "* ]] || continue
+  run_workload "$kind"
+  rows+=("$kind")
+  [[ $kind == keepalive ]] && rows+=(p99)
 done
-workloads=("${selected[@]}")
 
-printf '\n%-34s %12s %18s %18s %16s' workload direct tandem haproxy tandem/haproxy
-[[ -n ${BASELINE:-} ]] && printf ' %18s %17s' baseline baseline/haproxy
-printf '\n'
-for w in "${workloads[@]}"; do
-  python3 - "$w" "${result[$w/direct]}" "${result[$w/tandem]}" "${result[$w/haproxy]}" "${result[$w/baseline]:-}" <<'PY'
-import sys
-w, d, t, h, b = sys.argv[1], *map(float, sys.argv[2:5]), sys.argv[5]
-line = f"{w:<34} {d:12.2f} {t:12.2f} ({t/d:.2f}x) {h:12.2f} ({h/d:.2f}x) {t/h:15.2f}x"
-if b:
-    b = float(b)
-    line += f" {b:12.2f} ({b/d:.2f}x) {b/h:16.2f}x"
-print(line)
+# One table: medians with min-max, ratios of tandem to the other proxies (and to direct).
+args=()
+for row in "${rows[@]}"; do
+  for label in "${labels[@]}"; do args+=("$row/$label=${vals[$row/$label]:-}"); done
+done
+python3 - "$RUNS" "$SECS" "${labels[*]}" "${args[@]}" <<'PY'
+import statistics, sys
+runs, secs, labels = sys.argv[1], sys.argv[2], sys.argv[3].split()
+cells = {}
+for a in sys.argv[4:]:
+    key, _, v = a.partition("=")
+    cells[key] = [float(x) for x in v.split()]
+rows = {
+    "bulk1": "bulk, 1 stream (Gbit/s)",
+    "bulk8": "bulk, 8 streams (Gbit/s)",
+    "keepalive": "keepalive req/s (wrk, tiny responses)",
+    "p99": "keepalive p99 latency (us, lower is better)",
+    "close": "new conns/s (Connection: close)",
+    "memory": "bytes per held idle connection (lower is better)",
+}
+order = [r for r in rows if any(k.startswith(r + "/") for k in cells)]
+def fmt(v):
+    return f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+mine = "tandem" if "tandem" in labels else "tandem-w2"
+others = [l for l in labels if l not in ("direct", mine, "baseline")]
+head = ["workload"] + labels + [f"{mine}/{o}" for o in others + (["baseline"] if "baseline" in labels else [])]
+print("| " + " | ".join(head) + " |")
+print("|" + "---|" * len(head))
+for r in order:
+    line, med = [rows[r]], {}
+    for l in labels:
+        v = cells.get(f"{r}/{l}", [])
+        if not v:
+            line.append("-")
+            continue
+        med[l] = statistics.median(v)
+        line.append(f"{fmt(med[l])} ({fmt(min(v))}-{fmt(max(v))})")
+    for o in others + (["baseline"] if "baseline" in labels else []):
+        line.append(f"{med[mine] / med[o]:.2f}x" if mine in med and o in med and med[o] else "-")
+    print("| " + " | ".join(line) + " |")
+print(f"(medians of {runs} runs of {secs}s with min-max in brackets; targets take turns within each run)")
 PY
-done
-echo "(medians of $RUNS runs of ${SECS}s, taking turns between targets; ratios in brackets are against direct)"
-echo "every run:"
-for w in "${workloads[@]}"; do
-  for label in "${labels[@]}"; do printf '  %-34s %-9s %s\n' "$w" "$label" "${result[$w/$label/all]}"; done
-done

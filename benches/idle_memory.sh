@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Memory per held idle connection: hold N connections open through tandem, then through HAProxy
-# (mode tcp), and report each proxy's RSS growth divided by N. Each connection carries one byte
-# client -> member first, so both proxies have set up the whole path, then stays idle.
+# (mode tcp), then through nginx (stream, one process), and report each proxy's RSS growth
+# divided by N. Each connection carries one byte client -> member first, so every proxy has set
+# up the whole path, then stays idle.
 #
 #   benches/idle_memory.sh          # N=5000 by default
 #   TANDEM=/tmp/tandem-old benches/idle_memory.sh   # another tandem binary, no build
@@ -9,7 +10,8 @@
 # Every held connection costs 2 descriptors in the proxy plus 2 in this script's Python (client
 # and member side), so the script raises the soft open-files limit to 20000 (the usual hard
 # limit on these machines); keep N at or below 5000 there.
-# Needs haproxy (apt-get install haproxy).
+# Needs haproxy (apt-get install haproxy); nginx is measured when its stream module is installed
+# (apt-get install nginx-light libnginx-mod-stream).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-5000}
@@ -25,7 +27,8 @@ cleanup() { rm -rf "$work"; }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-MEMBER=$(free_port); T_PORT=$(free_port); H_PORT=$(free_port)
+MEMBER=$(free_port); T_PORT=$(free_port); H_PORT=$(free_port); N_PORT=$(free_port)
+STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 
 cat >"$work/tandem.toml" <<TOML
 [[pool]]
@@ -99,3 +102,20 @@ PY
 python3 "$work/hold.py" tandem "$MEMBER" "$T_PORT" "$N" \
   env RUST_LOG=warn "$TANDEM" run -c "$work/tandem.toml" --workers 1 --no-watch
 python3 "$work/hold.py" haproxy "$MEMBER" "$H_PORT" "$N" haproxy -f "$work/haproxy.cfg" -db
+if command -v nginx >/dev/null && [[ -f $STREAM_MODULE ]]; then
+  # One process (no master), so the measured pid is the worker holding the connections.
+  cat >"$work/nginx.conf" <<NGINX
+load_module $STREAM_MODULE;
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx.log;
+worker_rlimit_nofile $((2 * N + 1000));
+events { worker_connections $((2 * N + 1000)); }
+stream { server { listen 127.0.0.1:$N_PORT; proxy_pass 127.0.1.1:$MEMBER; } }
+NGINX
+  python3 "$work/hold.py" nginx "$MEMBER" "$N_PORT" "$N" nginx -c "$work/nginx.conf" -p "$work"
+else
+  echo "nginx: skipped (needs nginx and $STREAM_MODULE)"
+fi

@@ -11,14 +11,14 @@
 //! as a read would block. Memory per held idle connection is then the task and two sockets.
 
 use std::cell::RefCell;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 /// Bytes read per syscall in each direction.
@@ -51,85 +51,141 @@ pub struct Transferred {
 ///
 /// Returns the end reason and the bytes moved, or the first I/O error together with the
 /// bytes moved up to it.
+///
+/// The two directions are plain state machines polled by hand from one `poll_fn`, rather than
+/// two `async` pumps joined: an `async` pump keeps a readiness future (168 bytes in tokio 1.x)
+/// in its state for as long as it waits, whereas `poll_read_ready` leaves the waker with the
+/// socket's own registration. The state of a held connection is then the two small
+/// `Direction`s and the idle timer.
 pub async fn relay(
     client: &mut TcpStream,
     member: &mut TcpStream,
     idle_timeout: Duration,
     mut stop: impl Future<Output = ()> + Unpin,
 ) -> (io::Result<RelayEnd>, Transferred) {
-    // Shared by the two pumps of this one task; atomics (uncontended, relaxed) rather than
-    // `Cell` because the task must be `Send`. Activity is kept as nanoseconds since `start`.
-    let start = Instant::now();
-    let activity = Activity {
-        start,
-        last: AtomicU64::new(0),
-    };
-    let to_member = AtomicU64::new(0);
-    let to_client = AtomicU64::new(0);
-    let (client_read, mut client_write) = client.split();
-    let (member_read, mut member_write) = member.split();
+    let mut up = Direction::default();
+    let mut down = Direction::default();
+    // The timer is re-armed only when it fires: activity just records when it happened, so a
+    // busy connection costs no timer operations.
+    let mut last_activity = Instant::now();
+    let mut idle = pin!(tokio::time::sleep_until(last_activity + idle_timeout));
+    // Which direction goes first alternates between polls, as in `tokio::join!`: a direction
+    // that always has bytes could otherwise spend the task's whole cooperative budget on every
+    // poll and starve the other.
+    let mut up_first = false;
 
-    let both = async {
-        tokio::try_join!(
-            pump(&client_read, &mut member_write, &activity, &to_member),
-            pump(&member_read, &mut client_write, &activity, &to_client),
-        )
-    };
-    tokio::pin!(both);
-
-    let result = loop {
-        let deadline = activity.last() + idle_timeout;
-        tokio::select! {
-            r = &mut both => break r.map(|_| RelayEnd::Closed),
-            _ = tokio::time::sleep_until(deadline) => {
-                // Activity may have moved the deadline while we slept; only a full quiet
-                // period ends the connection.
-                if activity.last() + idle_timeout <= Instant::now() {
-                    break Ok(RelayEnd::Idle);
-                }
-            }
-            _ = &mut stop => break Ok(RelayEnd::Forced),
+    let result = poll_fn(|cx| {
+        if Pin::new(&mut stop).poll(cx).is_ready() {
+            return Poll::Ready(Ok(RelayEnd::Forced));
         }
-    };
+        up_first = !up_first;
+        let (up_done, down_done) = if up_first {
+            let up_done = up.poll_copy(cx, client, member)?.is_ready();
+            (up_done, down.poll_copy(cx, member, client)?.is_ready())
+        } else {
+            let down_done = down.poll_copy(cx, member, client)?.is_ready();
+            (up.poll_copy(cx, client, member)?.is_ready(), down_done)
+        };
+        if up_done && down_done {
+            return Poll::Ready(Ok(RelayEnd::Closed));
+        }
+        if std::mem::take(&mut up.moved) | std::mem::take(&mut down.moved) {
+            last_activity = Instant::now();
+        }
+        // Only a full quiet period ends the connection; a timer that fires early (activity
+        // moved the deadline while it slept) is re-armed and polled once more to register.
+        while idle.as_mut().poll(cx).is_ready() {
+            let deadline = last_activity + idle_timeout;
+            if deadline <= Instant::now() {
+                return Poll::Ready(Ok(RelayEnd::Idle));
+            }
+            idle.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await;
     let moved = Transferred {
-        to_member: to_member.load(Relaxed),
-        to_client: to_client.load(Relaxed),
+        to_member: up.count,
+        to_client: down.count,
     };
     (result, moved)
 }
 
-/// Copies one direction until EOF, then passes the FIN on by shutting down the write half.
+/// One direction of the relay: reads from one socket, writes to the other, and passes the FIN
+/// on by shutting down the write side once the read side ends.
 ///
-/// Waits for readability without a buffer; borrows one for the bytes in flight and returns it
-/// when the socket has nothing more to read (or on any exit, through the lease's `Drop`).
-async fn pump(
-    from: &ReadHalf<'_>,
-    to: &mut WriteHalf<'_>,
-    activity: &Activity,
-    count: &AtomicU64,
-) -> io::Result<()> {
-    loop {
-        from.readable().await?;
-        let mut buf = Lease::take();
+/// It waits for readability without a buffer and borrows one only for the bytes in flight,
+/// giving it back when the socket has nothing more to read (or on any exit, through the
+/// lease's `Drop`).
+#[derive(Default)]
+struct Direction {
+    /// The borrowed buffer; `buf[written..filled]` is read and not yet written.
+    buf: Option<Lease>,
+    written: usize,
+    filled: usize,
+    /// The read side ended (FIN); the write side is shut down next.
+    eof: bool,
+    /// The FIN has been passed on: this direction is over.
+    done: bool,
+    /// Bytes moved since the relay's poll last looked (for the idle timer).
+    moved: bool,
+    count: u64,
+}
+
+impl Direction {
+    /// Moves bytes until the source would block (Pending) or this direction is over (Ready).
+    fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &mut TcpStream,
+    ) -> Poll<io::Result<()>> {
         loop {
-            let n = match from.try_read(&mut buf.0) {
-                Ok(n) => n,
-                // Readiness was spurious or the socket is drained: back to waiting, and the
-                // buffer back to the pool.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            };
-            if n == 0 {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(buf) = &self.buf
+                && self.written < self.filled
+            {
+                let n =
+                    ready!(Pin::new(&mut *to).poll_write(cx, &buf.0[self.written..self.filled]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.written += n;
+                self.count += n as u64;
+                self.moved = true;
+                continue;
+            }
+            if self.eof {
                 // The peer may already be gone (it reset or closed); a failed shutdown then
                 // changes nothing for the other direction, which ends on its own.
-                drop(buf);
-                let _ = to.shutdown().await;
-                return Ok(());
+                let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
+                self.done = true;
+                continue;
             }
-            activity.touch();
-            to.write_all(&buf.0[..n]).await?;
-            count.fetch_add(n as u64, Relaxed);
-            activity.touch();
+            if self.buf.is_none() {
+                ready!(from.poll_read_ready(cx))?;
+                self.buf = Some(Lease::take());
+            }
+            let Some(buf) = self.buf.as_mut() else {
+                continue;
+            };
+            match from.try_read(&mut buf.0) {
+                Ok(0) => {
+                    self.buf = None;
+                    self.eof = true;
+                }
+                Ok(n) => {
+                    self.written = 0;
+                    self.filled = n;
+                    self.moved = true;
+                }
+                // Readiness was spurious or the socket is drained (tokio cleared its
+                // readiness): the buffer goes back to the pool and we wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = None,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
     }
 }
@@ -162,23 +218,5 @@ impl Drop for Lease {
                 pool.push(buf);
             }
         });
-    }
-}
-
-/// When bytes last moved, in either direction.
-struct Activity {
-    start: Instant,
-    last: AtomicU64,
-}
-
-impl Activity {
-    fn touch(&self) {
-        let nanos = self.start.elapsed().as_nanos();
-        self.last
-            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.start + Duration::from_nanos(self.last.load(Relaxed))
     }
 }

@@ -432,20 +432,10 @@ impl Delayer {
             .recv()
             .map_err(|_| "the delay thread died before binding its queue".to_string())??;
         // Only now that a reader is bound: without one the kernel drops queued packets.
+        let rule = delay_rule("-A");
         member.in_ns(
             IPTABLES,
-            &[
-                "-w",
-                "-A",
-                "OUTPUT",
-                "!",
-                "-o",
-                "lo",
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                &QUEUE.to_string(),
-            ],
+            &rule.iter().map(String::as_str).collect::<Vec<_>>(),
         )?;
         d.rule = true;
         Ok(d)
@@ -461,16 +451,36 @@ impl Delayer {
 impl Drop for Delayer {
     fn drop(&mut self) {
         if self.rule {
-            let _ = run(
-                IP,
-                &["netns", "exec", &self.ns, IPTABLES, "-w", "-F", "OUTPUT"],
-            );
+            let mut args = vec!["netns", "exec", &self.ns, IPTABLES];
+            let rule = delay_rule("-D");
+            args.extend(rule.iter().map(String::as_str));
+            let _ = run(IP, &args);
         }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+/// The iptables arguments that add (`-A`) or delete (`-D`) the delay rule: every packet the
+/// member sends, except on its loopback, goes to [`QUEUE`].
+fn delay_rule(op: &str) -> Vec<String> {
+    let queue = QUEUE.to_string();
+    [
+        "-w",
+        op,
+        "OUTPUT",
+        "!",
+        "-o",
+        "lo",
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        &queue,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// The delay thread: joins the namespace `ns`, binds the queue, reports on `ready`, then gives

@@ -1,275 +1,43 @@
-//! Fault injection end to end: members in their own network namespaces, joined to the test's
-//! namespace by veth pairs, so a test can cut a member off (its packets dropped: connects time
-//! out, nothing is refused) and assert what clients see.
+//! Fault injection end to end: members in their own network namespaces (the harness is in
+//! `netns/mod.rs`), so a test can cut a member off (its packets dropped: connects time out,
+//! nothing is refused), lose or delay its packets, have it reset a connection mid-stream or
+//! accept and never answer, and assert what clients see.
 //!
-//! Each member is a small greeting-and-echo server (the protocol of `tandem::demo::DemoMember`)
-//! run by `ip netns exec NS python3 -c ...` on 198.18.N.2 (the benchmarking range, RFC 2544),
-//! with 198.18.N.1 on the test's side of a /30 veth pair; nothing is routed anywhere else. The
-//! cut is a `tc` qdisc on the test-side veth that drops every packet: `netem loss 100%` where
-//! the kernel has netem, else `pfifo limit 0` (a queue that holds nothing).
+//! Each test prints one line of figures (`fault | what the client saw | time to detect | bytes
+//! lost`) for reports.
 //!
 //! Without root or `ip netns` the tests print "skipped: ..." and pass; with `CI` set and root
-//! they must run.
+//! they must run. The loss and latency tests also need `iptables-legacy` (`.ci/run` installs
+//! iptables) and skip likewise without it.
 
 mod common;
+mod netns;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use tandem::events::{self, Event, FailoverEvent};
+use netns::{NsMember, iptables_missing, is_root, ns_members};
+use tandem::events::{self, Event, FailoverEvent, HealthEvent};
 use tandem::failover::Side;
 use tandem::health::state::Verdict;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast::Receiver;
-
-const IP: &str = "/usr/sbin/ip";
-const TC: &str = "/usr/sbin/tc";
-const PORT: u16 = 7000;
-
-/// The member: greets with its name line, then echoes until the client half-closes.
-const MEMBER_PY: &str = r#"
-import socket, sys, threading
-name, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((host, port))
-s.listen(1024)
-def serve(c):
-    try:
-        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        c.sendall((name + "\n").encode())
-        while True:
-            d = c.recv(65536)
-            if not d:
-                break
-            c.sendall(d)
-        c.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-    finally:
-        c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
-
-/// Subnets handed out in this process (several tests run at once).
-static NEXT_SUBNET: AtomicU32 = AtomicU32::new(0);
-
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-/// A member in its own namespace: the namespace, the veth pair and the server process.
-struct NsMember {
-    name: String,
-    ns: String,
-    host_if: String,
-    addr: SocketAddr,
-    child: Option<Child>,
-    cut: bool,
-}
-
-impl NsMember {
-    fn create(name: &str) -> Result<NsMember, String> {
-        let pid = std::process::id();
-        let n = NEXT_SUBNET.fetch_add(1, Ordering::Relaxed);
-        assert!(n < 64, "too many namespaced members in one process");
-        // 198.18.0.0/15 holds 32768 /30s: 64 per process, spread by pid.
-        let subnet = (pid % 512) * 64 + n;
-        let base = 0xC612_0000u32 + subnet * 4; // 198.18.0.0
-        let host_ip = Ipv4Addr::from(base + 1);
-        let member_ip = Ipv4Addr::from(base + 2);
-        let mut m = NsMember {
-            name: name.to_string(),
-            ns: format!("tandem-fault-{pid}-{n}"),
-            host_if: format!("tf{pid}x{n}a"),
-            addr: SocketAddr::new(IpAddr::V4(member_ip), PORT),
-            child: None,
-            cut: false,
-        };
-        // From here on, Drop cleans up whatever part was made.
-        let peer_if = format!("tf{pid}x{n}b");
-        let (ns, host_if) = (m.ns.clone(), m.host_if.clone());
-        run(IP, &["netns", "add", &ns])?;
-        run(
-            IP,
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
-            ],
-        )?;
-        run(IP, &["link", "set", &peer_if, "netns", &ns])?;
-        run(
-            IP,
-            &["addr", "add", &format!("{host_ip}/30"), "dev", &host_if],
-        )?;
-        run(IP, &["link", "set", &host_if, "up"])?;
-        let in_ns = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &ns, IP];
-            all.extend_from_slice(args);
-            run(IP, &all)
-        };
-        in_ns(&["link", "set", "lo", "up"])?;
-        in_ns(&["addr", "add", &format!("{member_ip}/30"), "dev", &peer_if])?;
-        in_ns(&["link", "set", &peer_if, "up"])?;
-        let child = Command::new(IP)
-            .args(["netns", "exec", &ns, "python3", "-c", MEMBER_PY, name])
-            .arg(member_ip.to_string())
-            .arg(PORT.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("python3 in {ns}: {e}"))?;
-        m.child = Some(child);
-        Ok(m)
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Drops every packet the test's side sends to the member: connects time out.
-    fn cut(&mut self) {
-        let netem = run(
-            TC,
-            &[
-                "qdisc",
-                "add",
-                "dev",
-                &self.host_if,
-                "root",
-                "netem",
-                "loss",
-                "100%",
-            ],
-        );
-        if netem.is_err() {
-            run(
-                TC,
-                &[
-                    "qdisc",
-                    "add",
-                    "dev",
-                    &self.host_if,
-                    "root",
-                    "pfifo",
-                    "limit",
-                    "0",
-                ],
-            )
-            .unwrap_or_else(|e| panic!("cannot cut {} off: {e}", self.name));
-        }
-        self.cut = true;
-    }
-
-    /// Undoes [`NsMember::cut`].
-    fn restore(&mut self) {
-        run(TC, &["qdisc", "del", "dev", &self.host_if, "root"])
-            .unwrap_or_else(|e| panic!("cannot restore {}: {e}", self.name));
-        self.cut = false;
-    }
-
-    /// Waits (at most 10 s) until the member greets with its name.
-    async fn ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let tried = tokio::time::timeout(
-                Duration::from_millis(500),
-                greeting_from(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.addr),
-            )
-            .await;
-            match tried {
-                Ok(Ok((name, _))) if name == self.name => return,
-                Ok(Ok((name, _))) => panic!("{} greeted as {name}", self.name),
-                _ => {}
-            }
-            assert!(
-                Instant::now() < deadline,
-                "member {} in {} did not start",
-                self.name,
-                self.ns
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for NsMember {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // The peer end lives in the namespace: deleting it deletes the pair. The explicit link
-        // delete covers a failure between creating the pair and moving its peer.
-        let _ = run(IP, &["netns", "del", &self.ns]);
-        let _ = run(IP, &["link", "del", &self.host_if]);
-    }
-}
-
-/// `n` namespaced members named `{prefix}1..n`, started and answering; `None` (after printing
-/// why) where namespaces cannot be made and the tests may skip.
-async fn ns_members(test: &str, prefix: &str, n: usize) -> Option<Vec<NsMember>> {
-    let must_run = std::env::var_os("CI").is_some() && is_root();
-    let skip = |why: String| -> Option<Vec<NsMember>> {
-        assert!(!must_run, "{test}: CI is set and we are root, yet {why}");
-        eprintln!("{test}: skipped: {why}");
-        None
-    };
-    if !is_root() {
-        return skip("not root (network namespaces need CAP_SYS_ADMIN)".into());
-    }
-    if !std::path::Path::new(IP).exists() || !std::path::Path::new(TC).exists() {
-        return skip(format!("{IP} or {TC} is missing (iproute2)"));
-    }
-    let mut out = Vec::new();
-    for i in 1..=n {
-        match NsMember::create(&format!("{prefix}{i}")) {
-            Ok(m) => out.push(m),
-            Err(e) => return skip(format!("cannot make a namespaced member: {e}")),
-        }
-    }
-    for m in &out {
-        m.ready().await;
-    }
-    Some(out)
-}
 
 /// A `[[pool]]` table for namespaced members with the fast check these tests use: probes every
 /// 200 ms, a 300 ms timeout, rise 2, fall 2.
 fn ns_pool_toml(name: &str, members: &[NsMember]) -> String {
+    ns_pool_toml_with(name, members, CHECK)
+}
+
+/// A `[[pool]]` table for namespaced members with the given `[[pool.check]]` tables.
+fn ns_pool_toml_with(name: &str, members: &[NsMember], checks: &str) -> String {
     let list: Vec<String> = members
         .iter()
         .map(|m| format!("{{ addr = \"{}\" }}", m.addr()))
         .collect();
     format!(
-        "[[pool]]\nname = \"{name}\"\nmembers = [{}]\n{CHECK}",
+        "[[pool]]\nname = \"{name}\"\nmembers = [{}]\n{checks}",
         list.join(", ")
     )
 }
@@ -500,5 +268,409 @@ async fn whole_local_pool_cut_off_fails_over_and_back_after_hold_down() {
     assert_eq!(
         load.failed, 0,
         "a client failed after the failover: {load:?}"
+    );
+}
+
+/// The health event of `member` in pool `pool` reaching `to`, if one comes within `limit`.
+async fn pool_health(
+    rx: &mut Receiver<Event>,
+    pool: &str,
+    member: SocketAddr,
+    to: Verdict,
+    limit: Duration,
+) -> Option<HealthEvent> {
+    let want = member.to_string();
+    let found = events::wait_for(
+        rx,
+        limit,
+        |e| matches!(e, Event::Health(h) if &*h.pool == pool && *h.member == *want && h.to == to),
+    );
+    match found.await {
+        Some(Event::Health(h)) => Some(h),
+        _ => None,
+    }
+}
+
+/// How long a test watches for a health change that must not come: long enough for `fall`
+/// failed probes in a row and the verdict after them.
+fn quiet_window() -> Duration {
+    INTERVAL + INTERVAL.max(TIMEOUT) * FALL + INTERVAL
+}
+
+/// Long-lived streams through `addr` from clients `first..`, until every member of `members`
+/// serves at least `per` of them (at most 64 clients are tried).
+async fn streams_on_every_member(
+    addr: SocketAddr,
+    first: u32,
+    members: &[NsMember],
+    per: usize,
+) -> Vec<Stream> {
+    let mut streams: Vec<Stream> = Vec::new();
+    for i in 0..64 {
+        let short = members
+            .iter()
+            .any(|m| streams.iter().filter(|s| s.member == m.name()).count() < per);
+        if !short {
+            return streams;
+        }
+        streams.push(Stream::start(client_ip(first + i), addr, u64::from(first + i)).await);
+    }
+    panic!("64 clients did not give every member {per} streams");
+}
+
+/// Stops `streams` and checks every byte came back; returns (streams, bytes) per outcome:
+/// those served by `member` and those served by the others.
+async fn finish_streams(streams: Vec<Stream>, member: &str) -> ((usize, u64), (usize, u64)) {
+    let (mut on, mut off) = ((0, 0), (0, 0));
+    for s in streams {
+        let name = s.member.clone();
+        let bytes = s
+            .finish()
+            .await
+            .unwrap_or_else(|e| panic!("stream to {name} harmed: {e}"));
+        assert!(bytes > 0, "stream to {name} moved no bytes");
+        let slot = if name == member { &mut on } else { &mut off };
+        slot.0 += 1;
+        slot.1 += bytes;
+    }
+    (on, off)
+}
+
+/// `true` when the test may go on without iptables; panics where it must run (CI, root).
+fn skip_without_iptables(test: &str) -> bool {
+    let Some(why) = iptables_missing() else {
+        return false;
+    };
+    assert!(
+        !(std::env::var_os("CI").is_some() && is_root()),
+        "{test}: CI is set and we are root, yet {why}"
+    );
+    eprintln!("{test}: skipped: {why}");
+    true
+}
+
+#[tokio::test]
+async fn member_reset_mid_stream_reaches_its_client_and_nobody_else() {
+    let Some(ms) = ns_members("reset", "r", 3).await else {
+        return;
+    };
+    let toml = ns_pool_toml("p", &ms) + &ns_service_toml("p", "");
+    let app = balancer(&toml).await;
+    let mut events = app.events();
+    let addr = app.local_addr("s").expect("bound");
+    let before = placement(100, addr).await;
+    let streams = streams_on_every_member(addr, 500, &ms, 2).await;
+
+    // The victim: a connection through tandem that echoes some bytes, then has its member
+    // abort it (SO_LINGER 0: the member's kernel sends a reset).
+    let (victim, mut conn) = greeting_from(client_ip(700), addr)
+        .await
+        .expect("victim connects");
+    let data = pseudo_random(700, 16 * 1024);
+    conn.write_all(&data).await.expect("victim writes");
+    let mut back = vec![0u8; data.len()];
+    conn.read_exact(&mut back).await.expect("victim's echo");
+    assert!(back == data, "victim's echo corrupted");
+    conn.write_all(b"RST\n").await.expect("send RST");
+    let reset_at = Instant::now();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest))
+        .await
+        .expect("the client's connection still open 5 s after its member reset it");
+    let took = reset_at.elapsed();
+    let seen = match &ended {
+        Ok(n) => format!("EOF after {n} more bytes"),
+        Err(e) => format!("{:?}", e.kind()),
+    };
+    assert!(rest.is_empty(), "{} bytes after the reset", rest.len());
+    assert!(
+        matches!(&ended, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the member's reset reached the client as {seen}, not as a reset"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the client saw the reset only {took:?} after it"
+    );
+
+    // A reset of an established connection is not a failed connect: the member stays up and
+    // keeps every one of its clients.
+    let victim_addr = ms
+        .iter()
+        .find(|m| m.name() == victim)
+        .expect("victim is a member")
+        .addr();
+    let down = pool_health(&mut events, "p", victim_addr, Verdict::Down, quiet_window()).await;
+    assert!(
+        down.is_none(),
+        "{victim} marked down after a reset: {down:?}"
+    );
+    let after = placement(100, addr).await;
+    assert_eq!(
+        before, after,
+        "a client moved after {victim} reset a connection"
+    );
+    let stats = app.stats("s").expect("stats");
+    assert_eq!(
+        stats.connect_failures, 0,
+        "a reset counted as a connect failure"
+    );
+
+    let ((same, same_bytes), (other, other_bytes)) = finish_streams(streams, &victim).await;
+    eprintln!(
+        "reset: fault={victim} resets one connection after {} echoed bytes | client saw {seen} \
+         {took:?} after the reset; {same} other streams on {victim} ({same_bytes} B) and {other} \
+         on other members ({other_bytes} B) untouched | detect: none needed, {victim} stayed up, \
+         100/100 clients kept their member | bytes lost: 0",
+        data.len()
+    );
+}
+
+/// An application check: the member must echo what it is sent.
+const APP_CHECK: &str = "  [[pool.check]]\n  kind = \"send-expect\"\n  send = \"ping\\n\"\n  expect = \"ping\"\n  interval = \"200ms\"\n  timeout = \"300ms\"\n  rise = 2\n  fall = 2\n";
+
+#[tokio::test]
+async fn member_that_accepts_and_never_answers_fails_app_checks_not_tcp_checks() {
+    let Some(ms) = ns_members("silent", "q", 3).await else {
+        return;
+    };
+    // The same members behind two pools: `app` checked with send-expect, `plain` with tcp.
+    let toml = ns_pool_toml_with("app", &ms, APP_CHECK)
+        + &ns_pool_toml("plain", &ms)
+        + &ns_service_toml("app", "")
+        + "[[service]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\npool = \"plain\"\n\
+           connect_timeout = \"300ms\"\n";
+    let app = balancer(&toml).await;
+    let mut events = app.events();
+    let mut plain_events = app.events();
+    let s_addr = app.local_addr("s").expect("bound");
+    let t_addr = app.local_addr("t").expect("bound");
+    let before = placement(100, s_addr).await;
+    let before_t = placement(100, t_addr).await;
+    let streams = streams_on_every_member(s_addr, 500, &ms, 1).await;
+
+    let silent = &ms[1];
+    let muted_at = SystemTime::now();
+    silent.mute().await;
+    let down = pool_health(
+        &mut events,
+        "app",
+        silent.addr(),
+        Verdict::Down,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("the silent member did not fail its send-expect check within 10 s");
+    let detected = since(down.at, muted_at);
+    assert!(
+        detected <= detection_bound(),
+        "silent member seen down {detected:?} after it went silent; bound {:?}",
+        detection_bound()
+    );
+    // A tcp check only sees the handshake, which the member's kernel still completes.
+    let plain_down = pool_health(
+        &mut plain_events,
+        "plain",
+        silent.addr(),
+        Verdict::Down,
+        quiet_window(),
+    )
+    .await;
+    assert!(
+        plain_down.is_none(),
+        "the tcp check took the silent member down: {plain_down:?}"
+    );
+
+    let during = placement(100, s_addr).await;
+    for (b, d) in before.iter().zip(&during) {
+        assert_ne!(
+            d,
+            silent.name(),
+            "a new connection reached the silent member"
+        );
+        if b != silent.name() {
+            assert_eq!(b, d, "a client of a healthy member changed member");
+        }
+    }
+    // Through the tcp-checked service, the silent member's clients connect and hear nothing.
+    let stuck = before_t
+        .iter()
+        .position(|p| p == silent.name())
+        .expect("a client of the silent member on t") as u32;
+    let waited = Duration::from_secs(1);
+    let heard = tokio::time::timeout(waited, who_serves(client_ip(stuck), t_addr)).await;
+    assert!(
+        heard.is_err(),
+        "a client of the silent member via the tcp-checked service heard {heard:?}"
+    );
+
+    let ((on, on_bytes), (off, off_bytes)) = finish_streams(streams, silent.name()).await;
+    eprintln!(
+        "silent: fault={} accepts, never answers | send-expect check: 0/100 new clients on it, \
+         healthy clients kept; tcp check: its clients connect and get no byte in {waited:?} | \
+         detect: send-expect down after {detected:?} (bound {:?}; {}), tcp check still up \
+         {:?} later | bytes lost: 0 ({off} streams on healthy members {off_bytes} B, {on} \
+         earlier streams on it {on_bytes} B)",
+        silent.name(),
+        detection_bound(),
+        down.reason,
+        quiet_window()
+    );
+}
+
+/// A check that rides out random loss: a lost SYN is sent again after 1 s (the initial
+/// retransmission timeout), so a 1.5 s timeout turns it into a slow probe rather than a failed
+/// one, and fall 3 needs three failed probes in a row.
+const LOSSY_CHECK: &str = "  [[pool.check]]\n  kind = \"tcp\"\n  interval = \"200ms\"\n  timeout = \"1500ms\"\n  rise = 2\n  fall = 3\n";
+const LOSS: f64 = 0.05;
+/// How long the streams run through the lossy member.
+const LOSS_WINDOW: Duration = Duration::from_secs(3);
+
+#[tokio::test]
+async fn packet_loss_is_repaired_by_tcp_and_does_not_flap_health() {
+    if skip_without_iptables("loss") {
+        return;
+    }
+    let Some(ms) = ns_members("loss", "l", 3).await else {
+        return;
+    };
+    let toml = ns_pool_toml_with("p", &ms, LOSSY_CHECK) + &ns_service_toml("p", "");
+    let app = balancer(&toml).await;
+    let mut events = app.events();
+    let addr = app.local_addr("s").expect("bound");
+    let streams = streams_on_every_member(addr, 500, &ms, 2).await;
+
+    let lossy = &ms[1];
+    let retransmits = lossy.retransmits();
+    lossy
+        .add_loss(LOSS)
+        .unwrap_or_else(|e| panic!("cannot add loss: {e}"));
+    // The streams run through the loss meanwhile.
+    let down = pool_health(&mut events, "p", lossy.addr(), Verdict::Down, LOSS_WINDOW).await;
+    let ((on, on_bytes), (off, off_bytes)) = finish_streams(streams, lossy.name()).await;
+    let dropped = lossy.dropped();
+    let retransmits = lossy.retransmits() - retransmits;
+    assert!(
+        down.is_none(),
+        "{} flapped down under loss: {down:?}",
+        lossy.name()
+    );
+    assert!(
+        dropped > 0,
+        "no packet was dropped: the loss was never felt"
+    );
+    let stats = app.stats("s").expect("stats");
+    eprintln!(
+        "loss: fault={:.0}% of {}'s packets dropped each way for {LOSS_WINDOW:?} ({dropped} \
+         dropped, {retransmits} segments retransmitted by the member) | {on} streams via it \
+         moved {on_bytes} B, every byte echoed in order; {off} on other members {off_bytes} B \
+         | detect: none, it stayed up (tcp check, timeout 1.5 s, fall 3); {} connect failures \
+         | bytes lost: 0",
+        LOSS * 100.0,
+        lossy.name(),
+        stats.connect_failures
+    );
+}
+
+/// Latencies either side of the check timeout (300 ms).
+const SHORT_DELAY: Duration = Duration::from_millis(100);
+const LONG_DELAY: Duration = Duration::from_millis(400);
+
+#[tokio::test]
+async fn latency_below_the_check_timeout_is_ridden_out_above_it_takes_the_member_down() {
+    if skip_without_iptables("latency") {
+        return;
+    }
+    let Some(ms) = ns_members("latency", "d", 3).await else {
+        return;
+    };
+    let toml = ns_pool_toml("p", &ms) + &ns_service_toml("p", "");
+    let app = balancer(&toml).await;
+    let mut events = app.events();
+    let addr = app.local_addr("s").expect("bound");
+    let before = placement(100, addr).await;
+    let slow = &ms[1];
+    let (slow_streams, streams): (Vec<_>, Vec<_>) = streams_on_every_member(addr, 500, &ms, 1)
+        .await
+        .into_iter()
+        .partition(|s| s.member == slow.name());
+
+    let delayer = match slow.delay(SHORT_DELAY) {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "latency: CI is set, yet NFQUEUE does not work: {e}"
+            );
+            eprintln!("latency: skipped: cannot delay packets with NFQUEUE: {e}");
+            return;
+        }
+    };
+    // Below the check timeout: the member's clients wait longer, and that is all.
+    let client = before
+        .iter()
+        .position(|p| p == slow.name())
+        .expect("a client of the slow member") as u32;
+    let asked = Instant::now();
+    let greeter = who_serves(client_ip(client), addr)
+        .await
+        .expect("the slow member's client is served");
+    let greeting = asked.elapsed();
+    assert_eq!(greeter, slow.name());
+    assert!(
+        greeting >= SHORT_DELAY,
+        "greeting after {greeting:?}: the delay did not act"
+    );
+    let down = pool_health(&mut events, "p", slow.addr(), Verdict::Down, quiet_window()).await;
+    assert!(
+        down.is_none(),
+        "{SHORT_DELAY:?} of latency took the member down: {down:?}"
+    );
+    let ((slow_count, slow_bytes), _) = finish_streams(slow_streams, slow.name()).await;
+
+    // Above it: every probe times out.
+    let raised_at = SystemTime::now();
+    delayer.set(LONG_DELAY);
+    let down = health_event(
+        &mut events,
+        slow.addr(),
+        Verdict::Down,
+        Duration::from_secs(10),
+    )
+    .await;
+    let detected = since(down.at, raised_at);
+    assert!(
+        detected <= detection_bound(),
+        "slow member seen down {detected:?} after the latency rose; bound {:?}",
+        detection_bound()
+    );
+    let during = placement(100, addr).await;
+    for (b, d) in before.iter().zip(&during) {
+        assert_ne!(d, slow.name(), "a new connection reached the slow member");
+        if b != slow.name() {
+            assert_eq!(b, d, "a client of a healthy member changed member");
+        }
+    }
+    let (_, (count, bytes)) = finish_streams(streams, slow.name()).await;
+
+    let lowered_at = SystemTime::now();
+    delayer.set(Duration::ZERO);
+    let up = health_event(
+        &mut events,
+        slow.addr(),
+        Verdict::Up,
+        Duration::from_secs(10),
+    )
+    .await;
+    eprintln!(
+        "latency: fault={}'s packets held {SHORT_DELAY:?}, then {LONG_DELAY:?} (check timeout \
+         {TIMEOUT:?}) | at {SHORT_DELAY:?}: greeting after {greeting:?}, {slow_count} streams \
+         via it moved {slow_bytes} B intact; at {LONG_DELAY:?}: 0/100 new clients on it, \
+         healthy clients kept | detect: stayed up at {SHORT_DELAY:?}; down {detected:?} after \
+         the rise (bound {:?}; {}), up {:?} after the delay went | bytes lost: 0 ({count} \
+         streams on healthy members {bytes} B)",
+        slow.name(),
+        detection_bound(),
+        down.reason,
+        since(up.at, lowered_at)
     );
 }

@@ -2,7 +2,11 @@
 //!
 //! Half-close is kept: when one side finishes sending (FIN), the other side's write half is shut
 //! down and the opposite direction keeps flowing until it ends too. An error on either side ends
-//! both (the sockets are dropped, which closes them). The connection ends early when no byte has
+//! both (the sockets are dropped, which closes them). A reset is passed on as a reset: when one
+//! side aborts (RST) before it finished sending, the other side's socket is closed with
+//! SO_LINGER 0, so that side sees the abort too rather than a FIN it would take for a clean end
+//! (as Envoy's tcp_proxy does; HAProxy in mode tcp passes a client's reset on to the server,
+//! and a server's reset to the client as a FIN). The connection ends early when no byte has
 //! moved in either direction for the idle timeout, or when the caller's `stop` future completes
 //! (shutdown grace over, or a drain period after a reload ended).
 //!
@@ -17,6 +21,7 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use socket2::SockRef;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -79,12 +84,19 @@ pub async fn relay(
             return Poll::Ready(Ok(RelayEnd::Forced));
         }
         up_first = !up_first;
+        // An error is tagged with the side whose socket it came from.
         let (up_done, down_done) = if up_first {
-            let up_done = up.poll_copy(cx, client, member)?.is_ready();
-            (up_done, down.poll_copy(cx, member, client)?.is_ready())
+            let up_done = up.poll_side(cx, client, member, Side::Client)?.is_ready();
+            (
+                up_done,
+                down.poll_side(cx, member, client, Side::Member)?.is_ready(),
+            )
         } else {
-            let down_done = down.poll_copy(cx, member, client)?.is_ready();
-            (up.poll_copy(cx, client, member)?.is_ready(), down_done)
+            let down_done = down.poll_side(cx, member, client, Side::Member)?.is_ready();
+            (
+                up.poll_side(cx, client, member, Side::Client)?.is_ready(),
+                down_done,
+            )
         };
         if up_done && down_done {
             return Poll::Ready(Ok(RelayEnd::Closed));
@@ -104,6 +116,20 @@ pub async fn relay(
         Poll::Pending
     })
     .await;
+    let result = result.map_err(|(side, e)| {
+        // `done`: that side's FIN was passed on. A reset after it ends a finished stream
+        // rather than aborting one, and passing it on would only discard data still queued
+        // for the other side.
+        let (finished, other) = match side {
+            Side::Client => (up.done, &*member),
+            Side::Member => (down.done, &*client),
+        };
+        if is_reset(&e) && !finished {
+            // Best effort: if the option cannot be set, the other side gets a FIN.
+            let _ = SockRef::from(other).set_linger(Some(Duration::ZERO));
+        }
+        e
+    });
     let moved = Transferred {
         to_member: up.count,
         to_client: down.count,
@@ -133,13 +159,30 @@ struct Direction {
 }
 
 impl Direction {
+    /// `poll_copy` with its error blamed on a side: `from` is the side read from; the other
+    /// one is written to.
+    fn poll_side(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &mut TcpStream,
+        from_side: Side,
+    ) -> Poll<Result<(), (Side, io::Error)>> {
+        let to_side = match from_side {
+            Side::Client => Side::Member,
+            Side::Member => Side::Client,
+        };
+        self.poll_copy(cx, from, to)
+            .map_err(|e| e.blame(from_side, to_side))
+    }
+
     /// Moves bytes until the source would block (Pending) or this direction is over (Ready).
     fn poll_copy(
         &mut self,
         cx: &mut Context<'_>,
         from: &TcpStream,
         to: &mut TcpStream,
-    ) -> Poll<io::Result<()>> {
+    ) -> Poll<Result<(), PumpError>> {
         loop {
             if self.done {
                 return Poll::Ready(Ok(()));
@@ -148,9 +191,10 @@ impl Direction {
                 && self.written < self.filled
             {
                 let n =
-                    ready!(Pin::new(&mut *to).poll_write(cx, &buf.0[self.written..self.filled]))?;
+                    ready!(Pin::new(&mut *to).poll_write(cx, &buf.0[self.written..self.filled]))
+                        .map_err(PumpError::Write)?;
                 if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    return Poll::Ready(Err(PumpError::Write(io::ErrorKind::WriteZero.into())));
                 }
                 self.written += n;
                 self.count += n as u64;
@@ -165,7 +209,7 @@ impl Direction {
                 continue;
             }
             if self.buf.is_none() {
-                ready!(from.poll_read_ready(cx))?;
+                ready!(from.poll_read_ready(cx)).map_err(PumpError::Read)?;
                 self.buf = Some(Lease::take());
             }
             let Some(buf) = self.buf.as_mut() else {
@@ -184,10 +228,43 @@ impl Direction {
                 // Readiness was spurious or the socket is drained (tokio cleared its
                 // readiness): the buffer goes back to the pool and we wait again.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = None,
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(e) => return Poll::Ready(Err(PumpError::Read(e))),
             }
         }
     }
+}
+
+/// The two sides of a relayed connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Member,
+}
+
+/// A direction's error, and whether reading or writing failed.
+enum PumpError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl PumpError {
+    /// The error and the side whose socket it came from, for a direction that reads from
+    /// `from` and writes to `to`.
+    fn blame(self, from: Side, to: Side) -> (Side, io::Error) {
+        match self {
+            PumpError::Read(e) => (from, e),
+            PumpError::Write(e) => (to, e),
+        }
+    }
+}
+
+/// The peer aborted the connection: it sent a reset (seen on a read or a write), or it is gone
+/// and a write found the pipe broken.
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
 }
 
 thread_local! {
@@ -218,5 +295,67 @@ impl Drop for Lease {
                 pool.push(buf);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// Two ends of one loopback connection.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        (near, far)
+    }
+
+    /// Relays between a client and a member on loopback; returns the client's end, the
+    /// member's end, and the relay task (which closes its sockets when the relay ends).
+    async fn relayed() -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<io::Result<RelayEnd>>,
+    ) {
+        let (client_end, mut client) = pair().await;
+        let (mut member, member_end) = pair().await;
+        let task = tokio::spawn(async move {
+            let stop = std::future::pending::<()>();
+            relay(&mut client, &mut member, Duration::from_secs(60), stop)
+                .await
+                .0
+        });
+        (client_end, member_end, task)
+    }
+
+    fn abort(stream: TcpStream) {
+        SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(stream);
+    }
+
+    #[tokio::test]
+    async fn a_member_reset_reaches_the_client_as_a_reset() {
+        let (mut client_end, member_end, task) = relayed().await;
+        abort(member_end);
+        let mut buf = [0u8; 16];
+        let err = client_end.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert!(is_reset(&task.await.unwrap().unwrap_err()));
+    }
+
+    #[tokio::test]
+    async fn a_client_reset_reaches_the_member_as_a_reset() {
+        let (client_end, mut member_end, task) = relayed().await;
+        abort(client_end);
+        let mut buf = [0u8; 16];
+        let err = member_end.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert!(task.await.unwrap().is_err());
     }
 }

@@ -22,7 +22,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use socket2::SockRef;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -86,15 +86,21 @@ pub async fn relay(
         up_first = !up_first;
         // An error is tagged with the side whose socket it came from.
         let (up_done, down_done) = if up_first {
-            let up_done = up.poll_side(cx, client, member, Side::Client)?.is_ready();
+            let up_done = up
+                .poll_side(cx, client, member, Side::Client, down.done)?
+                .is_ready();
             (
                 up_done,
-                down.poll_side(cx, member, client, Side::Member)?.is_ready(),
+                down.poll_side(cx, member, client, Side::Member, up.done)?
+                    .is_ready(),
             )
         } else {
-            let down_done = down.poll_side(cx, member, client, Side::Member)?.is_ready();
+            let down_done = down
+                .poll_side(cx, member, client, Side::Member, up.done)?
+                .is_ready();
             (
-                up.poll_side(cx, client, member, Side::Client)?.is_ready(),
+                up.poll_side(cx, client, member, Side::Client, down.done)?
+                    .is_ready(),
                 down_done,
             )
         };
@@ -164,24 +170,27 @@ impl Direction {
     fn poll_side(
         &mut self,
         cx: &mut Context<'_>,
-        from: &TcpStream,
+        from: &mut TcpStream,
         to: &mut TcpStream,
         from_side: Side,
+        other_done: bool,
     ) -> Poll<Result<(), (Side, io::Error)>> {
         let to_side = match from_side {
             Side::Client => Side::Member,
             Side::Member => Side::Client,
         };
-        self.poll_copy(cx, from, to)
+        self.poll_copy(cx, from, to, other_done)
             .map_err(|e| e.blame(from_side, to_side))
     }
 
     /// Moves bytes until the source would block (Pending) or this direction is over (Ready).
+    /// `other_done`: the opposite direction has ended (its FIN passed on).
     fn poll_copy(
         &mut self,
         cx: &mut Context<'_>,
-        from: &TcpStream,
+        from: &mut TcpStream,
         to: &mut TcpStream,
+        other_done: bool,
     ) -> Poll<Result<(), PumpError>> {
         loop {
             if self.done {
@@ -202,9 +211,14 @@ impl Direction {
                 continue;
             }
             if self.eof {
-                // The peer may already be gone (it reset or closed); a failed shutdown then
-                // changes nothing for the other direction, which ends on its own.
-                let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
+                // When the other direction is over too, the relay ends and the sockets are
+                // closed, which sends this FIN: the shutdown call would only cost a syscall.
+                // (Both read sides have seen EOF, so nothing unread turns the close into a
+                // reset.) The peer may already be gone (it reset or closed); a failed shutdown
+                // then changes nothing for the other direction, which ends on its own.
+                if !other_done {
+                    let _ = ready!(Pin::new(&mut *to).poll_shutdown(cx));
+                }
                 self.done = true;
                 continue;
             }
@@ -215,20 +229,27 @@ impl Direction {
             let Some(buf) = self.buf.as_mut() else {
                 continue;
             };
-            match from.try_read(&mut buf.0) {
-                Ok(0) => {
+            // `poll_read` rather than `try_read`: after a short read tokio marks the socket
+            // drained, so the next call returns Pending without the read that would only say
+            // EAGAIN (one syscall less per burst, which counts for short connections).
+            let mut read = ReadBuf::new(&mut buf.0);
+            match Pin::new(&mut *from).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
                     self.buf = None;
                     self.eof = true;
                 }
-                Ok(n) => {
+                Poll::Ready(Ok(())) => {
                     self.written = 0;
-                    self.filled = n;
+                    self.filled = read.filled().len();
                     self.moved = true;
                 }
-                // Readiness was spurious or the socket is drained (tokio cleared its
-                // readiness): the buffer goes back to the pool and we wait again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = None,
-                Err(e) => return Poll::Ready(Err(PumpError::Read(e))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Read(e))),
+                // Drained (or the task's budget is spent): the waker is registered, the
+                // buffer goes back to the pool, and the next poll waits for readiness first.
+                Poll::Pending => {
+                    self.buf = None;
+                    return Poll::Pending;
+                }
             }
         }
     }

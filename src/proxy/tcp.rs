@@ -168,9 +168,10 @@ async fn connection(
     drop(snapshot);
     let service = &route.service;
     // The connect phase (timeouts, connect futures, the retry loop) is boxed: it is freed when
-    // a member answers, so the task of a held connection is sized for the relay alone. Inline,
-    // its state would be reserved for the connection's whole life (1,784 bytes rather than
-    // about half of that), against one short-lived allocation per connection.
+    // a member answers, so the task of a held connection is sized for the relay phase. Inline,
+    // the part of its state that rustc does not overlap with the relay's would be reserved for
+    // the connection's whole life (136 bytes per connection when measured), against one
+    // short-lived allocation per connection.
     let Some(Connected {
         stream: mut upstream,
         addr: member_addr,
@@ -204,14 +205,24 @@ async fn connection(
     //
     // This future lives as long as the connection, so its size counts in the memory of every
     // idle one: it is pinned here and lent to `relay` (a future passed by value into an async
-    // fn is stored twice), and the drain sleeps, which almost never run, are boxed when they
-    // start rather than reserved inline.
+    // fn is stored twice), and the drain period, which almost never runs, is boxed when it
+    // starts rather than reserved inline.
     let drain = service.drain_timeout;
-    let stop = pin!(async {
-        tokio::select! {
-            _ = cx.force_close.cancelled() => {}
-            _ = async { retired.cancelled().await; Box::pin(tokio::time::sleep(drain)).await } => {}
-            _ = async { cx.removed.cancelled().await; Box::pin(tokio::time::sleep(drain)).await } => {}
+    let (force_close, removed) = (&cx.force_close, &cx.removed);
+    let stop = pin!(async move {
+        let drain_starts = tokio::select! {
+            _ = force_close.cancelled() => false,
+            _ = retired.cancelled() => true,
+            _ = removed.cancelled() => true,
+        };
+        if drain_starts {
+            Box::pin(async {
+                tokio::select! {
+                    _ = tokio::time::sleep(drain) => {}
+                    _ = force_close.cancelled() => {}
+                }
+            })
+            .await;
         }
     });
     let traffic = &member_health.traffic;

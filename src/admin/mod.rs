@@ -263,6 +263,9 @@ fn authorize(options: &Options, req: &Request<Incoming>) -> Option<Response<Body
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => None,
         _ => {
+            // Logged (without what was sent, which may be a near miss of the token) so that
+            // an operator sees attempts.
+            warn!(path = %req.uri().path(), "admin request refused: missing or wrong bearer token");
             let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -43,8 +43,11 @@ impl Tandem {
     }
 
     fn start(mut command: Command) -> Tandem {
+        // `info` unless the caller chose a level.
+        if !command.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
         let mut child = command
-            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -109,6 +112,20 @@ impl Tandem {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Every log line not yet consumed, up to the end of the log (the process has exited or
+    /// closed stderr; at most 10 s away).
+    pub async fn rest_of_log(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(v) = self.logs.recv().await {
+                lines.push(v.to_string());
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "tandem's log did not end within 10 s");
+        lines
     }
 
     /// Sends a signal (`HUP`, `TERM`, ...) with kill(1).

@@ -58,6 +58,16 @@ impl DemoMember {
         }
     }
 
+    /// [`DemoMember::stop`], returning only once the listener and every connection are closed
+    /// (an abort takes effect at the task's next poll, on whichever worker gets to it), so a
+    /// test knows the moment after which nothing it serves is alive.
+    pub async fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
     /// Listens again on the same address (no-op when running).
     pub async fn restart(&mut self) -> io::Result<()> {
         if let Some(task) = self.task.take() {

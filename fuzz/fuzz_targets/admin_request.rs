@@ -60,9 +60,11 @@ backup_pool = "fe-dc2"
     tandem::fuzzing::admin_view(&config).expect("view")
 });
 
-/// The token file, written once in the temporary directory, unique to this process.
+/// The token file, written once per process in the temporary directory. One fixed name, so
+/// runs do not leave a file each (libFuzzer exits without dropping statics); runs side by side
+/// write the same bytes.
 static TOKEN_FILE: LazyLock<PathBuf> = LazyLock::new(|| {
-    let path = std::env::temp_dir().join(format!("tandem-fuzz-admin-{}.token", std::process::id()));
+    let path = std::env::temp_dir().join("tandem-fuzz-admin.token");
     std::fs::write(&path, format!("{TOKEN}\n")).expect("token file");
     path
 });

@@ -139,6 +139,23 @@ impl AppView {
         self.events.subscribe()
     }
 
+    /// A view of `config` as a balancer would serve it right after start, with no listener
+    /// bound, no check run and no task started: every member's health is still unknown. For
+    /// [`crate::fuzzing`], which runs the admin API without an [`App`].
+    pub(crate) fn detached(config: &Config) -> Result<AppView, StartError> {
+        let events = events::channel();
+        let snapshot = Snapshot::build(config, 1, &events, None)?;
+        Ok(AppView {
+            routes: Arc::new(ArcSwap::from_pointee(snapshot)),
+            services: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            metrics: Arc::new(Metrics::new()),
+            reloads: Arc::new(ReloadCounters::default()),
+            recent: Arc::new(Mutex::new(VecDeque::new())),
+            events,
+            ready: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
     /// Reload outcomes so far.
     pub fn reloads(&self) -> &ReloadCounters {
         &self.reloads

@@ -22,6 +22,8 @@
 //!   into requests; [`notify`] tells systemd when tandem is ready, reloading or stopping.
 //! - [`upgrade`] hands the listening sockets to a new tandem process (binary upgrades).
 //! - [`demo`] runs demo pools on loopback for `tandem demo` and the tests.
+//!
+//! `fuzzing` (hidden) exposes the byte-reading code to the cargo-fuzz targets in `fuzz/`.
 
 pub mod admin;
 pub mod app;
@@ -29,6 +31,8 @@ pub mod config;
 pub mod demo;
 pub mod events;
 pub mod failover;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod health;
 pub mod metrics;

@@ -26,6 +26,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::Stream;
@@ -130,20 +131,51 @@ pub async fn serve(
         let shared = shared.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+            if let Err(e) = serve_connection(shared, stream).await {
                 debug!(%peer, error = %e, "admin connection ended with an error");
             }
         });
     }
+}
+
+/// Serves the admin API on one open connection until the client is done, its head is late, or
+/// `stop` ends an event stream. [`serve`] runs it per accepted socket; the fuzz targets run it
+/// on in-memory streams through [`crate::fuzzing`], which is why it takes any byte stream.
+async fn serve_connection<I>(shared: Arc<Shared>, io: I) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(route(&shared, req).await) }
+    });
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), service)
+        .await
+}
+
+/// [`serve_connection`] with its own shared state, for [`crate::fuzzing`]: what one accepted
+/// connection of [`serve`] would see.
+pub(crate) async fn serve_one<I>(
+    io: I,
+    view: AppView,
+    commands: mpsc::Sender<Command>,
+    options: Options,
+    stop: CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = Arc::new(Shared {
+        view,
+        commands,
+        options,
+        stop,
+    });
+    serve_connection(shared, io).await
 }
 
 /// The bound address helper for callers that bind first.
@@ -364,4 +396,47 @@ const PAGE: &str = include_str!("page.html");
 fn page(status: &serde_json::Value) -> String {
     let json = status.to_string().replace("</", "<\\/");
     PAGE.replacen("/*STATUS*/null", &json, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn view() -> AppView {
+        let text = "[[pool]]\nname = \"p\"\nmembers = [{ addr = \"127.0.1.1:80\" }]\n\n\
+                    [[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n";
+        let config = crate::config::parse(text, "t.toml").expect("valid config");
+        AppView::detached(&config).expect("view")
+    }
+
+    /// One connection on an in-memory stream, as the fuzz target runs it: pipelined requests
+    /// each get their response, and the connection ends after the one that asks to close.
+    #[tokio::test]
+    async fn one_connection_serves_pipelined_requests_then_ends() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let (commands, _rx) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let conn = tokio::spawn(serve_one(
+            server,
+            view(),
+            commands,
+            Options::default(),
+            stop,
+        ));
+        // No half-close: hyper drops a connection whose client shuts down its write side
+        // before the pipelined responses are out (its `half_close` is off).
+        client
+            .write_all(
+                b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n\
+                  PUT /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .expect("write");
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.expect("read");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains("HTTP/1.1 405 Method Not Allowed\r\n"), "{out}");
+        assert!(conn.await.expect("joined").is_ok());
+    }
 }

@@ -8,13 +8,14 @@
 //! the private `tls`, `http`, `sip`, `send_expect` and `udp` submodules. It decides nothing about rise/fall
 //! and keeps no state between runs; it never reads more from a member than a small fixed bound.
 
-mod http;
+pub(crate) mod http;
 mod send_expect;
 mod sip;
 mod tls;
-mod udp;
+pub(crate) mod udp;
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,16 +125,7 @@ impl Prober {
 
     /// Probes the member at `addr` (already the probe port), within the check's timeout.
     pub async fn probe(&self, addr: SocketAddr) -> ProbeOutcome {
-        let timeout = self.check.timeout;
-        let mut outcome = match tokio::time::timeout(timeout, self.run(addr)).await {
-            Ok(outcome) => outcome,
-            Err(_) => ProbeOutcome::fail(format!(
-                "timeout after {}",
-                humantime::format_duration(timeout)
-            )),
-        };
-        outcome.reason = clean_reason(&outcome.reason);
-        outcome
+        bounded(self.check.timeout, self.run(addr)).await
     }
 
     async fn run(&self, addr: SocketAddr) -> ProbeOutcome {
@@ -192,6 +184,23 @@ impl Prober {
     }
 }
 
+/// Runs one probe attempt within `timeout` and cleans its reason: what every probe goes through,
+/// kept apart from [`Prober::run`] so the fuzz targets run the same path on in-memory streams.
+pub(crate) async fn bounded(
+    timeout: Duration,
+    attempt: impl Future<Output = ProbeOutcome>,
+) -> ProbeOutcome {
+    let mut outcome = match tokio::time::timeout(timeout, attempt).await {
+        Ok(outcome) => outcome,
+        Err(_) => ProbeOutcome::fail(format!(
+            "timeout after {}",
+            humantime::format_duration(timeout)
+        )),
+    };
+    outcome.reason = clean_reason(&outcome.reason);
+    outcome
+}
+
 /// A short form of a network error: the kind alone where it says it all ("connection refused"),
 /// else the full message (which carries the OS error or the TLS alert).
 fn io_reason(e: &io::Error) -> String {
@@ -207,7 +216,7 @@ fn io_reason(e: &io::Error) -> String {
 
 /// Makes a reason safe for a status page and a log line: control characters escaped (they may
 /// come from a member's bytes or a TLS library's message) and at most [`MAX_REASON`] characters.
-fn clean_reason(reason: &str) -> String {
+pub(crate) fn clean_reason(reason: &str) -> String {
     let mut out = String::with_capacity(reason.len());
     for c in reason.chars() {
         if c.is_control() {

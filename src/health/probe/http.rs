@@ -23,7 +23,7 @@ use crate::config::{Check, CheckKind};
 const MAX_HEAD: usize = 16 * 1024;
 
 /// Sends the check's request over `stream` to the member at `member` and judges the status.
-pub(super) async fn probe<S>(check: &Check, stream: S, member: SocketAddr) -> ProbeOutcome
+pub(crate) async fn probe<S>(check: &Check, stream: S, member: SocketAddr) -> ProbeOutcome
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -46,7 +46,13 @@ pub(super) async fn probe(check: &Check, addr: SocketAddr) -> ProbeOutcome {
         }
         Err(e) => return ProbeOutcome::fail(format!("recv: {}", io_reason(&e))),
     };
-    let got = &buf[..n];
+    judge(expect, &buf[..n])
+}
+
+/// The verdict on one reply datagram: up when it contains `expect` (anything does when `expect`
+/// is empty), else down, quoting the start of what came back. Pure, so the fuzz targets can feed
+/// it any datagram.
+pub(crate) fn judge(expect: &[u8], got: &[u8]) -> ProbeOutcome {
     if expect.is_empty() || got.windows(expect.len()).any(|w| w == expect) {
         ProbeOutcome::pass("matched")
     } else {
@@ -54,5 +60,27 @@ pub(super) async fn probe(check: &Check, addr: SocketAddr) -> ProbeOutcome {
             "reply without a match: \"{}\"",
             quote_bytes(got, QUOTE_LEN)
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_passes_when_it_contains_expect() {
+        // A STUN binding success response carries the request's magic cookie.
+        let cookie = [0x21, 0x12, 0xa4, 0x42];
+        let reply = [&[0x01, 0x01, 0x00, 0x00][..], &cookie, &[7; 12]].concat();
+        assert!(judge(&cookie, &reply).ok);
+        assert!(judge(&[], b"").ok);
+        let miss = judge(&cookie, b"\x01\x01\x00\x00\r\n");
+        assert!(!miss.ok);
+        assert_eq!(
+            miss.reason,
+            "reply without a match: \"\\x01\\x01\\x00\\x00\\r\\n\""
+        );
+        // Shorter than expect: no window to compare, a plain miss.
+        assert!(!judge(&cookie, &cookie[..3]).ok);
     }
 }

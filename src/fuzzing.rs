@@ -1,0 +1,53 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/`: the code that reads bytes a member or
+//! an admin client chose, runnable on in-memory input. Hidden from the docs and not an API:
+//! it exists for the targets and changes with them. Each function is a thin wrapper over the
+//! code production runs, so a finding here is a finding in tandem.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Command, Options};
+use crate::app::{AppView, StartError};
+use crate::config::{Check, Config};
+use crate::health::probe::{self, ProbeOutcome, http, udp};
+
+/// One `http`/`https` probe of `check` over `stream` (the member's side of the connection),
+/// within the check's timeout, with the reason cleaned as `/status` would show it.
+pub async fn http_probe<S>(check: &Check, stream: S, member: SocketAddr) -> ProbeOutcome
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    probe::bounded(check.timeout, http::probe(check, stream, member)).await
+}
+
+/// The `udp` probe's verdict on `reply`, the one datagram the member sent back (a STUN binding
+/// response, say), with the reason cleaned as `/status` would show it.
+pub fn udp_reply(check: &Check, reply: &[u8]) -> ProbeOutcome {
+    let mut outcome = udp::judge(&check.expect, reply);
+    outcome.reason = probe::clean_reason(&outcome.reason);
+    outcome
+}
+
+/// A read-only view of `config` for [`admin_connection`], as right after start: no listener,
+/// no check, no task; every member's health unknown.
+pub fn admin_view(config: &Config) -> Result<AppView, StartError> {
+    AppView::detached(config)
+}
+
+/// Serves the admin API on one connection, `io`, as the admin server does for each accepted
+/// socket. `POST /reload` sends on `commands`; `stop` ends `/events` streams.
+pub async fn admin_connection<I>(
+    io: I,
+    view: AppView,
+    commands: mpsc::Sender<Command>,
+    options: Options,
+    stop: CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    admin::serve_one(io, view, commands, options, stop).await
+}

@@ -22,7 +22,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use socket2::SockRef;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -229,27 +229,25 @@ impl Direction {
             let Some(buf) = self.buf.as_mut() else {
                 continue;
             };
-            // `poll_read` rather than `try_read`: after a short read tokio marks the socket
-            // drained, so the next call returns Pending without the read that would only say
-            // EAGAIN (one syscall less per burst, which counts for short connections).
-            let mut read = ReadBuf::new(&mut buf.0);
-            match Pin::new(&mut *from).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+            // `try_read` rather than `poll_read`: after a short read, `poll_read` marks the
+            // socket drained and the next read waits for a new epoll event. That saves one
+            // EAGAIN read per burst, but a bulk stream then pays an event-loop round trip per
+            // short read, while reading again at once usually finds the bytes that arrived
+            // during the write (8 streams: 14.6 Gbit/s against 18.2 with `try_read`, same run).
+            match from.try_read(&mut buf.0) {
+                Ok(0) => {
                     self.buf = None;
                     self.eof = true;
                 }
-                Poll::Ready(Ok(())) => {
+                Ok(n) => {
                     self.written = 0;
-                    self.filled = read.filled().len();
+                    self.filled = n;
                     self.moved = true;
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Read(e))),
-                // Drained (or the task's budget is spent): the waker is registered, the
-                // buffer goes back to the pool, and the next poll waits for readiness first.
-                Poll::Pending => {
-                    self.buf = None;
-                    return Poll::Pending;
-                }
+                // Readiness was spurious or the socket is drained (tokio cleared its
+                // readiness): the buffer goes back to the pool and we wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = None,
+                Err(e) => return Poll::Ready(Err(PumpError::Read(e))),
             }
         }
     }

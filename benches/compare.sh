@@ -42,8 +42,10 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-# `on CPU cmd...` pins a command to one CPU, except in the scaling run, where nothing is pinned.
-on() { local cpu=$1; shift; if [[ -n $SCALING ]]; then "$@"; else taskset -c "$cpu" "$@"; fi; }
+# Commands are prefixed with "${CPU0[@]}" or "${CPU1[@]}" to pin them to one CPU; in the scaling
+# run nothing is pinned. A prefix rather than a function: started with `&`, `$!` is then the
+# command itself, so the cleanup's kill reaches it.
+if [[ -n $SCALING ]]; then CPU0=(); CPU1=(); else CPU0=(taskset -c 0); CPU1=(taskset -c 1); fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1:$2" >&2; exit 1; }
 
@@ -61,7 +63,7 @@ port_iperf[direct]=$IPERF_PORT; port_http[direct]=$HTTP_PORT
 for label in "${labels[@]:1}"; do port_iperf[$label]=$(free_port); port_http[$label]=$(free_port); done
 
 # Members: iperf3 and a tiny nginx, both on 127.0.1.1, CPU 0.
-on 0 iperf3 -s -B 127.0.1.1 -p "$IPERF_PORT" >/dev/null 2>&1 & pids+=($!)
+"${CPU0[@]}" iperf3 -s -B 127.0.1.1 -p "$IPERF_PORT" >/dev/null 2>&1 & pids+=($!)
 mkdir -p "$work/member"
 cat >"$work/member/nginx.conf" <<NGINX
 worker_processes 1;
@@ -75,7 +77,7 @@ http {
   server { listen 127.0.1.1:$HTTP_PORT; location / { return 200 "ok\n"; } }
 }
 NGINX
-on 0 nginx -c "$work/member/nginx.conf" -p "$work/member" >/dev/null 2>&1 & pids+=($!)
+"${CPU0[@]}" nginx -c "$work/member/nginx.conf" -p "$work/member" >/dev/null 2>&1 & pids+=($!)
 
 tandem_config() { # iperf-port http-port
   cat <<TOML
@@ -97,7 +99,7 @@ TOML
 }
 start_tandem() { # label binary workers
   tandem_config "${port_iperf[$1]}" "${port_http[$1]}" >"$work/$1.toml"
-  RUST_LOG=warn on 1 "$2" run -c "$work/$1.toml" --workers "$3" --no-watch & pids+=($!)
+  RUST_LOG=warn "${CPU1[@]}" "$2" run -c "$work/$1.toml" --workers "$3" --no-watch & pids+=($!)
 }
 
 for label in "${labels[@]:1}"; do
@@ -123,7 +125,7 @@ listen http
   bind 127.0.0.1:${port_http[haproxy]}
   server m1 127.0.1.1:$HTTP_PORT
 HAP
-      on 1 haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+      "${CPU1[@]}" haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
       ;;
     nginx)
       mkdir -p "$work/proxy"
@@ -141,7 +143,7 @@ stream {
   server { listen 127.0.0.1:${port_http[nginx]}; proxy_pass 127.0.1.1:$HTTP_PORT; }
 }
 NGINX
-      on 1 nginx -c "$work/proxy/nginx.conf" -p "$work/proxy" >/dev/null 2>&1 & pids+=($!)
+      "${CPU1[@]}" nginx -c "$work/proxy/nginx.conf" -p "$work/proxy" >/dev/null 2>&1 & pids+=($!)
       ;;
   esac
 done
@@ -152,13 +154,13 @@ for label in "${labels[@]}"; do
 done
 
 iperf() { # host port streams -> Gbit/s
-  on 0 iperf3 -c "$1" -p "$2" -P "$3" -t "$SECS" -J |
+  "${CPU0[@]}" iperf3 -c "$1" -p "$2" -P "$3" -t "$SECS" -J |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'
 }
 wrk_run() { # host port extra-header -> "requests/s p99-in-microseconds"
   local hdr=()
   [[ -n $3 ]] && hdr=(-H "$3")
-  on 0 wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "${hdr[@]}" "http://$1:$2/" |
+  "${CPU0[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "${hdr[@]}" "http://$1:$2/" |
     awk '
       function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1e6; return v }
       /Requests\/sec/ { rps = $2 }

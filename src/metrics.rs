@@ -158,16 +158,16 @@ impl Metrics {
             vec![],
             snapshot.generation as f64,
         );
-        counter(
-            "tandem_reloads_total",
-            vec![l("result", "applied")],
-            reloads.applied.load(Relaxed),
-        );
-        counter(
-            "tandem_reloads_total",
-            vec![l("result", "rejected")],
-            reloads.rejected.load(Relaxed),
-        );
+        for (result, n) in [
+            ("applied", &reloads.applied),
+            ("rejected", &reloads.rejected),
+        ] {
+            counter(
+                "tandem_reloads_total",
+                vec![l("result", result)],
+                n.load(Relaxed),
+            );
+        }
         gauge(
             "tandem_last_reload_success_timestamp_seconds",
             vec![],
@@ -179,32 +179,30 @@ impl Metrics {
             let svc = || vec![l("service", s.name)];
             counter("tandem_connections_total", svc(), st.accepted);
             gauge("tandem_connections_active", svc(), st.active as f64);
-            counter(
+            // One series per label value, from (value, count) pairs.
+            let per = |name: &'static str, key: &'static str, pairs: &[(&str, u64)]| {
+                for &(value, n) in pairs {
+                    counter(name, vec![l("service", s.name), l(key, value)], n);
+                }
+            };
+            per(
                 "tandem_connections_rejected_total",
-                vec![l("service", s.name), l("reason", "max_connections")],
-                st.rejected_limit,
-            );
-            counter(
-                "tandem_connections_rejected_total",
-                vec![l("service", s.name), l("reason", "no_member")],
-                st.rejected_no_member,
-            );
-            counter(
-                "tandem_connections_rejected_total",
-                vec![l("service", s.name), l("reason", "resources")],
-                st.rejected_resources,
+                "reason",
+                &[
+                    ("max_connections", st.rejected_limit),
+                    ("no_member", st.rejected_no_member),
+                    ("resources", st.rejected_resources),
+                ],
             );
             counter("tandem_connect_failures_total", svc(), st.connect_failures);
             counter("tandem_connect_retries_total", svc(), st.retries);
-            counter(
+            per(
                 "tandem_bytes_total",
-                vec![l("service", s.name), l("direction", "to_member")],
-                st.bytes_to_members,
-            );
-            counter(
-                "tandem_bytes_total",
-                vec![l("service", s.name), l("direction", "to_client")],
-                st.bytes_to_clients,
+                "direction",
+                &[
+                    ("to_member", st.bytes_to_members),
+                    ("to_client", st.bytes_to_clients),
+                ],
             );
             if s.udp {
                 gauge(
@@ -227,15 +225,13 @@ impl Metrics {
                     svc(),
                     st.sessions_rehashed,
                 );
-                counter(
+                per(
                     "tandem_udp_datagrams_total",
-                    vec![l("service", s.name), l("direction", "to_member")],
-                    st.datagrams_to_members,
-                );
-                counter(
-                    "tandem_udp_datagrams_total",
-                    vec![l("service", s.name), l("direction", "to_client")],
-                    st.datagrams_to_clients,
+                    "direction",
+                    &[
+                        ("to_member", st.datagrams_to_members),
+                        ("to_client", st.datagrams_to_clients),
+                    ],
                 );
                 counter(
                     "tandem_udp_datagrams_dropped_total",
@@ -248,16 +244,13 @@ impl Metrics {
         for route in snapshot.routes() {
             let name = route.service.name.as_str();
             let active = route.failover.side();
-            gauge(
-                "tandem_active_pool",
-                vec![l("service", name), l("pool", &route.local.name)],
-                if active == Side::Local { 1.0 } else { 0.0 },
-            );
-            if let Some(backup) = &route.backup {
+            let sides = std::iter::once((&route.local, Side::Local))
+                .chain(route.backup.as_ref().map(|b| (b, Side::Backup)));
+            for (pool, side) in sides {
                 gauge(
                     "tandem_active_pool",
-                    vec![l("service", name), l("pool", &backup.name)],
-                    if active == Side::Backup { 1.0 } else { 0.0 },
+                    vec![l("service", name), l("pool", &pool.name)],
+                    if active == side { 1.0 } else { 0.0 },
                 );
             }
             counter(
@@ -289,24 +282,14 @@ impl Metrics {
                     labels(),
                     t.active.load(Relaxed) as f64,
                 );
-                counter(
-                    "tandem_member_bytes_total",
-                    vec![
-                        l("pool", &pool.name),
-                        l("member", &id),
-                        l("direction", "to_member"),
-                    ],
-                    t.bytes_to_member.load(Relaxed),
-                );
-                counter(
-                    "tandem_member_bytes_total",
-                    vec![
-                        l("pool", &pool.name),
-                        l("member", &id),
-                        l("direction", "to_client"),
-                    ],
-                    t.bytes_to_client.load(Relaxed),
-                );
+                for (direction, n) in [
+                    ("to_member", &t.bytes_to_member),
+                    ("to_client", &t.bytes_to_client),
+                ] {
+                    let mut labels = labels();
+                    labels.push(l("direction", direction));
+                    counter("tandem_member_bytes_total", labels, n.load(Relaxed));
+                }
             }
         }
 

@@ -202,13 +202,9 @@ pub async fn check_loop<P: Probe>(
             o = prober.probe(addr) => o,
             _ = stop.cancelled() => return,
         };
-        // Passive detection took the member down since the last probe: this check must see
-        // `rise` successes again before the member returns.
-        if health.passive_down() && machine.state() != Verdict::Down {
-            machine.force_down();
-        }
-        let changed = machine.record(outcome.ok);
-        if changed == Some(Verdict::Up) && health.passive_down() {
+        // Passive detection may have taken the member down since the last probe: this check
+        // must then see `rise` successes again before the member returns.
+        if machine.record_after_passive(outcome.ok, health.passive_down()) {
             health.clear_passive();
         }
         let took = started.elapsed();
@@ -336,24 +332,34 @@ mod tests {
         (health, prober, rx)
     }
 
+    /// Runs check 0 of `health` on the scripted prober; cancelling the returned token stops it.
+    fn spawn_check(
+        health: &Arc<MemberHealth>,
+        prober: &Arc<Scripted>,
+        timing: Timing,
+        first_round: Option<oneshot::Sender<()>>,
+    ) -> CancellationToken {
+        let stop = CancellationToken::new();
+        tokio::spawn(check_loop(
+            health.clone(),
+            0,
+            timing,
+            prober.clone(),
+            "127.0.1.1:1".parse().expect("addr"),
+            first_round,
+            CheckInstruments::noop(),
+            stop.clone(),
+        ));
+        stop
+    }
+
     #[tokio::test(start_paused = true)]
     async fn down_after_fall_intervals_and_up_after_rise() {
         // up, up, then dead for 3 probes, then back.
         let (health, prober, mut rx) = setup("++---++");
-        let stop = CancellationToken::new();
-        let addr: SocketAddr = "127.0.1.1:1".parse().expect("addr");
         let (tx, first) = oneshot::channel();
         let start = Instant::now();
-        tokio::spawn(check_loop(
-            health.clone(),
-            0,
-            timing(2, 2, 3),
-            prober.clone(),
-            addr,
-            Some(tx),
-            CheckInstruments::noop(),
-            stop.clone(),
-        ));
+        let stop = spawn_check(&health, &prober, timing(2, 2, 3), Some(tx));
         first.await.expect("first round");
         let e = next_health(&mut rx).await;
         assert_eq!(
@@ -379,19 +385,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn passive_down_needs_rise_probes_to_return() {
         let (health, prober, mut rx) = setup("+");
-        let stop = CancellationToken::new();
-        let addr: SocketAddr = "127.0.1.1:1".parse().expect("addr");
         let start = Instant::now();
-        tokio::spawn(check_loop(
-            health.clone(),
-            0,
-            timing(2, 2, 3),
-            prober.clone(),
-            addr,
-            None,
-            CheckInstruments::noop(),
-            stop.clone(),
-        ));
+        let stop = spawn_check(&health, &prober, timing(2, 2, 3), None);
         assert_eq!(next_health(&mut rx).await.to, Verdict::Up);
         tokio::time::sleep(Duration::from_millis(500)).await;
         for _ in 0..3 {
@@ -413,21 +408,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn phase_delays_only_the_second_probe() {
         let (health, prober, _rx) = setup("+");
-        let stop = CancellationToken::new();
-        let addr: SocketAddr = "127.0.1.1:1".parse().expect("addr");
         let mut t = timing(2, 2, 3);
         t.phase = Duration::from_millis(150);
         let start = Instant::now();
-        tokio::spawn(check_loop(
-            health,
-            0,
-            t,
-            prober.clone(),
-            addr,
-            None,
-            CheckInstruments::noop(),
-            stop.clone(),
-        ));
+        let stop = spawn_check(&health, &prober, t, None);
         tokio::time::sleep(Duration::from_millis(6500)).await;
         stop.cancel();
         let offsets: Vec<u128> = prober

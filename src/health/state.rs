@@ -111,6 +111,17 @@ impl RiseFall {
         self.streak = 0;
         changed
     }
+
+    /// Feeds one result of a check whose member passive detection may have taken down
+    /// (`passive_down`): a check that still says up is forced down first, so the member needs
+    /// `rise` successes to return. Returns whether this result ends the passive down (the
+    /// check came back up), which the caller then clears.
+    pub fn record_after_passive(&mut self, ok: bool, passive_down: bool) -> bool {
+        if passive_down && self.state != Verdict::Down {
+            self.force_down();
+        }
+        self.record(ok) == Some(Verdict::Up) && passive_down
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +130,23 @@ mod tests {
 
     fn feed(m: &mut RiseFall, results: &str) -> Vec<Option<Verdict>> {
         results.chars().map(|c| m.record(c == '+')).collect()
+    }
+
+    #[test]
+    fn a_passive_down_needs_rise_successes_to_end() {
+        let mut m = RiseFall::new(2, 3);
+        assert_eq!(m.record(true), Some(Verdict::Up));
+        // Passive detection took the member down: the up check is forced down.
+        assert!(!m.record_after_passive(true, true));
+        assert_eq!(m.state(), Verdict::Down);
+        assert!(
+            m.record_after_passive(true, true),
+            "second success: rise reached"
+        );
+        assert_eq!(m.state(), Verdict::Up);
+        // Without a passive down, results are plain rise/fall.
+        assert!(!m.record_after_passive(false, false));
+        assert_eq!(m.state(), Verdict::Up);
     }
 
     #[test]

@@ -68,13 +68,11 @@ impl DemoMember {
         }
     }
 
-    /// Listens again on the same address (no-op when running).
+    /// Listens again on the same address; a running member is stopped first, with its
+    /// connections.
     pub async fn restart(&mut self) -> io::Result<()> {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            // Wait for the abort so the old listener is closed before we rebind.
-            let _ = task.await;
-        }
+        // The old listener must be closed before we rebind.
+        self.kill().await;
         let socket = match self.addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
             SocketAddr::V6(_) => TcpSocket::new_v6()?,

@@ -48,14 +48,8 @@ struct Cli {
 enum Command {
     /// Run the balancer.
     Run {
-        /// Config file.
-        #[arg(
-            short,
-            long,
-            default_value = "/etc/tandem/tandem.toml",
-            env = "TANDEM_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFile,
         /// How long open connections may finish after SIGTERM/SIGINT before they are closed.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         shutdown_grace: Duration,
@@ -77,28 +71,17 @@ enum Command {
     },
     /// Validate a config file and report every problem in it.
     Check {
-        /// Config file.
-        #[arg(
-            short,
-            long,
-            default_value = "/etc/tandem/tandem.toml",
-            env = "TANDEM_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFile,
     },
     /// Show services, pools and members of a running tandem (from its admin API).
     Status {
         /// Admin API address (default: `[admin] listen` of the config file, else 127.0.0.1:9900).
         #[arg(long)]
         admin: Option<SocketAddr>,
-        /// Config file to read the admin address from.
-        #[arg(
-            short,
-            long,
-            default_value = "/etc/tandem/tandem.toml",
-            env = "TANDEM_CONFIG"
-        )]
-        config: PathBuf,
+        // The config file is read for `[admin] listen` when `--admin` is not given.
+        #[command(flatten)]
+        file: ConfigFile,
         /// Print the raw JSON instead of tables.
         #[arg(long)]
         json: bool,
@@ -109,9 +92,22 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7000")]
         listen: SocketAddr,
         /// Address of the demo's admin API and status page.
-        #[arg(long, default_value = "127.0.0.1:9900")]
+        #[arg(long, default_value = tandem::config::DEFAULT_ADMIN_LISTEN)]
         admin: SocketAddr,
     },
+}
+
+/// `-c/--config`, shared by the commands that read the config file.
+#[derive(clap::Args)]
+struct ConfigFile {
+    /// Config file.
+    #[arg(
+        short,
+        long,
+        default_value = "/etc/tandem/tandem.toml",
+        env = "TANDEM_CONFIG"
+    )]
+    config: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -124,9 +120,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { file } => check(&file.config),
         Command::Run {
-            config,
+            file,
             shutdown_grace,
             no_watch,
             workers,
@@ -139,14 +135,10 @@ fn main() -> ExitCode {
                     .unwrap_or_else(|| PathBuf::from(upgrade::DEFAULT_SOCKET)),
                 from: upgrade_from,
             };
-            run(&config, shutdown_grace, !no_watch, workers, upgrade)
+            run(&file.config, shutdown_grace, !no_watch, workers, upgrade)
         }
         Command::Demo { listen, admin } => demo(listen, admin),
-        Command::Status {
-            admin,
-            config,
-            json,
-        } => status(admin, &config, json),
+        Command::Status { admin, file, json } => status(admin, &file.config, json),
     }
 }
 

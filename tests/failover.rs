@@ -49,12 +49,7 @@ async fn whole_local_pool_down_fails_over_and_back_after_hold_down() {
     let app = balancer(&pair.toml("failback_after = \"1s\"\nmin_healthy = 3")).await;
     let mut events = app.events();
     let addr = app.local_addr("s").expect("bound");
-    assert!(
-        who_serves(client_ip(1), addr)
-            .await
-            .expect("serves")
-            .starts_with("local")
-    );
+    assert_served_by(client_ip(1), addr, "local").await;
 
     let load = Load::start(addr, 2000, 200);
     for m in &mut pair.local {
@@ -80,12 +75,7 @@ async fn whole_local_pool_down_fails_over_and_back_after_hold_down() {
     wait_health_all(&mut events, &local, Verdict::Up, Duration::from_secs(10)).await;
     let healthy_at = std::time::Instant::now();
     // Healthy again, but inside the hold-down: still on the backup pool.
-    assert!(
-        who_serves(client_ip(1), addr)
-            .await
-            .expect("serves")
-            .starts_with("backup")
-    );
+    assert_served_by(client_ip(1), addr, "backup").await;
     let reason = wait_failover(&mut events, "s", Side::Local, Duration::from_secs(10)).await;
     assert!(
         healthy_at.elapsed() >= Duration::from_millis(900),
@@ -93,12 +83,7 @@ async fn whole_local_pool_down_fails_over_and_back_after_hold_down() {
         healthy_at.elapsed()
     );
     assert!(reason.contains("healthy for 1s"), "{reason}");
-    assert!(
-        who_serves(client_ip(1), addr)
-            .await
-            .expect("serves")
-            .starts_with("local")
-    );
+    assert_served_by(client_ip(1), addr, "local").await;
     let after = load.finish().await;
     assert_eq!(
         after.failed, 0,

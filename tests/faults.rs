@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use netns::{NsMember, iptables_missing, is_root, ns_members};
-use tandem::events::{self, Event, FailoverEvent, HealthEvent};
+use netns::{NsMember, iptables_missing, ns_members, skip_test};
+use tandem::events::{self, Event, HealthEvent};
 use tandem::failover::Side;
 use tandem::health::state::Verdict;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,20 +32,15 @@ fn ns_pool_toml(name: &str, members: &[NsMember]) -> String {
 
 /// A `[[pool]]` table for namespaced members with the given `[[pool.check]]` tables.
 fn ns_pool_toml_with(name: &str, members: &[NsMember], checks: &str) -> String {
-    let list: Vec<String> = members
-        .iter()
-        .map(|m| format!("{{ addr = \"{}\" }}", m.addr()))
-        .collect();
-    format!(
-        "[[pool]]\nname = \"{name}\"\nmembers = [{}]\n{checks}",
-        list.join(", ")
-    )
+    pool_toml_of(name, members.iter().map(|m| m.addr()), checks)
 }
 
 const CHECK: &str = "  [[pool.check]]\n  kind = \"tcp\"\n  interval = \"200ms\"\n  timeout = \"300ms\"\n  rise = 2\n  fall = 2\n";
 const INTERVAL: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_millis(300);
 const FALL: u32 = 2;
+/// How long a test waits for a health or failover event that must come.
+const EVENT_LIMIT: Duration = Duration::from_secs(10);
 
 /// The longest a cut-off member may stay up after the cut: the checker's bound
 /// (`fall x interval + timeout` after the last good probe began, plus a phase of up to 10% of
@@ -59,25 +54,12 @@ fn detection_bound() -> Duration {
     INTERVAL + INTERVAL.max(TIMEOUT) * FALL + INTERVAL / 10 + SCHEDULING_SLACK
 }
 
-/// A TCP `[[service]]` on 127.0.0.1:0 with a 300 ms connect timeout and extra lines.
-fn ns_service_toml(pool: &str, extra: &str) -> String {
+/// A TCP `[[service]]` named `name` on 127.0.0.1:0 with a 300 ms connect timeout and extra lines.
+fn ns_service_toml(name: &str, pool: &str, extra: &str) -> String {
     format!(
-        "[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\npool = \"{pool}\"\n\
+        "[[service]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\npool = \"{pool}\"\n\
          connect_timeout = \"300ms\"\n{extra}\n"
     )
-}
-
-/// The failover event of service `s` to `to` (real time, at most `limit`).
-async fn failover_event(rx: &mut Receiver<Event>, to: Side, limit: Duration) -> FailoverEvent {
-    let found = events::wait_for(
-        rx,
-        limit,
-        |e| matches!(e, Event::Failover(f) if &*f.service == "s" && f.to == to),
-    );
-    match found.await {
-        Some(Event::Failover(f)) => f,
-        _ => panic!("s did not fail over to {to} within {limit:?}"),
-    }
 }
 
 fn since(at: SystemTime, earlier: SystemTime) -> Duration {
@@ -89,7 +71,7 @@ async fn member_cut_off_times_out_and_clients_never_notice() {
     let Some(mut ms) = ns_members("cut_off", "m", 3).await else {
         return;
     };
-    let toml = ns_pool_toml("p", &ms) + &ns_service_toml("p", "");
+    let toml = ns_pool_toml("p", &ms) + &ns_service_toml("s", "p", "");
     let app = balancer(&toml).await;
     let mut events = app.events();
     let addr = app.local_addr("s").expect("bound");
@@ -111,13 +93,7 @@ async fn member_cut_off_times_out_and_clients_never_notice() {
     let load = Load::start(addr, 1000, 300);
     let cut_at = SystemTime::now();
     ms[1].cut();
-    let down = health_event(
-        &mut events,
-        ms[1].addr(),
-        Verdict::Down,
-        Duration::from_secs(10),
-    )
-    .await;
+    let down = health_event(&mut events, ms[1].addr(), Verdict::Down, EVENT_LIMIT).await;
     let detected = since(down.at, cut_at);
     eprintln!(
         "cut_off: m2 down {detected:?} after the cut ({})",
@@ -130,22 +106,11 @@ async fn member_cut_off_times_out_and_clients_never_notice() {
     );
 
     let during = placement(100, addr).await;
-    for (b, d) in before.iter().zip(&during) {
-        assert_ne!(d, "m2", "a new connection reached the cut-off member");
-        if b != "m2" {
-            assert_eq!(b, d, "a client of a healthy member changed member");
-        }
-    }
+    assert_only_clients_of_moved(&before, &during, "m2", "cut-off");
 
     let restored_at = SystemTime::now();
     ms[1].restore();
-    let up = health_event(
-        &mut events,
-        ms[1].addr(),
-        Verdict::Up,
-        Duration::from_secs(10),
-    )
-    .await;
+    let up = health_event(&mut events, ms[1].addr(), Verdict::Up, EVENT_LIMIT).await;
     eprintln!(
         "cut_off: m2 up {:?} after the restore",
         since(up.at, restored_at)
@@ -185,6 +150,7 @@ async fn whole_local_pool_cut_off_fails_over_and_back_after_hold_down() {
         + &pool_toml("dc2", &backup)
         + &fast_tcp_check(2, 2)
         + &ns_service_toml(
+            "s",
             "dc1",
             "backup_pool = \"dc2\"\nfailback_after = \"1s\"\nmin_healthy = 3",
         );
@@ -202,7 +168,7 @@ async fn whole_local_pool_cut_off_fails_over_and_back_after_hold_down() {
     for m in &mut local {
         m.cut();
     }
-    let failover = failover_event(&mut events, Side::Backup, Duration::from_secs(10)).await;
+    let failover = failover_event(&mut events, "s", Side::Backup, EVENT_LIMIT).await;
     let took = since(failover.at, cut_at);
     eprintln!(
         "pool_cut_off: failover {took:?} after the cut ({})",
@@ -232,16 +198,11 @@ async fn whole_local_pool_cut_off_fails_over_and_back_after_hold_down() {
         m.restore();
     }
     let addrs: Vec<_> = local.iter().map(|m| m.addr()).collect();
-    wait_health_all(&mut events, &addrs, Verdict::Up, Duration::from_secs(10)).await;
+    wait_health_all(&mut events, &addrs, Verdict::Up, EVENT_LIMIT).await;
     let healthy_at = Instant::now();
     // Healthy again, but inside the hold-down: still on the backup pool.
-    assert!(
-        who_serves(client_ip(1), addr)
-            .await
-            .expect("serves")
-            .starts_with("backup")
-    );
-    let failback = failover_event(&mut events, Side::Local, Duration::from_secs(10)).await;
+    assert_served_by(client_ip(1), addr, "backup").await;
+    let failback = failover_event(&mut events, "s", Side::Local, EVENT_LIMIT).await;
     let held = healthy_at.elapsed();
     eprintln!(
         "pool_cut_off: failback {held:?} after the local pool was all up ({})",
@@ -256,12 +217,7 @@ async fn whole_local_pool_cut_off_fails_over_and_back_after_hold_down() {
         "{}",
         failback.reason
     );
-    assert!(
-        who_serves(client_ip(1), addr)
-            .await
-            .expect("serves")
-            .starts_with("local")
-    );
+    assert_served_by(client_ip(1), addr, "local").await;
     let load = load.finish().await;
     eprintln!("pool_cut_off: load after the failover {load:?}");
     assert!(load.ok > 0);
@@ -341,11 +297,7 @@ fn skip_without_iptables(test: &str) -> bool {
     let Some(why) = iptables_missing() else {
         return false;
     };
-    assert!(
-        !(std::env::var_os("CI").is_some() && is_root()),
-        "{test}: CI is set and we are root, yet {why}"
-    );
-    eprintln!("{test}: skipped: {why}");
+    skip_test(test, &why);
     true
 }
 
@@ -354,7 +306,7 @@ async fn member_reset_mid_stream_reaches_its_client_and_nobody_else() {
     let Some(ms) = ns_members("reset", "r", 3).await else {
         return;
     };
-    let toml = ns_pool_toml("p", &ms) + &ns_service_toml("p", "");
+    let toml = ns_pool_toml("p", &ms) + &ns_service_toml("s", "p", "");
     let app = balancer(&toml).await;
     let mut events = app.events();
     let addr = app.local_addr("s").expect("bound");
@@ -436,9 +388,8 @@ async fn member_that_accepts_and_never_answers_fails_app_checks_not_tcp_checks()
     // The same members behind two pools: `app` checked with send-expect, `plain` with tcp.
     let toml = ns_pool_toml_with("app", &ms, APP_CHECK)
         + &ns_pool_toml("plain", &ms)
-        + &ns_service_toml("app", "")
-        + "[[service]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\npool = \"plain\"\n\
-           connect_timeout = \"300ms\"\n";
+        + &ns_service_toml("s", "app", "")
+        + &ns_service_toml("t", "plain", "");
     let app = balancer(&toml).await;
     let mut events = app.events();
     let mut plain_events = app.events();
@@ -456,7 +407,7 @@ async fn member_that_accepts_and_never_answers_fails_app_checks_not_tcp_checks()
         "app",
         silent.addr(),
         Verdict::Down,
-        Duration::from_secs(10),
+        EVENT_LIMIT,
     )
     .await
     .expect("the silent member did not fail its send-expect check within 10 s");
@@ -481,16 +432,7 @@ async fn member_that_accepts_and_never_answers_fails_app_checks_not_tcp_checks()
     );
 
     let during = placement(100, s_addr).await;
-    for (b, d) in before.iter().zip(&during) {
-        assert_ne!(
-            d,
-            silent.name(),
-            "a new connection reached the silent member"
-        );
-        if b != silent.name() {
-            assert_eq!(b, d, "a client of a healthy member changed member");
-        }
-    }
+    assert_only_clients_of_moved(&before, &during, silent.name(), "silent");
     // Through the tcp-checked service, the silent member's clients connect and hear nothing.
     let stuck = before_t
         .iter()
@@ -533,7 +475,7 @@ async fn packet_loss_is_repaired_by_tcp_and_does_not_flap_health() {
     let Some(ms) = ns_members("loss", "l", 3).await else {
         return;
     };
-    let toml = ns_pool_toml_with("p", &ms, LOSSY_CHECK) + &ns_service_toml("p", "");
+    let toml = ns_pool_toml_with("p", &ms, LOSSY_CHECK) + &ns_service_toml("s", "p", "");
     let app = balancer(&toml).await;
     let mut events = app.events();
     let addr = app.local_addr("s").expect("bound");
@@ -583,7 +525,7 @@ async fn latency_below_the_check_timeout_is_ridden_out_above_it_takes_the_member
     let Some(ms) = ns_members("latency", "d", 3).await else {
         return;
     };
-    let toml = ns_pool_toml("p", &ms) + &ns_service_toml("p", "");
+    let toml = ns_pool_toml("p", &ms) + &ns_service_toml("s", "p", "");
     let app = balancer(&toml).await;
     let mut events = app.events();
     let addr = app.local_addr("s").expect("bound");
@@ -597,11 +539,10 @@ async fn latency_below_the_check_timeout_is_ridden_out_above_it_takes_the_member
     let delayer = match slow.delay(SHORT_DELAY) {
         Ok(d) => d,
         Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "latency: CI is set, yet NFQUEUE does not work: {e}"
+            skip_test(
+                "latency",
+                &format!("cannot delay packets with NFQUEUE: {e}"),
             );
-            eprintln!("latency: skipped: cannot delay packets with NFQUEUE: {e}");
             return;
         }
     };
@@ -630,13 +571,7 @@ async fn latency_below_the_check_timeout_is_ridden_out_above_it_takes_the_member
     // Above it: every probe times out.
     let raised_at = SystemTime::now();
     delayer.set(LONG_DELAY);
-    let down = health_event(
-        &mut events,
-        slow.addr(),
-        Verdict::Down,
-        Duration::from_secs(10),
-    )
-    .await;
+    let down = health_event(&mut events, slow.addr(), Verdict::Down, EVENT_LIMIT).await;
     let detected = since(down.at, raised_at);
     assert!(
         detected <= detection_bound(),
@@ -644,23 +579,12 @@ async fn latency_below_the_check_timeout_is_ridden_out_above_it_takes_the_member
         detection_bound()
     );
     let during = placement(100, addr).await;
-    for (b, d) in before.iter().zip(&during) {
-        assert_ne!(d, slow.name(), "a new connection reached the slow member");
-        if b != slow.name() {
-            assert_eq!(b, d, "a client of a healthy member changed member");
-        }
-    }
+    assert_only_clients_of_moved(&before, &during, slow.name(), "slow");
     let (_, (count, bytes)) = finish_streams(streams, slow.name()).await;
 
     let lowered_at = SystemTime::now();
     delayer.set(Duration::ZERO);
-    let up = health_event(
-        &mut events,
-        slow.addr(),
-        Verdict::Up,
-        Duration::from_secs(10),
-    )
-    .await;
+    let up = health_event(&mut events, slow.addr(), Verdict::Up, EVENT_LIMIT).await;
     eprintln!(
         "latency: fault={}'s packets held {SHORT_DELAY:?}, then {LONG_DELAY:?} (check timeout \
          {TIMEOUT:?}) | at {SHORT_DELAY:?}: greeting after {greeting:?}, {slow_count} streams \

@@ -36,12 +36,21 @@ pub async fn members(prefix: &str, first_host: u8, n: u8) -> Vec<DemoMember> {
 
 /// A `[[pool]]` table listing `members` by address.
 pub fn pool_toml(name: &str, members: &[DemoMember]) -> String {
-    let list: Vec<String> = members
-        .iter()
-        .map(|m| format!("{{ addr = \"{}\" }}", m.addr()))
+    pool_toml_of(name, members.iter().map(|m| m.addr()), "")
+}
+
+/// A `[[pool]]` table listing the members at `addrs`, with extra lines (checks) after it.
+pub fn pool_toml_of(
+    name: &str,
+    addrs: impl IntoIterator<Item = SocketAddr>,
+    extra: &str,
+) -> String {
+    let list: Vec<String> = addrs
+        .into_iter()
+        .map(|a| format!("{{ addr = \"{a}\" }}"))
         .collect();
     format!(
-        "[[pool]]\nname = \"{name}\"\nmembers = [{}]\n",
+        "[[pool]]\nname = \"{name}\"\nmembers = [{}]\n{extra}",
         list.join(", ")
     )
 }
@@ -83,6 +92,33 @@ pub fn counts(placement: &[String]) -> HashMap<String, usize> {
     m
 }
 
+/// Asserts that, from placement `before` to placement `during`, no client went to `member` (the
+/// `what` member, for the message) and every client of another member kept its member.
+pub fn assert_only_clients_of_moved(
+    before: &[String],
+    during: &[String],
+    member: &str,
+    what: &str,
+) {
+    assert_eq!(before.len(), during.len(), "placements of different sizes");
+    for (b, d) in before.iter().zip(during) {
+        assert_ne!(d, member, "a new connection reached the {what} member");
+        if b != member {
+            assert_eq!(b, d, "a client of a healthy member changed member");
+        }
+    }
+}
+
+/// Asserts that `client`'s connection through `addr` is served by a member whose name starts
+/// with `prefix` (which pool of a pair serves).
+pub async fn assert_served_by(client: IpAddr, addr: SocketAddr, prefix: &str) {
+    let name = who_serves(client, addr).await.expect("serves");
+    assert!(
+        name.starts_with(prefix),
+        "{client} served by {name}, not by a {prefix}* member"
+    );
+}
+
 /// Polls `cond` until it holds, for at most `limit`; panics with `what` otherwise.
 ///
 /// For state that changes in another task with no event to await (counters of the balancer).
@@ -115,7 +151,6 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// Waits (real time, at most `limit`) for `member` of any pool to reach verdict `to`; returns the
 /// Waits (real time, at most `limit`) for `member` of any pool to reach verdict `to`; returns
 /// the event (its time and reason).
 pub async fn health_event(
@@ -290,22 +325,33 @@ impl Stream {
     }
 }
 
-/// Waits (real time, at most `limit`) for service `service` to move to `to`; returns the reason.
-pub async fn wait_failover(
+/// Waits (real time, at most `limit`) for service `service` to move to `to`; returns the event
+/// (its time and reason).
+pub async fn failover_event(
     rx: &mut tokio::sync::broadcast::Receiver<Event>,
     service: &str,
     to: tandem::failover::Side,
     limit: Duration,
-) -> String {
+) -> tandem::events::FailoverEvent {
     let found = events::wait_for(
         rx,
         limit,
         |e| matches!(e, Event::Failover(f) if &*f.service == service && f.to == to),
     );
     match found.await {
-        Some(Event::Failover(f)) => f.reason,
+        Some(Event::Failover(f)) => f,
         _ => panic!("{service} did not fail over to {to} within {limit:?}"),
     }
+}
+
+/// [`failover_event`], returning only the reason.
+pub async fn wait_failover(
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    service: &str,
+    to: tandem::failover::Side,
+    limit: Duration,
+) -> String {
+    failover_event(rx, service, to, limit).await.reason
 }
 
 /// A UDP echo member for the UDP tests: answers every datagram with `name|payload`, and a STUN
@@ -433,14 +479,7 @@ pub async fn udp_members(prefix: &str, first_host: u8, n: u8) -> Vec<UdpMember> 
 
 /// A `[[pool]]` table listing UDP `members` by address, with extra lines (checks) after it.
 pub fn udp_pool_toml(name: &str, members: &[UdpMember], extra: &str) -> String {
-    let list: Vec<String> = members
-        .iter()
-        .map(|m| format!("{{ addr = \"{}\" }}", m.addr()))
-        .collect();
-    format!(
-        "[[pool]]\nname = \"{name}\"\nmembers = [{}]\n{extra}",
-        list.join(", ")
-    )
+    pool_toml_of(name, members.iter().map(|m| m.addr()), extra)
 }
 
 /// A UDP `[[service]]` table on 127.0.0.1:0 in front of `pool`, with extra `key = value` lines.

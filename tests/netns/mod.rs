@@ -76,21 +76,9 @@ while True:
 /// Subnets handed out in this process (several tests run at once).
 static NEXT_SUBNET: AtomicU32 = AtomicU32::new(0);
 
+/// Runs `program`; `Err` says why it could not run or did not succeed.
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    output(program, args).map(drop)
 }
 
 /// Runs `program` and returns its standard output.
@@ -109,6 +97,13 @@ fn output(program: &str, args: &[&str]) -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// Runs `program args` inside the namespace `ns` and returns its standard output.
+fn in_ns(ns: &str, program: &str, args: &[&str]) -> Result<String, String> {
+    let mut all = vec!["netns", "exec", ns, program];
+    all.extend_from_slice(args);
+    output(IP, &all)
 }
 
 pub fn is_root() -> bool {
@@ -166,14 +161,10 @@ impl NsMember {
             &["addr", "add", &format!("{host_ip}/30"), "dev", &host_if],
         )?;
         run(IP, &["link", "set", &host_if, "up"])?;
-        let in_ns = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &ns, IP];
-            all.extend_from_slice(args);
-            run(IP, &all)
-        };
-        in_ns(&["link", "set", "lo", "up"])?;
-        in_ns(&["addr", "add", &format!("{member_ip}/30"), "dev", &peer_if])?;
-        in_ns(&["link", "set", &peer_if, "up"])?;
+        let ip_in_ns = |args: &[&str]| in_ns(&ns, IP, args);
+        ip_in_ns(&["link", "set", "lo", "up"])?;
+        ip_in_ns(&["addr", "add", &format!("{member_ip}/30"), "dev", &peer_if])?;
+        ip_in_ns(&["link", "set", &peer_if, "up"])?;
         let child = Command::new(IP)
             .args(["netns", "exec", &ns, "python3", "-c", MEMBER_PY, name])
             .arg(member_ip.to_string())
@@ -192,34 +183,15 @@ impl NsMember {
 
     /// Drops every packet the test's side sends to the member: connects time out.
     pub fn cut(&mut self) {
-        let netem = run(
-            TC,
-            &[
-                "qdisc",
-                "add",
-                "dev",
-                &self.host_if,
-                "root",
-                "netem",
-                "loss",
-                "100%",
-            ],
-        );
-        if netem.is_err() {
+        let add_root = |qdisc: &[&str]| {
             run(
                 TC,
-                &[
-                    "qdisc",
-                    "add",
-                    "dev",
-                    &self.host_if,
-                    "root",
-                    "pfifo",
-                    "limit",
-                    "0",
-                ],
+                &[&["qdisc", "add", "dev", &self.host_if, "root"], qdisc].concat(),
             )
-            .unwrap_or_else(|e| panic!("cannot cut {} off: {e}", self.name));
+        };
+        if add_root(&["netem", "loss", "100%"]).is_err() {
+            add_root(&["pfifo", "limit", "0"])
+                .unwrap_or_else(|e| panic!("cannot cut {} off: {e}", self.name));
         }
         self.cut = true;
     }
@@ -237,9 +209,7 @@ impl NsMember {
 
     /// Runs `program args` inside the member's namespace and returns its output.
     fn in_ns(&self, program: &str, args: &[&str]) -> Result<String, String> {
-        let mut all = vec!["netns", "exec", &self.ns, program];
-        all.extend_from_slice(args);
-        output(IP, &all)
+        in_ns(&self.ns, program, args)
     }
 
     /// Makes the member accept new connections and never answer them (see [`MEMBER_PY`]);
@@ -360,10 +330,8 @@ impl Drop for NsMember {
 /// `n` namespaced members named `{prefix}1..n`, started and answering; `None` (after printing
 /// why) where namespaces cannot be made and the tests may skip.
 pub async fn ns_members(test: &str, prefix: &str, n: usize) -> Option<Vec<NsMember>> {
-    let must_run = std::env::var_os("CI").is_some() && is_root();
     let skip = |why: String| -> Option<Vec<NsMember>> {
-        assert!(!must_run, "{test}: CI is set and we are root, yet {why}");
-        eprintln!("{test}: skipped: {why}");
+        skip_test(test, &why);
         None
     };
     if !is_root() {
@@ -383,6 +351,15 @@ pub async fn ns_members(test: &str, prefix: &str, n: usize) -> Option<Vec<NsMemb
         m.ready().await;
     }
     Some(out)
+}
+
+/// Says that `test` skips, and why; panics instead where it must run (`CI` set, and root).
+pub fn skip_test(test: &str, why: &str) {
+    assert!(
+        !(std::env::var_os("CI").is_some() && is_root()),
+        "{test}: CI is set and we are root, yet {why}"
+    );
+    eprintln!("{test}: skipped: {why}");
 }
 
 /// Why iptables cannot be used here, if it cannot (the loss and latency faults need it).
@@ -451,10 +428,12 @@ impl Delayer {
 impl Drop for Delayer {
     fn drop(&mut self) {
         if self.rule {
-            let mut args = vec!["netns", "exec", &self.ns, IPTABLES];
             let rule = delay_rule("-D");
-            args.extend(rule.iter().map(String::as_str));
-            let _ = run(IP, &args);
+            let _ = in_ns(
+                &self.ns,
+                IPTABLES,
+                &rule.iter().map(String::as_str).collect::<Vec<_>>(),
+            );
         }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {

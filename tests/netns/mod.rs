@@ -42,6 +42,7 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((host, port))
 s.listen(1024)
+print("listening", flush=True)
 muted = threading.Event()
 held = []
 def serve(c):
@@ -170,7 +171,7 @@ impl NsMember {
             .arg(member_ip.to_string())
             .arg(PORT.to_string())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("python3 in {ns}: {e}"))?;
         m.child = Some(child);
@@ -289,27 +290,38 @@ impl NsMember {
         Delayer::start(self, delay)
     }
 
-    /// Waits (at most 10 s) until the member greets with its name.
-    pub async fn ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let tried = tokio::time::timeout(
-                Duration::from_millis(500),
-                greeting_from(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.addr),
-            )
-            .await;
-            match tried {
-                Ok(Ok((name, _))) if name == self.name => return,
-                Ok(Ok((name, _))) => panic!("{} greeted as {name}", self.name),
-                _ => {}
-            }
-            assert!(
-                Instant::now() < deadline,
-                "member {} in {} did not start",
-                self.name,
-                self.ns
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    /// Waits (at most 10 s) until the member says it listens, then checks that it greets
+    /// with its name.
+    pub async fn ready(&mut self) {
+        let stdout = self
+            .child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .expect("member started with its stdout piped");
+        let said = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::task::spawn_blocking(move || {
+                let mut line = String::new();
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+                    .map(|_| line)
+            }),
+        )
+        .await;
+        match said {
+            Ok(Ok(Ok(line))) if line.trim() == "listening" => {}
+            other => panic!(
+                "member {} in {} did not start: {other:?}",
+                self.name, self.ns
+            ),
+        }
+        let greeting = tokio::time::timeout(
+            Duration::from_secs(10),
+            greeting_from(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.addr),
+        )
+        .await;
+        match greeting {
+            Ok(Ok((name, _))) => assert_eq!(name, self.name, "member greeted as {name}"),
+            other => panic!("member {} does not greet: {other:?}", self.name),
         }
     }
 }
@@ -347,7 +359,7 @@ pub async fn ns_members(test: &str, prefix: &str, n: usize) -> Option<Vec<NsMemb
             Err(e) => return skip(format!("cannot make a namespaced member: {e}")),
         }
     }
-    for m in &out {
+    for m in &mut out {
         m.ready().await;
     }
     Some(out)

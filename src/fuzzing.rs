@@ -49,5 +49,5 @@ pub async fn admin_connection<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    admin::serve_one(io, view, commands, options, stop).await
+    admin::serve_connection(admin::Shared::new(view, commands, options, stop), io).await
 }

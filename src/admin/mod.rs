@@ -83,7 +83,7 @@ pub struct Options {
     pub token_file: Option<PathBuf>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     view: AppView,
     commands: mpsc::Sender<Command>,
     options: Options,
@@ -101,12 +101,7 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!(listen = %addr, "admin API listening");
     }
-    let shared = Arc::new(Shared {
-        view,
-        commands,
-        options,
-        stop: stop.clone(),
-    });
+    let shared = Shared::new(view, commands, options, stop.clone());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -141,7 +136,7 @@ pub async fn serve(
 /// Serves the admin API on one open connection until the client is done, its head is late, or
 /// `stop` ends an event stream. [`serve`] runs it per accepted socket; the fuzz targets run it
 /// on in-memory streams through [`crate::fuzzing`], which is why it takes any byte stream.
-async fn serve_connection<I>(shared: Arc<Shared>, io: I) -> Result<(), hyper::Error>
+pub(crate) async fn serve_connection<I>(shared: Arc<Shared>, io: I) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -157,25 +152,22 @@ where
         .await
 }
 
-/// [`serve_connection`] with its own shared state, for [`crate::fuzzing`]: what one accepted
-/// connection of [`serve`] would see.
-pub(crate) async fn serve_one<I>(
-    io: I,
-    view: AppView,
-    commands: mpsc::Sender<Command>,
-    options: Options,
-    stop: CancellationToken,
-) -> Result<(), hyper::Error>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let shared = Arc::new(Shared {
-        view,
-        commands,
-        options,
-        stop,
-    });
-    serve_connection(shared, io).await
+impl Shared {
+    /// What every connection of one admin server shares: [`serve`] makes one per listener,
+    /// [`crate::fuzzing`] one per in-memory connection.
+    pub(crate) fn new(
+        view: AppView,
+        commands: mpsc::Sender<Command>,
+        options: Options,
+        stop: CancellationToken,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            view,
+            commands,
+            options,
+            stop,
+        })
+    }
 }
 
 /// The bound address helper for callers that bind first.
@@ -417,13 +409,8 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let (commands, _rx) = mpsc::channel(1);
         let stop = CancellationToken::new();
-        let conn = tokio::spawn(serve_one(
-            server,
-            view(),
-            commands,
-            Options::default(),
-            stop,
-        ));
+        let shared = Shared::new(view(), commands, Options::default(), stop);
+        let conn = tokio::spawn(serve_connection(shared, server));
         // No half-close: hyper drops a connection whose client shuts down its write side
         // before the pipelined responses are out (its `half_close` is off).
         client

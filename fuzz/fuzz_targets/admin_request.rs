@@ -4,6 +4,9 @@
 //! when the client opened an `/events` stream (which is meant to stay open).
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -28,13 +31,7 @@ const TOKEN: &str = "fuzz-token";
 const KEEP: usize = 64 * 1024;
 
 /// Paused clock: the header read timeout and the waits below cost no real time.
-static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime")
-});
+static RUNTIME: LazyLock<Runtime> = LazyLock::new(common::paused_runtime);
 
 /// A two-pool balancer's view, as right after start (health unknown), built once.
 static VIEW: LazyLock<AppView> = LazyLock::new(|| {

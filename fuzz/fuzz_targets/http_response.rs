@@ -4,6 +4,9 @@
 //! status, and reports a clean, bounded reason.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,13 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::Runtime;
 
 /// Paused clock: the probe's timeout costs no real time if it ever fires.
-static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime")
-});
+static RUNTIME: LazyLock<Runtime> = LazyLock::new(common::paused_runtime);
 
 static CHECK: LazyLock<Check> = LazyLock::new(|| {
     let text = r#"
@@ -41,8 +38,7 @@ name = "web"
 listen = "127.0.0.1:8000"
 pool = "web"
 "#;
-    let config = tandem::config::parse(text, "fuzz.toml").expect("valid config");
-    config.pools[0].checks[0].clone()
+    common::first_check(text)
 });
 
 /// The member's side of the connection: once the probe's request head is in, replies with

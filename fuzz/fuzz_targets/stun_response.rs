@@ -4,6 +4,9 @@
 //! reason.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -27,8 +30,7 @@ listen = "127.0.0.1:3478"
 protocol = "udp"
 pool = "edge"
 "#;
-    let config = tandem::config::parse(text, "fuzz.toml").expect("valid config");
-    config.pools[0].checks[0].clone()
+    common::first_check(text)
 });
 
 /// An obviously right containment test, to hold the probe's against.

@@ -6,9 +6,10 @@
 //! Each test prints one line of figures (`fault | what the client saw | time to detect | bytes
 //! lost`) for reports.
 //!
-//! Without root or `ip netns` the tests print "skipped: ..." and pass; with `CI` set and root
-//! they must run. The loss and latency tests also need `iptables-legacy` (`.ci/run` installs
-//! iptables) and skip likewise without it.
+//! They need root and `ip netns` (the loss and latency tests also `iptables-legacy`, which
+//! `.ci/run` installs), so they are `#[ignore]`d: plain `cargo test` lists them as ignored, and
+//! `cargo test -- --include-ignored` (what CI runs) runs them, failing with what is missing on a
+//! machine that cannot.
 
 mod common;
 mod netns;
@@ -17,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use netns::{NsMember, iptables_missing, ns_members, skip_test};
+use netns::{NsMember, missing, ns_members, require_iptables};
 use tandem::events::{self, Event, HealthEvent};
 use tandem::failover::Side;
 use tandem::health::state::Verdict;
@@ -67,10 +68,9 @@ fn since(at: SystemTime, earlier: SystemTime) -> Duration {
 }
 
 #[tokio::test]
+#[ignore = "needs root and ip netns (CI runs it: cargo test -- --include-ignored)"]
 async fn member_cut_off_times_out_and_clients_never_notice() {
-    let Some(mut ms) = ns_members("cut_off", "m", 3).await else {
-        return;
-    };
+    let mut ms = ns_members("cut_off", "m", 3).await;
     let toml = ns_pool_toml("p", &ms) + &ns_service_toml("s", "p", "");
     let app = balancer(&toml).await;
     let mut events = app.events();
@@ -141,10 +141,9 @@ async fn member_cut_off_times_out_and_clients_never_notice() {
 }
 
 #[tokio::test]
+#[ignore = "needs root and ip netns (CI runs it: cargo test -- --include-ignored)"]
 async fn whole_local_pool_cut_off_fails_over_and_back_after_hold_down() {
-    let Some(mut local) = ns_members("pool_cut_off", "local", 3).await else {
-        return;
-    };
+    let mut local = ns_members("pool_cut_off", "local", 3).await;
     let backup = members("backup", 230, 3).await;
     let toml = ns_pool_toml("dc1", &local)
         + &pool_toml("dc2", &backup)
@@ -292,20 +291,10 @@ async fn finish_streams(streams: Vec<Stream>, member: &str) -> ((usize, u64), (u
     (on, off)
 }
 
-/// `true` when the test may go on without iptables; panics where it must run (CI, root).
-fn skip_without_iptables(test: &str) -> bool {
-    let Some(why) = iptables_missing() else {
-        return false;
-    };
-    skip_test(test, &why);
-    true
-}
-
 #[tokio::test]
+#[ignore = "needs root and ip netns (CI runs it: cargo test -- --include-ignored)"]
 async fn member_reset_mid_stream_reaches_its_client_and_nobody_else() {
-    let Some(ms) = ns_members("reset", "r", 3).await else {
-        return;
-    };
+    let ms = ns_members("reset", "r", 3).await;
     let toml = ns_pool_toml("p", &ms) + &ns_service_toml("s", "p", "");
     let app = balancer(&toml).await;
     let mut events = app.events();
@@ -381,10 +370,9 @@ async fn member_reset_mid_stream_reaches_its_client_and_nobody_else() {
 const APP_CHECK: &str = "  [[pool.check]]\n  kind = \"send-expect\"\n  send = \"ping\\n\"\n  expect = \"ping\"\n  interval = \"200ms\"\n  timeout = \"300ms\"\n  rise = 2\n  fall = 2\n";
 
 #[tokio::test]
+#[ignore = "needs root and ip netns (CI runs it: cargo test -- --include-ignored)"]
 async fn member_that_accepts_and_never_answers_fails_app_checks_not_tcp_checks() {
-    let Some(ms) = ns_members("silent", "q", 3).await else {
-        return;
-    };
+    let ms = ns_members("silent", "q", 3).await;
     // The same members behind two pools: `app` checked with send-expect, `plain` with tcp.
     let toml = ns_pool_toml_with("app", &ms, APP_CHECK)
         + &ns_pool_toml("plain", &ms)
@@ -468,13 +456,10 @@ const LOSS: f64 = 0.05;
 const LOSS_WINDOW: Duration = Duration::from_secs(3);
 
 #[tokio::test]
+#[ignore = "needs root, ip netns and iptables-legacy (CI runs it: cargo test -- --include-ignored)"]
 async fn packet_loss_is_repaired_by_tcp_and_does_not_flap_health() {
-    if skip_without_iptables("loss") {
-        return;
-    }
-    let Some(ms) = ns_members("loss", "l", 3).await else {
-        return;
-    };
+    require_iptables("loss");
+    let ms = ns_members("loss", "l", 3).await;
     let toml = ns_pool_toml_with("p", &ms, LOSSY_CHECK) + &ns_service_toml("s", "p", "");
     let app = balancer(&toml).await;
     let mut events = app.events();
@@ -518,13 +503,10 @@ const SHORT_DELAY: Duration = Duration::from_millis(100);
 const LONG_DELAY: Duration = Duration::from_millis(400);
 
 #[tokio::test]
+#[ignore = "needs root, ip netns and iptables-legacy (CI runs it: cargo test -- --include-ignored)"]
 async fn latency_below_the_check_timeout_is_ridden_out_above_it_takes_the_member_down() {
-    if skip_without_iptables("latency") {
-        return;
-    }
-    let Some(ms) = ns_members("latency", "d", 3).await else {
-        return;
-    };
+    require_iptables("latency");
+    let ms = ns_members("latency", "d", 3).await;
     let toml = ns_pool_toml("p", &ms) + &ns_service_toml("s", "p", "");
     let app = balancer(&toml).await;
     let mut events = app.events();
@@ -536,16 +518,12 @@ async fn latency_below_the_check_timeout_is_ridden_out_above_it_takes_the_member
         .into_iter()
         .partition(|s| s.member == slow.name());
 
-    let delayer = match slow.delay(SHORT_DELAY) {
-        Ok(d) => d,
-        Err(e) => {
-            skip_test(
-                "latency",
-                &format!("cannot delay packets with NFQUEUE: {e}"),
-            );
-            return;
-        }
-    };
+    let delayer = slow.delay(SHORT_DELAY).unwrap_or_else(|e| {
+        missing(
+            "latency",
+            &format!("a way to delay packets with NFQUEUE ({e})"),
+        )
+    });
     // Below the check timeout: the member's clients wait longer, and that is all.
     let client = before
         .iter()

@@ -44,10 +44,7 @@ pub enum WatchError {
 pub struct ConfigWatcher {
     /// Kept only to keep the watch alive: dropping it stops notify.
     _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
-    rx: mpsc::Receiver<()>,
-    debounce: Duration,
-    /// A notification was taken from `rx` but `changed` was dropped before returning it.
-    pending: bool,
+    changes: Coalesced,
 }
 
 impl ConfigWatcher {
@@ -128,9 +125,7 @@ impl ConfigWatcher {
         }
         Ok(ConfigWatcher {
             _debouncer: debouncer,
-            rx,
-            debounce,
-            pending: false,
+            changes: Coalesced::new(rx, debounce),
         })
     }
 
@@ -140,13 +135,40 @@ impl ConfigWatcher {
     /// and two intervals after the last write. Cancel-safe: a change seen by a dropped call is
     /// reported by the next one.
     pub async fn changed(&mut self) -> Option<()> {
+        self.changes.next().await
+    }
+}
+
+/// The debouncer handler's notifications, coalesced until none has come for `quiet`. All the
+/// watcher's own timing is here, apart from notify's threads, so it is tested on tokio's paused
+/// clock with notifications sent by the test.
+#[derive(Debug)]
+struct Coalesced {
+    rx: mpsc::Receiver<()>,
+    quiet: Duration,
+    /// A notification was taken from `rx` but `next` was dropped before returning it.
+    pending: bool,
+}
+
+impl Coalesced {
+    fn new(rx: mpsc::Receiver<()>, quiet: Duration) -> Coalesced {
+        Coalesced {
+            rx,
+            quiet,
+            pending: false,
+        }
+    }
+
+    /// [`ConfigWatcher::changed`]: the next notification, once `quiet` has passed without
+    /// another; `None` when the sender is gone. Cancel-safe.
+    async fn next(&mut self) -> Option<()> {
         if !self.pending {
             self.rx.recv().await?;
             self.pending = true;
         }
         // notify's debouncer delays each event but does not merge a burst longer than the
         // interval; wait for a quiet interval here so such a burst still yields one reload.
-        while let Ok(Some(())) = tokio::time::timeout(self.debounce, self.rx.recv()).await {}
+        while let Ok(Some(())) = tokio::time::timeout(self.quiet, self.rx.recv()).await {}
         self.pending = false;
         Some(())
     }
@@ -256,13 +278,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn burst_is_coalesced() {
+    async fn burst_is_one_change() {
         let (_dir, path, mut w) = setup();
-        // Paced, not synchronising: spread the burst over ~4 debounce intervals, longer than
-        // notify's debouncer merges on its own.
+        // Back to back: paced writes could be stretched past the debounce by a loaded machine.
+        // A burst longer than the debounce is `Coalesced`'s to merge, shown on the paused clock
+        // below. One extra change is allowed for a stall of a debounce in the middle of it.
         for i in 0..20 {
             fs::write(&path, format!("a = {i}\n")).expect("write");
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         expect_change(&mut w).await;
         let mut extra = 0;
@@ -270,6 +292,79 @@ mod tests {
             extra += 1;
             assert!(extra <= 1, "burst not coalesced");
         }
+    }
+
+    /// Sends a notification as the debouncer's handler does (`try_send` on a channel of one).
+    fn notify(tx: &mpsc::Sender<()>) {
+        let _ = tx.try_send(());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_longer_than_the_debounce_is_one_change_after_it_goes_quiet() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut changes = Coalesced::new(rx, DEBOUNCE);
+        let start = tokio::time::Instant::now();
+        // 20 notifications 20 ms apart: about 400 ms in all, nearly four debounces.
+        let burst = tokio::spawn(async move {
+            let mut last = start;
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                last = tokio::time::Instant::now();
+                notify(&tx);
+            }
+            (tx, last)
+        });
+        assert_eq!(changes.next().await, Some(()));
+        let at = tokio::time::Instant::now();
+        let (_tx, last) = burst.await.expect("burst");
+        assert!(
+            last - start >= DEBOUNCE * 3,
+            "the burst took {:?}",
+            last - start
+        );
+        // One debounce after the last notification (the timer wheel rounds up to the ms).
+        let quiet = at - last;
+        assert!(
+            quiet >= DEBOUNCE && quiet < DEBOUNCE + Duration::from_millis(5),
+            "change {quiet:?} after the last notification"
+        );
+        assert!(
+            timeout(QUIET, changes.next()).await.is_err(),
+            "a second change"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn notifications_a_quiet_debounce_apart_are_two_changes() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut changes = Coalesced::new(rx, DEBOUNCE);
+        notify(&tx);
+        assert_eq!(changes.next().await, Some(()));
+        tokio::time::sleep(DEBOUNCE * 2).await;
+        notify(&tx);
+        assert_eq!(changes.next().await, Some(()));
+        assert!(
+            timeout(QUIET, changes.next()).await.is_err(),
+            "a third change"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_seen_by_a_dropped_wait_is_reported_by_the_next() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut changes = Coalesced::new(rx, DEBOUNCE);
+        notify(&tx);
+        // Dropped half way through the quiet wait, after taking the notification.
+        assert!(timeout(DEBOUNCE / 2, changes.next()).await.is_err());
+        assert_eq!(changes.next().await, Some(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_sender_is_none() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut changes = Coalesced::new(rx, DEBOUNCE);
+        drop(tx);
+        assert_eq!(changes.next().await, None);
     }
 
     #[tokio::test]

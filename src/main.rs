@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tracing::{info, warn};
 
 use tandem::watch::ConfigWatcher;
+
+mod man;
 
 /// Quiet time after a config file change before reloading: editors write in several steps.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
@@ -95,6 +97,15 @@ enum Command {
         #[arg(long, default_value = tandem::config::DEFAULT_ADMIN_LISTEN)]
         admin: SocketAddr,
     },
+    /// Print the completion script of a shell (bash: source it, or install it as
+    /// /usr/share/bash-completion/completions/tandem).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the tandem(1) man page (roff); the Debian package ships it.
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// `-c/--config`, shared by the commands that read the config file.
@@ -139,6 +150,17 @@ fn main() -> ExitCode {
         }
         Command::Demo { listen, admin } => demo(listen, admin),
         Command::Status { admin, file, json } => status(admin, &file.config, json),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tandem", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Manpage => match man::render(Cli::command(), &mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cannot write the man page: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

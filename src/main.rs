@@ -16,7 +16,7 @@ use tandem::admin;
 use tandem::config::{self, ConfigError};
 use tandem::server::{self, ServerError};
 
-/// How long `tandem status` waits to connect, then for the answer.
+/// How long `tandem status` waits for the admin API, connecting included.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Parser)]
@@ -174,20 +174,23 @@ fn status(admin: Option<SocketAddr>, path: &Path, json: bool) -> ExitCode {
                 .and_then(|c| c.admin.map(|a| a.listen))
         })
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9900)));
-    match admin::client::fetch_status(addr, STATUS_TIMEOUT) {
-        Ok(s) if json => {
-            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
-            ExitCode::SUCCESS
+    // One request: a runtime on this thread is all it needs.
+    block_on(current_thread(), async move {
+        match admin::client::fetch_status(addr, STATUS_TIMEOUT).await {
+            Ok(s) if json => {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Ok(s) => {
+                print!("{}", admin::client::format_status(&s));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
         }
-        Ok(s) => {
-            print!("{}", admin::client::format_status(&s));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 /// Runs `main` on `runtime` to its exit code.
@@ -215,6 +218,12 @@ fn multi_thread(workers: Option<u16>) -> io::Result<Runtime> {
         .unwrap_or(1);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .enable_all()
+        .build()
+}
+
+fn current_thread() -> io::Result<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
 }

@@ -32,6 +32,8 @@
 //! maps what the library returns to exit codes. `fuzzing` (hidden) exposes the byte-reading code
 //! to the cargo-fuzz targets in `fuzz/`.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod app;
 pub mod config;

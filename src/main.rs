@@ -3,6 +3,8 @@
 //! messages on stderr. The server loop, and the rule that no port is bound before the config has
 //! been validated, live in the library.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

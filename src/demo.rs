@@ -15,11 +15,13 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::admin;
 use crate::app::App;
 use crate::config;
 use crate::events::{self, Event};
 use crate::failover::Side;
 use crate::health::state::Verdict;
+use crate::server::AdminServer;
 use crate::signals::{Request, Signals};
 
 /// A greeting-and-echo TCP server on a fixed address that can be stopped and restarted.
@@ -155,12 +157,12 @@ pub fn client_ip(i: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, (n / 256) as u8, (n % 256) as u8))
 }
 
-/// Runs the demo until `stop` resolves: members, balancer, a hashing walk-through, then serving.
-pub async fn run(
-    listen: SocketAddr,
-    admin: SocketAddr,
-    mut signals: Signals,
-) -> anyhow::Result<()> {
+/// Runs the demo until SIGTERM/SIGINT: members, balancer, a hashing walk-through, then serving.
+/// The balancer listens on `listen`, the admin API and status page on `admin`.
+pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+    // Before anything listens, so an early Ctrl-C is not lost.
+    let mut signals =
+        Signals::new().map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
     let mut dc1 = Vec::new();
     for (i, tag) in ["a", "b", "c"].iter().enumerate() {
         let ip = Ipv4Addr::new(127, 0, 1, 1 + i as u8);
@@ -181,15 +183,8 @@ pub async fn run(
     std::fs::write(&path, &text)?;
     let cfg = config::load(&path)?;
     let mut app = App::start(cfg).await?;
-    let (commands_tx, mut commands) = tokio::sync::mpsc::channel(8);
-    let stop_admin = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(crate::admin::serve(
-        admin_listener,
-        app.view(),
-        commands_tx,
-        crate::admin::Options::default(),
-        stop_admin.clone(),
-    ));
+    let mut admin_server =
+        AdminServer::spawn(admin_listener, app.view(), admin::Options::default());
     let addr = app
         .local_addr("demo")
         .ok_or_else(|| anyhow::anyhow!("demo service did not start"))?;
@@ -293,7 +288,9 @@ pub async fn run(
                     continue;
                 }
             },
-            Some(crate::admin::Command::Reload { reply }) = commands.recv() => Some(reply),
+            command = admin_server.next_command() => match command {
+                admin::Command::Reload { reply } => Some(reply),
+            },
         };
         let result = app.reload_file(&path).await;
         match &result {
@@ -301,10 +298,10 @@ pub async fn run(
             Err(e) => println!("reload rejected, the running config keeps serving:\n{e}"),
         }
         if let Some(reply) = reload {
-            let _ = reply.send(crate::admin::ReloadOutcome::of(&result));
+            let _ = reply.send(admin::ReloadOutcome::of(&result));
         }
     }
-    stop_admin.cancel();
+    admin_server.stop();
     println!("\nstopping");
     app.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_file(&path);

@@ -1,6 +1,17 @@
-//! Transitions worth telling an operator about, broadcast to whoever listens (the admin
-//! `/events` stream, tests, the demo). Sending never blocks: a slow listener misses events
-//! (it sees `Lagged`), the data path never waits for it.
+//! Transitions worth telling an operator about, broadcast to whoever listens. Sending never
+//! blocks: a slow listener misses events (it sees `Lagged`), the data path never waits for it.
+//!
+//! Who sends: the health cells (a member's verdict changed), each service's route in
+//! [`crate::pool`] (it failed over or back) and the app (a reload applied or rejected).
+//!
+//! Who listens:
+//! - the failover controller in [`crate::app`], for which any event (its own failover events and
+//!   a `Lagged` included) only means "re-evaluate every service now"; it never reads the
+//!   content, so a missed event costs nothing and a new kind of event needs no change there;
+//! - the app's ring of recent events ([`crate::app::RECENT_EVENTS`]), shown on the status page
+//!   and in `/status`;
+//! - the admin API's `/events` stream (server-sent events, one per [`Event::to_json`]);
+//! - the demo and the tests, which wait for one with [`wait_for`].
 
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -18,12 +18,21 @@
 //!   applies reloads with one snapshot swap, shuts down gracefully.
 //! - [`events`] broadcasts health, failover and reload transitions; [`stats`] holds the
 //!   counters the data path bumps; [`metrics`] renders them for Prometheus.
-//! - [`admin`] is the HTTP admin API and status page; [`signals`] turns SIGTERM/SIGINT/SIGHUP
-//!   into requests; [`notify`] tells systemd when tandem is ready, reloading or stopping.
+//! - [`admin`] is the HTTP admin API and status page, and the `tandem status` client;
+//!   [`signals`] turns SIGTERM/SIGINT/SIGHUP/SIGUSR2 into requests; [`notify`] tells systemd when
+//!   tandem is ready, reloading or stopping.
 //! - [`upgrade`] hands the listening sockets to a new tandem process (binary upgrades).
+//! - [`server`] is `tandem run` around the app: the start-up order (config checked before any
+//!   port is bound, sockets received first when upgrading), the admin API, systemd
+//!   notifications, and the one loop that answers signals, admin commands, config file changes
+//!   and upgrade requests, then the shutdown.
 //! - [`demo`] runs demo pools on loopback for `tandem demo` and the tests.
 //!
-//! `fuzzing` (hidden) exposes the byte-reading code to the cargo-fuzz targets in `fuzz/`.
+//! The binary (`src/main.rs`) only parses arguments, sets up logging, builds the runtime and
+//! maps what the library returns to exit codes. `fuzzing` (hidden) exposes the byte-reading code
+//! to the cargo-fuzz targets in `fuzz/`.
+
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
@@ -40,6 +49,7 @@ pub mod notify;
 pub mod pool;
 pub mod proxy;
 pub mod reload;
+pub mod server;
 pub mod signals;
 pub mod stats;
 pub mod upgrade;

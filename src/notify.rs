@@ -104,10 +104,16 @@ impl Notifier {
     }
 
     /// Starts pinging the watchdog when the unit set `WatchdogSec=` (`WATCHDOG_USEC` in the
-    /// environment, for this process); the task stops when `stop` fires. The pings come from a
-    /// task on the runtime, so a runtime that stops making progress stops them, and systemd
-    /// restarts the service.
-    pub fn spawn_watchdog(&self, stop: CancellationToken) -> Option<JoinHandle<()>> {
+    /// environment, for this process) until [`Watchdog::stop`]. The pings come from a task on the
+    /// runtime, so a runtime that stops making progress stops them, and systemd restarts the
+    /// service.
+    pub fn start_watchdog(&self) -> Watchdog {
+        let stop = CancellationToken::new();
+        let task = self.spawn_watchdog(stop.clone());
+        Watchdog { stop, task }
+    }
+
+    fn spawn_watchdog(&self, stop: CancellationToken) -> Option<JoinHandle<()>> {
         if !self.enabled {
             return None;
         }
@@ -135,6 +141,24 @@ impl Notifier {
         }
         if let Err(e) = sd_notify::notify(states) {
             warn!(error = %e, notification = what, "cannot notify systemd");
+        }
+    }
+}
+
+/// The watchdog pinger started by [`Notifier::start_watchdog`] (idle when systemd asked for
+/// none). Dropping it leaves the pings running: stop it once the drain is over.
+#[derive(Debug)]
+pub struct Watchdog {
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Stops the pings and waits for the pinging task to end.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if let Some(task) = self.task {
+            let _ = task.await;
         }
     }
 }

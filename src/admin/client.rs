@@ -1,12 +1,24 @@
 //! `tandem status`: fetches `/status` from a running tandem's admin API and prints it as
-//! tables. The formatting is pure and tested; the fetch is one plain HTTP/1.1 GET.
+//! tables. The formatting is pure and tested; the fetch is one HTTP/1.1 GET through hyper's
+//! client (so chunked bodies, status lines and header framing are hyper's business, not ours).
 
+use std::error::Error;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
+use std::pin::pin;
 use std::time::Duration;
 
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::net::TcpStream;
+
+/// Largest `/status` body read: 16 MiB. A tandem with a thousand members answers well under 1 MiB.
+const MAX_BODY: usize = 16 << 20;
+/// How much of an unexpected answer's body an error quotes.
+const EXCERPT_CHARS: usize = 200;
 
 /// Why the status could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -17,35 +29,107 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+    #[error("admin API at {addr} did not answer within {}", humantime::format_duration(*after))]
+    Timeout { addr: SocketAddr, after: Duration },
+    /// Not an HTTP response, cut short, or too large.
     #[error("admin API at {addr} answered badly: {reason}")]
     Answer { addr: SocketAddr, reason: String },
+    #[error("admin API at {addr} answered {status}: {excerpt}")]
+    Status {
+        addr: SocketAddr,
+        status: StatusCode,
+        /// The start of the body, on one line.
+        excerpt: String,
+    },
+    #[error("admin API at {addr} answered with something that is not JSON: {source}")]
+    NotJson {
+        addr: SocketAddr,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
-/// GETs `/status` from the admin API at `addr`.
-pub fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<Value, FetchError> {
-    let connect = |source| FetchError::Connect { addr, source };
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(connect)?;
-    stream.set_read_timeout(Some(timeout)).map_err(connect)?;
-    stream
-        .write_all(
-            format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .map_err(connect)?;
-    let mut raw = Vec::new();
-    stream
-        .take(16 << 20)
-        .read_to_end(&mut raw)
-        .map_err(connect)?;
-    let answer = |reason: String| FetchError::Answer { addr, reason };
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| answer("no HTTP response".to_string()))?;
-    let status_line = head.lines().next().unwrap_or_default();
-    if !status_line.contains(" 200 ") {
-        return Err(answer(status_line.to_string()));
+/// GETs `/status` from the admin API at `addr`; `timeout` bounds the whole exchange, connecting
+/// included.
+pub async fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<Value, FetchError> {
+    let (status, body) = tokio::time::timeout(timeout, get(addr, "/status"))
+        .await
+        .map_err(|_| FetchError::Timeout {
+            addr,
+            after: timeout,
+        })??;
+    if status != StatusCode::OK {
+        return Err(FetchError::Status {
+            addr,
+            status,
+            excerpt: excerpt(&body),
+        });
     }
-    serde_json::from_str(body).map_err(|e| answer(format!("not JSON: {e}")))
+    serde_json::from_slice(&body).map_err(|source| FetchError::NotJson { addr, source })
+}
+
+/// One `GET path` on a new connection: the status and the whole body.
+async fn get(addr: SocketAddr, path: &str) -> Result<(StatusCode, Bytes), FetchError> {
+    let answer = |reason: String| FetchError::Answer { addr, reason };
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| FetchError::Connect { addr, source })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| answer(chain(&e)))?;
+    let request = Request::get(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| answer(format!("cannot build the request: {e}")))?;
+    let exchange = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| answer(chain(&e)))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| answer(chain(&*e)))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    // The connection is driven here rather than spawned, so that when the timeout drops this
+    // future the socket goes with it instead of lingering in a detached task.
+    let mut conn = pin!(conn);
+    let mut exchange = pin!(exchange);
+    tokio::select! {
+        biased;
+        result = exchange.as_mut() => result,
+        // The connection ended first (closed or broken): the exchange then finishes with what
+        // arrived, or with the reason.
+        _ = conn.as_mut() => exchange.await,
+    }
+}
+
+/// The start of `body` on one line, for an error message.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None if line.is_empty() => "(empty body)".to_string(),
+        None => line,
+    }
+}
+
+/// An error with its causes: hyper's own message is generic ("connection closed before message
+/// completed"), the cause says what happened.
+fn chain(e: &dyn Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 /// Renders the status document as tables.
@@ -170,6 +254,122 @@ fn table(out: &mut String, rows: &[Vec<String>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// An admin API stand-in on loopback that answers one request with `response`, verbatim.
+    async fn answering(response: &'static [u8]) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            assert!(request.starts_with(b"GET /status HTTP/1.1\r\n"));
+            let _ = stream.write_all(response).await;
+            let _ = stream.shutdown().await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn reads_a_chunked_json_body() {
+        let addr = answering(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
+              9\r\n{\"ready\":\r\n5\r\ntrue}\r\n0\r\n\r\n",
+        )
+        .await;
+        let status = fetch_status(addr, LIMIT).await.expect("status");
+        assert_eq!(status, serde_json::json!({ "ready": true }));
+    }
+
+    #[tokio::test]
+    async fn another_status_is_reported_with_the_start_of_its_body() {
+        let addr = answering(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 19\r\n\r\nnot ready\n  at all\n",
+        )
+        .await;
+        let e = fetch_status(addr, LIMIT).await.expect_err("503");
+        assert!(matches!(e, FetchError::Status { status, .. } if status == 503));
+        assert_eq!(
+            e.to_string(),
+            format!("admin API at {addr} answered 503 Service Unavailable: not ready at all")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_json_says_so() {
+        let addr = answering(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
+        let e = fetch_status(addr, LIMIT).await.expect_err("not JSON");
+        assert!(matches!(e, FetchError::NotJson { .. }), "{e}");
+        assert!(e.to_string().contains("not JSON"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn something_that_is_not_http_is_an_answer_error() {
+        let addr = answering(b"SSH-2.0-OpenSSH_9.6\r\n\r\n").await;
+        let e = fetch_status(addr, LIMIT).await.expect_err("not HTTP");
+        assert!(matches!(e, FetchError::Answer { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_connect_error() {
+        // A port that was just free; nothing listens on it once the listener is gone.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let e = fetch_status(addr, LIMIT).await.expect_err("refused");
+        assert!(
+            matches!(&e, FetchError::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot reach the admin API at {addr}"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_api_that_never_answers_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // Accepts and reads, never answers (the paused clock jumps to the deadline once
+        // everyone waits).
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink).await;
+        });
+        let e = fetch_status(addr, Duration::from_secs(3))
+            .await
+            .expect_err("timeout");
+        assert!(matches!(e, FetchError::Timeout { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("admin API at {addr} did not answer within 3s")
+        );
+    }
+
+    #[test]
+    fn excerpts_are_one_short_line() {
+        assert_eq!(excerpt(b""), "(empty body)");
+        assert_eq!(excerpt(b"a\n b\tc"), "a b c");
+        let long = "x".repeat(500);
+        let cut = excerpt(long.as_bytes());
+        assert_eq!(cut.len(), EXCERPT_CHARS + 3);
+        assert!(cut.ends_with("..."));
+    }
 
     #[test]
     fn formats_services_pools_and_members() {

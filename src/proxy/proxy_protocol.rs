@@ -9,7 +9,13 @@ use crate::config::ProxyProtocol;
 const V2_SIGNATURE: [u8; 12] = [
     0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
 ];
-/// Largest header this module builds (v2 with two IPv6 addresses: 16 + 36).
+/// Room for any header this module builds. The longest is v1 with two IPv6 addresses:
+/// `PROXY TCP6 ` (11) + two addresses of at most 39 characters with their spaces (80) + two ports
+/// of at most 5 with the space between them (11) + CRLF (2) = 104 bytes. v2 is shorter: the
+/// 16-byte header plus an address block of 12 bytes (IPv4) or 36 (IPv6) = 52 at most; we add no
+/// TLVs and never send the 216-byte Unix block. 108 is the spec's own bound for v1 (its worst
+/// case, `PROXY UNKNOWN` with full addresses, is 107 bytes, plus a terminating zero for C
+/// readers), so the buffer stays right if we ever send that form.
 pub const MAX_HEADER_LEN: usize = 108;
 
 /// A header in a fixed buffer, so sending it does not allocate.
@@ -71,7 +77,7 @@ fn v1(client: SocketAddr, local: SocketAddr) -> Header {
         ),
         _ => write!(cursor, "PROXY UNKNOWN\r\n"),
     };
-    // The longest v1 line is 104 bytes (spec), which fits the buffer, so this cannot fail.
+    // Our longest v1 line is 104 bytes (see MAX_HEADER_LEN), so this cannot fail.
     debug_assert!(written.is_ok());
     h.len = cursor.position() as usize;
     h

@@ -49,11 +49,12 @@ use crate::reload::{self, Diff};
 use crate::stats::{ServiceStats, StatsSnapshot};
 use crate::upgrade::{self, Inherited, SocketInfo};
 
-/// Why tandem could not start serving a config, or a reload was rejected.
+/// Why a valid config cannot be served: at start, or as the new config of a reload.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum ServeError {
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// Binding, inheriting or setting up a service's listening socket failed.
     #[error("service \"{service}\": cannot listen on {addr}: {source}")]
     Bind {
         service: String,
@@ -63,8 +64,17 @@ pub enum StartError {
     },
     #[error("health check: {0}")]
     Check(#[from] ProbeSetupError),
+}
+
+/// Why a reload was rejected. The running config keeps serving, unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file does not load or validate: every problem, with where it is.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// The new config is valid but cannot be served.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
 /// How shutdown went.
@@ -142,7 +152,7 @@ impl AppView {
     /// A view of `config` as a balancer would serve it right after start, with no listener
     /// bound, no check run and no task started: every member's health is still unknown. For
     /// [`crate::fuzzing`], which runs the admin API without an [`App`].
-    pub(crate) fn detached(config: &Config) -> Result<AppView, StartError> {
+    pub(crate) fn detached(config: &Config) -> Result<AppView, ServeError> {
         let events = events::channel();
         let snapshot = Snapshot::build(config, 1, &events, None)?;
         Ok(AppView {
@@ -216,13 +226,13 @@ struct RunningService {
 impl App {
     /// Builds the snapshot, binds every listener, runs the first round of health checks, then
     /// starts accepting on all listeners.
-    pub async fn start(config: Config) -> Result<App, StartError> {
+    pub async fn start(config: Config) -> Result<App, ServeError> {
         App::start_with(config, &mut Inherited::default()).await
     }
 
     /// [`App::start`], taking the listening socket of each service from `inherited` (a binary
     /// upgrade) when the old process handed one over for it, and binding the others.
-    pub async fn start_with(config: Config, inherited: &mut Inherited) -> Result<App, StartError> {
+    pub async fn start_with(config: Config, inherited: &mut Inherited) -> Result<App, ServeError> {
         let events = events::channel();
         let snapshot = Snapshot::build(&config, 1, &events, None)?;
         // Bind everything first: a port already taken must fail the start, not half of it.
@@ -334,14 +344,14 @@ impl App {
         service: Service,
         listener: Listener,
         stats: Arc<ServiceStats>,
-    ) -> Result<(), StartError> {
+    ) -> Result<(), ServeError> {
         let local_addr = listener.local_addr();
-        let local_addr = local_addr.map_err(|source| StartError::Bind {
+        let local_addr = local_addr.map_err(|source| ServeError::Bind {
             service: service.name.clone(),
             addr: service.listen,
             source,
         })?;
-        let handoff = listener.dup().map_err(|source| StartError::Bind {
+        let handoff = listener.dup().map_err(|source| ServeError::Bind {
             service: service.name.clone(),
             addr: service.listen,
             source,
@@ -440,10 +450,10 @@ impl App {
 
     /// Reads, validates and applies the config file at `path`. On any error the running config
     /// keeps serving; the error carries the same messages as `tandem check`.
-    pub async fn reload_file(&mut self, path: &Path) -> Result<ReloadReport, StartError> {
+    pub async fn reload_file(&mut self, path: &Path) -> Result<ReloadReport, ReloadError> {
         let result = match config::load(path) {
             Ok(new) => self.reload(new).await,
-            Err(e) => Err(StartError::Config(e)),
+            Err(e) => Err(ReloadError::Config(e)),
         };
         if let Err(e) = &result {
             self.rejected(e);
@@ -453,7 +463,7 @@ impl App {
 
     /// Applies a validated config. Nothing changes unless everything can: listeners for new
     /// services are bound and new members probed first, then one snapshot swap applies it.
-    pub async fn reload(&mut self, new: Config) -> Result<ReloadReport, StartError> {
+    pub async fn reload(&mut self, new: Config) -> Result<ReloadReport, ReloadError> {
         let result = self.try_reload(new).await;
         if let Err(e) = &result {
             self.rejected(e);
@@ -461,7 +471,7 @@ impl App {
         result
     }
 
-    fn rejected(&self, e: &StartError) {
+    fn rejected(&self, e: &ReloadError) {
         self.reloads.rejected.fetch_add(1, Ordering::Relaxed);
         let generation = self.routes.load().generation;
         error!(generation, error = %e, "config reload rejected; the running config keeps serving");
@@ -473,7 +483,7 @@ impl App {
         }));
     }
 
-    async fn try_reload(&mut self, new: Config) -> Result<ReloadReport, StartError> {
+    async fn try_reload(&mut self, new: Config) -> Result<ReloadReport, ReloadError> {
         let started = Instant::now();
         let diff = reload::diff(&self.config, &new);
         if self.config.admin != new.admin {
@@ -497,7 +507,8 @@ impl App {
         }
 
         // 2. The new snapshot, carrying health and failover state of what stays.
-        let snapshot = Snapshot::build(&new, generation, &self.events, Some((&old, &self.config)))?;
+        let snapshot = Snapshot::build(&new, generation, &self.events, Some((&old, &self.config)))
+            .map_err(ServeError::from)?;
 
         // 3. Check loops for pools that are new or changed; their first round runs now, so
         //    nothing new is routed on unknown health. Old loops stop after the swap.
@@ -517,7 +528,7 @@ impl App {
                         CancellationToken::cancel(&s);
                     }
                     stop.cancel();
-                    return Err(e.into());
+                    return Err(ServeError::from(e).into());
                 }
             }
             started_checks.push((pool.name.clone(), stop));
@@ -673,7 +684,7 @@ fn kind(protocol: Protocol) -> upgrade::Kind {
 
 /// Serves `service` on a socket inherited from the process being upgraded. The socket keeps
 /// its accept queue (TCP) or receive queue (UDP): nothing waiting in it is lost.
-fn adopt(service: &Service, fd: OwnedFd) -> Result<Listener, StartError> {
+fn adopt(service: &Service, fd: OwnedFd) -> Result<Listener, ServeError> {
     let adopted = match service.protocol {
         Protocol::Tcp => {
             let l = std::net::TcpListener::from(fd);
@@ -688,7 +699,7 @@ fn adopt(service: &Service, fd: OwnedFd) -> Result<Listener, StartError> {
                 .map(Listener::Udp)
         }
     };
-    let adopted = adopted.map_err(|source| StartError::Bind {
+    let adopted = adopted.map_err(|source| ServeError::Bind {
         service: service.name.clone(),
         addr: service.listen,
         source,
@@ -698,12 +709,12 @@ fn adopt(service: &Service, fd: OwnedFd) -> Result<Listener, StartError> {
 }
 
 /// Binds the listener (TCP) or listening socket (UDP) of a service.
-fn bind(service: &Service) -> Result<Listener, StartError> {
+fn bind(service: &Service) -> Result<Listener, ServeError> {
     let bound = match service.protocol {
         Protocol::Tcp => tcp::bind(service.listen).map(Listener::Tcp),
         Protocol::Udp => udp::bind(service.listen).map(Listener::Udp),
     };
-    bound.map_err(|source| StartError::Bind {
+    bound.map_err(|source| ServeError::Bind {
         service: service.name.clone(),
         addr: service.listen,
         source,

@@ -16,7 +16,7 @@ use tandem::watch::ConfigWatcher;
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
 
 use tandem::admin;
-use tandem::app::{App, ReloadReport, StartError};
+use tandem::app::{App, ReloadError, ReloadReport};
 use tandem::config::{self, ConfigError};
 use tandem::notify::Notifier;
 use tandem::signals::{Request, Signals};
@@ -504,7 +504,7 @@ async fn reload(
     app: &mut App,
     path: &std::path::Path,
     notifier: &Notifier,
-) -> Result<ReloadReport, StartError> {
+) -> Result<ReloadReport, ReloadError> {
     notifier.reloading();
     let result = app.reload_file(path).await;
     notifier.ready(&after_reload(app, result.is_ok()));

@@ -42,7 +42,7 @@ use crate::events::{self, Event, EventSender, ReloadEvent};
 use crate::health::checker::{self, FirstRound};
 use crate::health::probe::ProbeSetupError;
 use crate::metrics::{Metrics, ReloadCounters, ServiceSample};
-use crate::pool::{Snapshot, SnapshotError};
+use crate::pool::{PoolState, Snapshot, SnapshotError};
 use crate::proxy::tcp::{self, ServiceContext};
 use crate::proxy::udp::{self, UdpContext};
 use crate::reload::{self, Diff};
@@ -243,7 +243,7 @@ impl App {
                     Some(fd) => adopt(service, fd)?,
                     None => bind(service)?,
                 };
-            listeners.push((service.clone(), listener));
+            listeners.push(Bound::new(service, listener)?);
         }
 
         let stop_background = CancellationToken::new();
@@ -256,20 +256,13 @@ impl App {
             stop_background.clone(),
         ));
         background.spawn(metrics_upkeep(metrics.clone(), stop_background.clone()));
-        let mut pool_checks = HashMap::new();
-        let mut first_round = FirstRound::default();
-        for pool in snapshot.pools() {
-            let stop = stop_background.child_token();
-            let instruments = metrics.check_instruments(&pool.name);
-            first_round.merge(checker::spawn_pool(
-                pool,
-                &mut background,
-                &stop,
-                &instruments,
-            )?);
-            pool_checks.insert(pool.name.clone(), stop);
-        }
-        wait_first_round(first_round).await;
+        let checks = start_checks(
+            snapshot.pools(),
+            &mut background,
+            &stop_background,
+            &metrics,
+        )?;
+        wait_first_round(checks.first_round).await;
         // A local pool that starts below min_healthy fails over before the first connection.
         snapshot.evaluate_failover(Instant::now());
 
@@ -286,7 +279,7 @@ impl App {
             config,
             routes,
             services: HashMap::new(),
-            pool_checks,
+            pool_checks: checks.stops.into_iter().collect(),
             tracker: TaskTracker::new(),
             force_close: CancellationToken::new(),
             background,
@@ -299,8 +292,8 @@ impl App {
             service_views: Arc::new(ArcSwap::from_pointee(Vec::new())),
             ready: Arc::new(AtomicBool::new(false)),
         };
-        for (service, listener) in listeners {
-            app.serve(service, listener, Arc::new(ServiceStats::default()))?;
+        for bound in listeners {
+            app.serve(bound, Arc::new(ServiceStats::default()));
         }
         app.publish_services();
         app.reloads
@@ -338,24 +331,15 @@ impl App {
         self.service_views.store(Arc::new(views));
     }
 
-    /// Starts the accept loop (TCP) or receive loop (UDP) of `service` on `listener`.
-    fn serve(
-        &mut self,
-        service: Service,
-        listener: Listener,
-        stats: Arc<ServiceStats>,
-    ) -> Result<(), ServeError> {
-        let local_addr = listener.local_addr();
-        let local_addr = local_addr.map_err(|source| ServeError::Bind {
-            service: service.name.clone(),
-            addr: service.listen,
-            source,
-        })?;
-        let handoff = listener.dup().map_err(|source| ServeError::Bind {
-            service: service.name.clone(),
-            addr: service.listen,
-            source,
-        })?;
+    /// Starts the accept loop (TCP) or receive loop (UDP) of a bound service. Cannot fail:
+    /// whatever could was done by [`Bound::new`], so a reload calls this after its swap.
+    fn serve(&mut self, bound: Bound, stats: Arc<ServiceStats>) {
+        let Bound {
+            service,
+            listener,
+            local_addr,
+            handoff,
+        } = bound;
         let limiter = Arc::new(Semaphore::new(service.max_connections));
         let stop_accepting = CancellationToken::new();
         let removed = CancellationToken::new();
@@ -404,7 +388,6 @@ impl App {
                 handoff,
             },
         );
-        Ok(())
     }
 
     /// The listening sockets of every service, described for a binary upgrade.
@@ -493,7 +476,10 @@ impl App {
         let old = self.routes.load_full();
         let generation = old.generation + 1;
 
-        // 1. Listeners for services that are new or moved: bound before anything changes.
+        // Everything that can fail happens before the swap; returning early drops what was
+        // prepared (listeners close, new check loops are stopped), so a rejected reload leaves
+        // nothing behind.
+        // 1. Listeners for services that are new or moved, bound and ready to serve.
         let mut listeners = Vec::new();
         for service in &new.services {
             let rebind = diff.services_added.contains(&service.name)
@@ -502,7 +488,7 @@ impl App {
                     .iter()
                     .any(|c| c.name == service.name && c.rebind);
             if rebind {
-                listeners.push((service.clone(), bind(service)?));
+                listeners.push(Bound::new(service, bind(service)?)?);
             }
         }
 
@@ -512,38 +498,26 @@ impl App {
 
         // 3. Check loops for pools that are new or changed; their first round runs now, so
         //    nothing new is routed on unknown health. Old loops stop after the swap.
-        let mut started_checks = Vec::new();
-        let mut first_round = FirstRound::default();
-        for pool in snapshot.pools() {
-            let unchanged = old.pool(&pool.name).is_some_and(|p| Arc::ptr_eq(p, pool));
-            if unchanged {
-                continue;
-            }
-            let stop = self.stop_background.child_token();
-            let instruments = self.metrics.check_instruments(&pool.name);
-            match checker::spawn_pool(pool, &mut self.background, &stop, &instruments) {
-                Ok(round) => first_round.merge(round),
-                Err(e) => {
-                    for (_, s) in started_checks {
-                        CancellationToken::cancel(&s);
-                    }
-                    stop.cancel();
-                    return Err(ServeError::from(e).into());
-                }
-            }
-            started_checks.push((pool.name.clone(), stop));
-        }
-        wait_first_round(first_round).await;
+        let changed = snapshot
+            .pools()
+            .filter(|p| old.pool(&p.name).is_none_or(|o| !Arc::ptr_eq(o, p)));
+        let checks = start_checks(
+            changed,
+            &mut self.background,
+            &self.stop_background,
+            &self.metrics,
+        )?;
+        wait_first_round(checks.first_round).await;
         // A changed failover mode (a drill) applies to the very next connection.
         snapshot.evaluate_failover(Instant::now());
 
-        // 4. One swap.
+        // 4. One swap. Nothing below can fail: the reload applies whole.
         let snapshot = Arc::new(snapshot);
         self.routes.store(snapshot.clone());
         let took = started.elapsed();
 
         // 5. Retire what went away.
-        for (name, stop) in started_checks {
+        for (name, stop) in checks.stops {
             if let Some(old_stop) = self.pool_checks.insert(name, stop) {
                 old_stop.cancel();
             }
@@ -566,21 +540,24 @@ impl App {
                 }
             }
         }
-        for service in new.services.iter() {
-            if let Some((_, listener)) = listeners
+        for bound in listeners {
+            // A moved service keeps its counters; its old listener closes and its connections
+            // drain.
+            let stats = match self.services.remove(&bound.service.name) {
+                Some(old) => {
+                    retire(&old);
+                    old.stats
+                }
+                None => Arc::new(ServiceStats::default()),
+            };
+            self.serve(bound, stats);
+        }
+        for service in &new.services {
+            let rebound = diff
+                .services_changed
                 .iter()
-                .position(|(s, _)| s.name == service.name)
-                .map(|i| listeners.swap_remove(i))
-            {
-                let stats = match self.services.remove(&service.name) {
-                    Some(old) => {
-                        retire(&old);
-                        old.stats
-                    }
-                    None => Arc::new(ServiceStats::default()),
-                };
-                self.serve(service.clone(), listener, stats)?;
-            } else if let Some(running) = self.services.get_mut(&service.name) {
+                .any(|c| c.name == service.name && c.rebind);
+            if !rebound && let Some(running) = self.services.get_mut(&service.name) {
                 resize(
                     &running.limiter,
                     running.config.max_connections,
@@ -673,6 +650,71 @@ impl Listener {
             Listener::Udp(s) => s.as_fd().try_clone_to_owned(),
         }
     }
+}
+
+/// A service's listener ready to serve: its address read and its duplicate for a binary upgrade
+/// made. Everything about a listener that can fail is done here, so serving it cannot.
+struct Bound {
+    service: Service,
+    listener: Listener,
+    local_addr: SocketAddr,
+    handoff: OwnedFd,
+}
+
+impl Bound {
+    fn new(service: &Service, listener: Listener) -> Result<Bound, ServeError> {
+        let failed = |source| ServeError::Bind {
+            service: service.name.clone(),
+            addr: service.listen,
+            source,
+        };
+        let local_addr = listener.local_addr().map_err(failed)?;
+        let handoff = listener.dup().map_err(failed)?;
+        Ok(Bound {
+            service: service.clone(),
+            listener,
+            local_addr,
+            handoff,
+        })
+    }
+}
+
+/// Check loops started for some pools, with their first round still running.
+struct Checks {
+    /// What stops each pool's loops, by pool name.
+    stops: Vec<(String, CancellationToken)>,
+    first_round: FirstRound,
+}
+
+/// Starts the check loops of `pools` on `background`, each pool's stoppable on its own and all
+/// with `parent`. All or none: when one pool's checks cannot be set up, the loops already
+/// started for the others are stopped.
+fn start_checks<'a>(
+    pools: impl Iterator<Item = &'a Arc<PoolState>>,
+    background: &mut JoinSet<()>,
+    parent: &CancellationToken,
+    metrics: &Metrics,
+) -> Result<Checks, ServeError> {
+    let mut checks = Checks {
+        stops: Vec::new(),
+        first_round: FirstRound::default(),
+    };
+    for pool in pools {
+        let stop = parent.child_token();
+        let instruments = metrics.check_instruments(&pool.name);
+        match checker::spawn_pool(pool, background, &stop, &instruments) {
+            Ok(round) => checks.first_round.merge(round),
+            Err(e) => {
+                stop.cancel();
+                for (_, started) in &checks.stops {
+                    started.cancel();
+                }
+                return Err(e.into());
+            }
+        }
+        checks.stops.push((pool.name.clone(), stop));
+    }
+    Ok(checks)
 }
 
 fn kind(protocol: Protocol) -> upgrade::Kind {

@@ -6,10 +6,12 @@
 //! health checks and only starts accepting once every member has a verdict (bounded by the
 //! longest check timeout), so no connection is routed on unknown health.
 //!
-//! [`App::reload`] is validate, diff, apply: new listeners are bound and new members get their
-//! first probe before anything changes; then one snapshot swap applies it all. Kept services keep
-//! their listeners and connections; removed services stop accepting and their connections drain
-//! for `drain_timeout`; members removed or taken out of service keep their connections as long.
+//! [`App::reload`] is validate, plan, apply: [`reload::plan`] decides what is kept, rebuilt and
+//! retired; new listeners are bound and new members get their first probe before anything
+//! changes; then one snapshot swap applies it all, and nothing after the swap can fail. Kept
+//! services keep their listeners and connections; removed services stop accepting and their
+//! connections drain for `drain_timeout`; members removed or taken out of service keep their
+//! connections as long.
 //!
 //! [`App::start_with`] is the same start on listening sockets inherited from the process being
 //! upgraded (see [`crate::upgrade`]); every service keeps a duplicate of its socket
@@ -45,7 +47,7 @@ use crate::metrics::{Metrics, ReloadCounters, ServiceSample};
 use crate::pool::{PoolState, Snapshot, SnapshotError};
 use crate::proxy::tcp::{self, ServiceContext};
 use crate::proxy::udp::{self, UdpContext};
-use crate::reload::{self, Diff};
+use crate::reload::{self, Diff, PoolPlan, ServicePlan};
 use crate::stats::{ServiceStats, StatsSnapshot};
 use crate::upgrade::{self, Inherited, SocketInfo};
 
@@ -468,7 +470,7 @@ impl App {
 
     async fn try_reload(&mut self, new: Config) -> Result<ReloadReport, ReloadError> {
         let started = Instant::now();
-        let diff = reload::diff(&self.config, &new);
+        let plan = reload::plan(&self.config, &new);
         if self.config.admin != new.admin {
             // The admin listener belongs to the process, not to a config generation.
             warn!("[admin] changed; the admin API keeps its current settings until a restart");
@@ -482,27 +484,22 @@ impl App {
         // 1. Listeners for services that are new or moved, bound and ready to serve.
         let mut listeners = Vec::new();
         for service in &new.services {
-            let rebind = diff.services_added.contains(&service.name)
-                || diff
-                    .services_changed
-                    .iter()
-                    .any(|c| c.name == service.name && c.rebind);
-            if rebind {
+            if plan.service(&service.name).is_some_and(ServicePlan::binds) {
                 listeners.push(Bound::new(service, bind(service)?)?);
             }
         }
 
-        // 2. The new snapshot, carrying health and failover state of what stays.
-        let snapshot = Snapshot::build(&new, generation, &self.events, Some((&old, &self.config)))
+        // 2. The new snapshot, carrying over what the plan keeps.
+        let snapshot = Snapshot::build(&new, generation, &self.events, Some((&old, &plan)))
             .map_err(ServeError::from)?;
 
-        // 3. Check loops for pools that are new or changed; their first round runs now, so
-        //    nothing new is routed on unknown health. Old loops stop after the swap.
-        let changed = snapshot
+        // 3. Check loops for the pools the plan rebuilds; their first round runs now, so
+        //    nothing new is routed on unknown health. The loops they replace stop after the swap.
+        let rebuilt = snapshot
             .pools()
-            .filter(|p| old.pool(&p.name).is_none_or(|o| !Arc::ptr_eq(o, p)));
+            .filter(|p| plan.pool(&p.name).is_some_and(PoolPlan::starts_checks));
         let checks = start_checks(
-            changed,
+            rebuilt,
             &mut self.background,
             &self.stop_background,
             &self.metrics,
@@ -512,34 +509,23 @@ impl App {
         snapshot.evaluate_failover(Instant::now());
 
         // 4. One swap. Nothing below can fail: the reload applies whole.
-        let snapshot = Arc::new(snapshot);
-        self.routes.store(snapshot.clone());
+        self.routes.store(Arc::new(snapshot));
         let took = started.elapsed();
 
-        // 5. Retire what went away.
-        for (name, stop) in checks.stops {
-            if let Some(old_stop) = self.pool_checks.insert(name, stop) {
-                old_stop.cancel();
-            }
-        }
-        for name in &diff.pools_removed {
-            if let Some(stop) = self.pool_checks.remove(name) {
+        // 5. The rest of the plan, on what lives outside the snapshot.
+        for (name, pool) in &plan.pools {
+            if pool.stops_checks()
+                && let Some(stop) = self.pool_checks.remove(name)
+            {
                 stop.cancel();
             }
-        }
-        // A member keeps its connections when its token carried over (same pool, still in
-        // service); every other old token is cancelled.
-        let kept: std::collections::HashSet<*const CancellationToken> = snapshot
-            .pools()
-            .flat_map(|p| p.members.iter().map(|m| Arc::as_ptr(&m.retired)))
-            .collect();
-        for pool in old.pools() {
-            for member in &pool.members {
-                if !kept.contains(&Arc::as_ptr(&member.retired)) {
+            for member in old.pool(name).iter().flat_map(|p| &p.members) {
+                if pool.retires(&member.addr) {
                     member.retired.cancel();
                 }
             }
         }
+        self.pool_checks.extend(checks.stops);
         for bound in listeners {
             // A moved service keeps its counters; its old listener closes and its connections
             // drain.
@@ -553,11 +539,9 @@ impl App {
             self.serve(bound, stats);
         }
         for service in &new.services {
-            let rebound = diff
-                .services_changed
-                .iter()
-                .any(|c| c.name == service.name && c.rebind);
-            if !rebound && let Some(running) = self.services.get_mut(&service.name) {
+            if let Some(ServicePlan::Kept { .. }) = plan.service(&service.name)
+                && let Some(running) = self.services.get_mut(&service.name)
+            {
                 resize(
                     &running.limiter,
                     running.config.max_connections,
@@ -566,11 +550,14 @@ impl App {
                 running.config = service.clone();
             }
         }
-        for name in &diff.services_removed {
-            if let Some(old) = self.services.remove(name) {
+        for (name, service) in &plan.services {
+            if *service == ServicePlan::Removed
+                && let Some(old) = self.services.remove(name)
+            {
                 retire(&old);
             }
         }
+        let diff = plan.diff;
 
         self.config = new;
         self.publish_services();

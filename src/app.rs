@@ -6,10 +6,12 @@
 //! health checks and only starts accepting once every member has a verdict (bounded by the
 //! longest check timeout), so no connection is routed on unknown health.
 //!
-//! [`App::reload`] is validate, diff, apply: new listeners are bound and new members get their
-//! first probe before anything changes; then one snapshot swap applies it all. Kept services keep
-//! their listeners and connections; removed services stop accepting and their connections drain
-//! for `drain_timeout`; members removed or taken out of service keep their connections as long.
+//! [`App::reload`] is validate, plan, apply: [`reload::plan`] decides what is kept, rebuilt and
+//! retired; new listeners are bound and new members get their first probe before anything
+//! changes; then one snapshot swap applies it all, and nothing after the swap can fail. Kept
+//! services keep their listeners and connections; removed services stop accepting and their
+//! connections drain for `drain_timeout`; members removed or taken out of service keep their
+//! connections as long.
 //!
 //! [`App::start_with`] is the same start on listening sockets inherited from the process being
 //! upgraded (see [`crate::upgrade`]); every service keeps a duplicate of its socket
@@ -42,18 +44,19 @@ use crate::events::{self, Event, EventSender, ReloadEvent};
 use crate::health::checker::{self, FirstRound};
 use crate::health::probe::ProbeSetupError;
 use crate::metrics::{Metrics, ReloadCounters, ServiceSample};
-use crate::pool::{Snapshot, SnapshotError};
+use crate::pool::{PoolState, Snapshot, SnapshotError};
 use crate::proxy::tcp::{self, ServiceContext};
 use crate::proxy::udp::{self, UdpContext};
-use crate::reload::{self, Diff};
+use crate::reload::{self, Diff, PoolPlan, ServicePlan};
 use crate::stats::{ServiceStats, StatsSnapshot};
 use crate::upgrade::{self, Inherited, SocketInfo};
 
-/// Why tandem could not start serving a config, or a reload was rejected.
+/// Why a valid config cannot be served: at start, or as the new config of a reload.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum ServeError {
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// Binding, inheriting or setting up a service's listening socket failed.
     #[error("service \"{service}\": cannot listen on {addr}: {source}")]
     Bind {
         service: String,
@@ -63,8 +66,17 @@ pub enum StartError {
     },
     #[error("health check: {0}")]
     Check(#[from] ProbeSetupError),
+}
+
+/// Why a reload was rejected. The running config keeps serving, unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file does not load or validate: every problem, with where it is.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// The new config is valid but cannot be served.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
 /// How shutdown went.
@@ -142,7 +154,7 @@ impl AppView {
     /// A view of `config` as a balancer would serve it right after start, with no listener
     /// bound, no check run and no task started: every member's health is still unknown. For
     /// [`crate::fuzzing`], which runs the admin API without an [`App`].
-    pub(crate) fn detached(config: &Config) -> Result<AppView, StartError> {
+    pub(crate) fn detached(config: &Config) -> Result<AppView, ServeError> {
         let events = events::channel();
         let snapshot = Snapshot::build(config, 1, &events, None)?;
         Ok(AppView {
@@ -216,13 +228,13 @@ struct RunningService {
 impl App {
     /// Builds the snapshot, binds every listener, runs the first round of health checks, then
     /// starts accepting on all listeners.
-    pub async fn start(config: Config) -> Result<App, StartError> {
+    pub async fn start(config: Config) -> Result<App, ServeError> {
         App::start_with(config, &mut Inherited::default()).await
     }
 
     /// [`App::start`], taking the listening socket of each service from `inherited` (a binary
     /// upgrade) when the old process handed one over for it, and binding the others.
-    pub async fn start_with(config: Config, inherited: &mut Inherited) -> Result<App, StartError> {
+    pub async fn start_with(config: Config, inherited: &mut Inherited) -> Result<App, ServeError> {
         let events = events::channel();
         let snapshot = Snapshot::build(&config, 1, &events, None)?;
         // Bind everything first: a port already taken must fail the start, not half of it.
@@ -233,7 +245,7 @@ impl App {
                     Some(fd) => adopt(service, fd)?,
                     None => bind(service)?,
                 };
-            listeners.push((service.clone(), listener));
+            listeners.push(Bound::new(service, listener)?);
         }
 
         let stop_background = CancellationToken::new();
@@ -246,20 +258,13 @@ impl App {
             stop_background.clone(),
         ));
         background.spawn(metrics_upkeep(metrics.clone(), stop_background.clone()));
-        let mut pool_checks = HashMap::new();
-        let mut first_round = FirstRound::default();
-        for pool in snapshot.pools() {
-            let stop = stop_background.child_token();
-            let instruments = metrics.check_instruments(&pool.name);
-            first_round.merge(checker::spawn_pool(
-                pool,
-                &mut background,
-                &stop,
-                &instruments,
-            )?);
-            pool_checks.insert(pool.name.clone(), stop);
-        }
-        wait_first_round(first_round).await;
+        let checks = start_checks(
+            snapshot.pools(),
+            &mut background,
+            &stop_background,
+            &metrics,
+        )?;
+        wait_first_round(checks.first_round).await;
         // A local pool that starts below min_healthy fails over before the first connection.
         snapshot.evaluate_failover(Instant::now());
 
@@ -276,7 +281,7 @@ impl App {
             config,
             routes,
             services: HashMap::new(),
-            pool_checks,
+            pool_checks: checks.stops.into_iter().collect(),
             tracker: TaskTracker::new(),
             force_close: CancellationToken::new(),
             background,
@@ -289,8 +294,8 @@ impl App {
             service_views: Arc::new(ArcSwap::from_pointee(Vec::new())),
             ready: Arc::new(AtomicBool::new(false)),
         };
-        for (service, listener) in listeners {
-            app.serve(service, listener, Arc::new(ServiceStats::default()))?;
+        for bound in listeners {
+            app.serve(bound, Arc::new(ServiceStats::default()));
         }
         app.publish_services();
         app.reloads
@@ -328,24 +333,15 @@ impl App {
         self.service_views.store(Arc::new(views));
     }
 
-    /// Starts the accept loop (TCP) or receive loop (UDP) of `service` on `listener`.
-    fn serve(
-        &mut self,
-        service: Service,
-        listener: Listener,
-        stats: Arc<ServiceStats>,
-    ) -> Result<(), StartError> {
-        let local_addr = listener.local_addr();
-        let local_addr = local_addr.map_err(|source| StartError::Bind {
-            service: service.name.clone(),
-            addr: service.listen,
-            source,
-        })?;
-        let handoff = listener.dup().map_err(|source| StartError::Bind {
-            service: service.name.clone(),
-            addr: service.listen,
-            source,
-        })?;
+    /// Starts the accept loop (TCP) or receive loop (UDP) of a bound service. Cannot fail:
+    /// whatever could was done by [`Bound::new`], so a reload calls this after its swap.
+    fn serve(&mut self, bound: Bound, stats: Arc<ServiceStats>) {
+        let Bound {
+            service,
+            listener,
+            local_addr,
+            handoff,
+        } = bound;
         let limiter = Arc::new(Semaphore::new(service.max_connections));
         let stop_accepting = CancellationToken::new();
         let removed = CancellationToken::new();
@@ -394,7 +390,6 @@ impl App {
                 handoff,
             },
         );
-        Ok(())
     }
 
     /// The listening sockets of every service, described for a binary upgrade.
@@ -440,10 +435,10 @@ impl App {
 
     /// Reads, validates and applies the config file at `path`. On any error the running config
     /// keeps serving; the error carries the same messages as `tandem check`.
-    pub async fn reload_file(&mut self, path: &Path) -> Result<ReloadReport, StartError> {
+    pub async fn reload_file(&mut self, path: &Path) -> Result<ReloadReport, ReloadError> {
         let result = match config::load(path) {
             Ok(new) => self.reload(new).await,
-            Err(e) => Err(StartError::Config(e)),
+            Err(e) => Err(ReloadError::Config(e)),
         };
         if let Err(e) = &result {
             self.rejected(e);
@@ -453,7 +448,7 @@ impl App {
 
     /// Applies a validated config. Nothing changes unless everything can: listeners for new
     /// services are bound and new members probed first, then one snapshot swap applies it.
-    pub async fn reload(&mut self, new: Config) -> Result<ReloadReport, StartError> {
+    pub async fn reload(&mut self, new: Config) -> Result<ReloadReport, ReloadError> {
         let result = self.try_reload(new).await;
         if let Err(e) = &result {
             self.rejected(e);
@@ -461,7 +456,7 @@ impl App {
         result
     }
 
-    fn rejected(&self, e: &StartError) {
+    fn rejected(&self, e: &ReloadError) {
         self.reloads.rejected.fetch_add(1, Ordering::Relaxed);
         let generation = self.routes.load().generation;
         error!(generation, error = %e, "config reload rejected; the running config keeps serving");
@@ -473,9 +468,9 @@ impl App {
         }));
     }
 
-    async fn try_reload(&mut self, new: Config) -> Result<ReloadReport, StartError> {
+    async fn try_reload(&mut self, new: Config) -> Result<ReloadReport, ReloadError> {
         let started = Instant::now();
-        let diff = reload::diff(&self.config, &new);
+        let plan = reload::plan(&self.config, &new);
         if self.config.admin != new.admin {
             // The admin listener belongs to the process, not to a config generation.
             warn!("[admin] changed; the admin API keeps its current settings until a restart");
@@ -483,93 +478,70 @@ impl App {
         let old = self.routes.load_full();
         let generation = old.generation + 1;
 
-        // 1. Listeners for services that are new or moved: bound before anything changes.
+        // Everything that can fail happens before the swap; returning early drops what was
+        // prepared (listeners close, new check loops are stopped), so a rejected reload leaves
+        // nothing behind.
+        // 1. Listeners for services that are new or moved, bound and ready to serve.
         let mut listeners = Vec::new();
         for service in &new.services {
-            let rebind = diff.services_added.contains(&service.name)
-                || diff
-                    .services_changed
-                    .iter()
-                    .any(|c| c.name == service.name && c.rebind);
-            if rebind {
-                listeners.push((service.clone(), bind(service)?));
+            if plan.service(&service.name).is_some_and(ServicePlan::binds) {
+                listeners.push(Bound::new(service, bind(service)?)?);
             }
         }
 
-        // 2. The new snapshot, carrying health and failover state of what stays.
-        let snapshot = Snapshot::build(&new, generation, &self.events, Some((&old, &self.config)))?;
+        // 2. The new snapshot, carrying over what the plan keeps.
+        let snapshot = Snapshot::build(&new, generation, &self.events, Some((&old, &plan)))
+            .map_err(ServeError::from)?;
 
-        // 3. Check loops for pools that are new or changed; their first round runs now, so
-        //    nothing new is routed on unknown health. Old loops stop after the swap.
-        let mut started_checks = Vec::new();
-        let mut first_round = FirstRound::default();
-        for pool in snapshot.pools() {
-            let unchanged = old.pool(&pool.name).is_some_and(|p| Arc::ptr_eq(p, pool));
-            if unchanged {
-                continue;
-            }
-            let stop = self.stop_background.child_token();
-            let instruments = self.metrics.check_instruments(&pool.name);
-            match checker::spawn_pool(pool, &mut self.background, &stop, &instruments) {
-                Ok(round) => first_round.merge(round),
-                Err(e) => {
-                    for (_, s) in started_checks {
-                        CancellationToken::cancel(&s);
-                    }
-                    stop.cancel();
-                    return Err(e.into());
-                }
-            }
-            started_checks.push((pool.name.clone(), stop));
-        }
-        wait_first_round(first_round).await;
+        // 3. Check loops for the pools the plan rebuilds; their first round runs now, so
+        //    nothing new is routed on unknown health. The loops they replace stop after the swap.
+        let rebuilt = snapshot
+            .pools()
+            .filter(|p| plan.pool(&p.name).is_some_and(PoolPlan::starts_checks));
+        let checks = start_checks(
+            rebuilt,
+            &mut self.background,
+            &self.stop_background,
+            &self.metrics,
+        )?;
+        wait_first_round(checks.first_round).await;
         // A changed failover mode (a drill) applies to the very next connection.
         snapshot.evaluate_failover(Instant::now());
 
-        // 4. One swap.
-        let snapshot = Arc::new(snapshot);
-        self.routes.store(snapshot.clone());
+        // 4. One swap. Nothing below can fail: the reload applies whole.
+        self.routes.store(Arc::new(snapshot));
         let took = started.elapsed();
 
-        // 5. Retire what went away.
-        for (name, stop) in started_checks {
-            if let Some(old_stop) = self.pool_checks.insert(name, stop) {
-                old_stop.cancel();
-            }
-        }
-        for name in &diff.pools_removed {
-            if let Some(stop) = self.pool_checks.remove(name) {
+        // 5. The rest of the plan, on what lives outside the snapshot.
+        for (name, pool) in &plan.pools {
+            if pool.stops_checks()
+                && let Some(stop) = self.pool_checks.remove(name)
+            {
                 stop.cancel();
             }
-        }
-        // A member keeps its connections when its token carried over (same pool, still in
-        // service); every other old token is cancelled.
-        let kept: std::collections::HashSet<*const CancellationToken> = snapshot
-            .pools()
-            .flat_map(|p| p.members.iter().map(|m| Arc::as_ptr(&m.retired)))
-            .collect();
-        for pool in old.pools() {
-            for member in &pool.members {
-                if !kept.contains(&Arc::as_ptr(&member.retired)) {
+            for member in old.pool(name).iter().flat_map(|p| &p.members) {
+                if pool.retires(&member.addr) {
                     member.retired.cancel();
                 }
             }
         }
-        for service in new.services.iter() {
-            if let Some((_, listener)) = listeners
-                .iter()
-                .position(|(s, _)| s.name == service.name)
-                .map(|i| listeners.swap_remove(i))
+        self.pool_checks.extend(checks.stops);
+        for bound in listeners {
+            // A moved service keeps its counters; its old listener closes and its connections
+            // drain.
+            let stats = match self.services.remove(&bound.service.name) {
+                Some(old) => {
+                    retire(&old);
+                    old.stats
+                }
+                None => Arc::new(ServiceStats::default()),
+            };
+            self.serve(bound, stats);
+        }
+        for service in &new.services {
+            if let Some(ServicePlan::Kept { .. }) = plan.service(&service.name)
+                && let Some(running) = self.services.get_mut(&service.name)
             {
-                let stats = match self.services.remove(&service.name) {
-                    Some(old) => {
-                        retire(&old);
-                        old.stats
-                    }
-                    None => Arc::new(ServiceStats::default()),
-                };
-                self.serve(service.clone(), listener, stats)?;
-            } else if let Some(running) = self.services.get_mut(&service.name) {
                 resize(
                     &running.limiter,
                     running.config.max_connections,
@@ -578,11 +550,14 @@ impl App {
                 running.config = service.clone();
             }
         }
-        for name in &diff.services_removed {
-            if let Some(old) = self.services.remove(name) {
+        for (name, service) in &plan.services {
+            if *service == ServicePlan::Removed
+                && let Some(old) = self.services.remove(name)
+            {
                 retire(&old);
             }
         }
+        let diff = plan.diff;
 
         self.config = new;
         self.publish_services();
@@ -664,6 +639,71 @@ impl Listener {
     }
 }
 
+/// A service's listener ready to serve: its address read and its duplicate for a binary upgrade
+/// made. Everything about a listener that can fail is done here, so serving it cannot.
+struct Bound {
+    service: Service,
+    listener: Listener,
+    local_addr: SocketAddr,
+    handoff: OwnedFd,
+}
+
+impl Bound {
+    fn new(service: &Service, listener: Listener) -> Result<Bound, ServeError> {
+        let failed = |source| ServeError::Bind {
+            service: service.name.clone(),
+            addr: service.listen,
+            source,
+        };
+        let local_addr = listener.local_addr().map_err(failed)?;
+        let handoff = listener.dup().map_err(failed)?;
+        Ok(Bound {
+            service: service.clone(),
+            listener,
+            local_addr,
+            handoff,
+        })
+    }
+}
+
+/// Check loops started for some pools, with their first round still running.
+struct Checks {
+    /// What stops each pool's loops, by pool name.
+    stops: Vec<(String, CancellationToken)>,
+    first_round: FirstRound,
+}
+
+/// Starts the check loops of `pools` on `background`, each pool's stoppable on its own and all
+/// with `parent`. All or none: when one pool's checks cannot be set up, the loops already
+/// started for the others are stopped.
+fn start_checks<'a>(
+    pools: impl Iterator<Item = &'a Arc<PoolState>>,
+    background: &mut JoinSet<()>,
+    parent: &CancellationToken,
+    metrics: &Metrics,
+) -> Result<Checks, ServeError> {
+    let mut checks = Checks {
+        stops: Vec::new(),
+        first_round: FirstRound::default(),
+    };
+    for pool in pools {
+        let stop = parent.child_token();
+        let instruments = metrics.check_instruments(&pool.name);
+        match checker::spawn_pool(pool, background, &stop, &instruments) {
+            Ok(round) => checks.first_round.merge(round),
+            Err(e) => {
+                stop.cancel();
+                for (_, started) in &checks.stops {
+                    started.cancel();
+                }
+                return Err(e.into());
+            }
+        }
+        checks.stops.push((pool.name.clone(), stop));
+    }
+    Ok(checks)
+}
+
 fn kind(protocol: Protocol) -> upgrade::Kind {
     match protocol {
         Protocol::Tcp => upgrade::Kind::Tcp,
@@ -673,7 +713,7 @@ fn kind(protocol: Protocol) -> upgrade::Kind {
 
 /// Serves `service` on a socket inherited from the process being upgraded. The socket keeps
 /// its accept queue (TCP) or receive queue (UDP): nothing waiting in it is lost.
-fn adopt(service: &Service, fd: OwnedFd) -> Result<Listener, StartError> {
+fn adopt(service: &Service, fd: OwnedFd) -> Result<Listener, ServeError> {
     let adopted = match service.protocol {
         Protocol::Tcp => {
             let l = std::net::TcpListener::from(fd);
@@ -688,7 +728,7 @@ fn adopt(service: &Service, fd: OwnedFd) -> Result<Listener, StartError> {
                 .map(Listener::Udp)
         }
     };
-    let adopted = adopted.map_err(|source| StartError::Bind {
+    let adopted = adopted.map_err(|source| ServeError::Bind {
         service: service.name.clone(),
         addr: service.listen,
         source,
@@ -698,12 +738,12 @@ fn adopt(service: &Service, fd: OwnedFd) -> Result<Listener, StartError> {
 }
 
 /// Binds the listener (TCP) or listening socket (UDP) of a service.
-fn bind(service: &Service) -> Result<Listener, StartError> {
+fn bind(service: &Service) -> Result<Listener, ServeError> {
     let bound = match service.protocol {
         Protocol::Tcp => tcp::bind(service.listen).map(Listener::Tcp),
         Protocol::Udp => udp::bind(service.listen).map(Listener::Udp),
     };
-    bound.map_err(|source| StartError::Bind {
+    bound.map_err(|source| ServeError::Bind {
         service: service.name.clone(),
         addr: service.listen,
         source,

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Command, Options};
-use crate::app::{AppView, StartError};
+use crate::app::{AppView, ServeError};
 use crate::config::{Check, Config};
 use crate::health::probe::{self, ProbeOutcome, http, udp};
 
@@ -33,7 +33,7 @@ pub fn udp_reply(check: &Check, reply: &[u8]) -> ProbeOutcome {
 
 /// A read-only view of `config` for [`admin_connection`], as right after start: no listener,
 /// no check, no task; every member's health unknown.
-pub fn admin_view(config: &Config) -> Result<AppView, StartError> {
+pub fn admin_view(config: &Config) -> Result<AppView, ServeError> {
     AppView::detached(config)
 }
 

@@ -24,6 +24,7 @@ use crate::failover::{Failover, Inputs, Side};
 use crate::hash::maglev::{MaglevError, Table};
 use crate::health::cell::MemberHealth;
 use crate::health::state::Verdict;
+use crate::reload::{Plan, PoolCarry, PoolPlan, ServicePlan};
 
 /// How many members one new connection may try before the client is turned away.
 pub const MAX_CONNECT_TRIES: usize = 3;
@@ -51,29 +52,28 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the snapshot of `config`. With a `previous` snapshot (a reload), what stays
-    /// carries over: a pool whose config is unchanged is shared as is; members that stay in a
-    /// changed pool keep their health when the pool's checks are unchanged; services keep their
-    /// failover state while their pools are the same. Everything new reports on `events`.
+    /// Builds the snapshot of `config`. With a `previous` snapshot and the reload's [`Plan`] from
+    /// its config to `config`, carries over the live state the plan keeps: pools it leaves
+    /// unchanged are shared as they are, changed pools take over what their [`PoolCarry`] names,
+    /// and services keep their failover state where the plan says so. Whatever is built afresh
+    /// reports on `events`.
     pub fn build(
         config: &Config,
         generation: u64,
         events: &EventSender,
-        previous: Option<(&Snapshot, &Config)>,
+        previous: Option<(&Snapshot, &Plan)>,
     ) -> Result<Snapshot, SnapshotError> {
         let mut pools = HashMap::new();
         for pool in &config.pools {
-            let old = previous.and_then(|(snap, cfg)| {
-                let state = snap.pools.get(&pool.name)?;
-                let old_cfg = cfg.pool(&pool.name)?;
-                Some((state, old_cfg))
+            let old = previous.and_then(|(snap, plan)| {
+                Some((snap.pools.get(&pool.name)?, plan.pool(&pool.name)?))
             });
             let state = match old {
-                Some((state, old_cfg)) if old_cfg == pool => state.clone(),
-                Some((state, old_cfg)) => {
-                    Arc::new(PoolState::build(pool, events, Some((state, old_cfg)))?)
+                Some((state, PoolPlan::Unchanged)) => state.clone(),
+                Some((state, PoolPlan::Changed(carry))) => {
+                    Arc::new(PoolState::build(pool, events, Some((state, carry)))?)
                 }
-                None => Arc::new(PoolState::build(pool, events, None)?),
+                _ => Arc::new(PoolState::build(pool, events, None)?),
             };
             pools.insert(pool.name.clone(), state);
         }
@@ -94,10 +94,11 @@ impl Snapshot {
                 None => None,
             };
             let failover = previous
-                .and_then(|(snap, _)| snap.routes.get(&service.name))
-                .filter(|r| {
-                    r.service.pool == service.pool && r.service.backup_pool == service.backup_pool
+                .filter(|(_, plan)| {
+                    plan.service(&service.name)
+                        .is_some_and(ServicePlan::keeps_failover)
                 })
+                .and_then(|(snap, _)| snap.routes.get(&service.name))
                 .map(|r| r.failover.clone())
                 .unwrap_or_else(|| {
                     Arc::new(FailoverCell::new(
@@ -290,7 +291,8 @@ pub struct PoolState {
     pub members: Vec<MemberState>,
     /// The pool's checks, run by the health checker.
     pub checks: Vec<Check>,
-    /// Shared with the previous config's pool when membership and weights are unchanged.
+    /// Shared with the previous config's pool when the reload's plan keeps it (same members,
+    /// weights and order).
     table: Arc<Table>,
 }
 
@@ -321,27 +323,16 @@ impl MemberState {
 impl PoolState {
     /// Builds the pool's table and member states. Identities are the canonical address
     /// strings, so the table does not depend on config order. With `previous` (the same pool
-    /// before a reload), the table is kept when membership and weights are unchanged (a drain
-    /// or a check change rebuilds nothing), members that stay keep their health when the checks
-    /// are unchanged, and keep their open connections' lifetime when they stay in service.
+    /// before a reload, and what the reload's plan carries over from it), the table, members'
+    /// health and members' connection lifetimes are taken over where `carry` names them.
     pub fn build(
         pool: &Pool,
         events: &EventSender,
-        previous: Option<(&PoolState, &Pool)>,
+        previous: Option<(&PoolState, &PoolCarry)>,
     ) -> Result<PoolState, SnapshotError> {
         let ids: Vec<String> = pool.members.iter().map(|m| m.addr.to_string()).collect();
-        // Table slots hold member indices in config order, so only the same members with the
-        // same weights in the same order can share the previous table.
-        let same_members = |old: &Pool| {
-            old.members.len() == pool.members.len()
-                && old
-                    .members
-                    .iter()
-                    .zip(&pool.members)
-                    .all(|(o, n)| o.addr == n.addr && o.weight == n.weight)
-        };
         let table = match previous {
-            Some((state, old)) if same_members(old) => state.table.clone(),
+            Some((state, carry)) if carry.table => state.table.clone(),
             _ => {
                 let weighted: Vec<(&str, u32)> = ids
                     .iter()
@@ -368,17 +359,15 @@ impl PoolState {
         let previous_members: HashMap<MemberAddr, &MemberState> = previous
             .map(|(state, _)| state.members.iter().map(|m| (m.addr, m)).collect())
             .unwrap_or_default();
-        let checks_unchanged = previous.is_some_and(|(_, cfg)| cfg.checks == pool.checks);
+        let carry = previous.map(|(_, carry)| carry);
         let members = pool
             .members
             .iter()
             .zip(ids)
             .map(|(m, id)| {
-                let old = previous_members
-                    .get(&m.addr)
-                    .map(|o| (*o, checks_unchanged));
+                let old = previous_members.get(&m.addr).zip(carry);
                 let health = match old {
-                    Some((o, true)) => o.health.clone(),
+                    Some((o, c)) if c.health.contains(&m.addr) => o.health.clone(),
                     _ => Arc::new(MemberHealth::new(
                         pool_name.clone(),
                         Arc::from(id),
@@ -388,11 +377,7 @@ impl PoolState {
                     )),
                 };
                 let retired = match old {
-                    Some((o, _))
-                        if o.operator == OperatorState::Up && m.state == OperatorState::Up =>
-                    {
-                        o.retired.clone()
-                    }
+                    Some((o, c)) if c.connections.contains(&m.addr) => o.retired.clone(),
                     _ => Arc::new(CancellationToken::new()),
                 };
                 MemberState {
@@ -549,8 +534,8 @@ backup_pool = "b"
         old.evaluate_failover(Instant::now());
         assert_eq!(old.route("s").expect("route").active_pool().name, "b");
         let auto_cfg = parse(CONFIG, "t.toml").expect("valid");
-        let new =
-            Snapshot::build(&auto_cfg, 2, &events, Some((&old, &remote_cfg))).expect("builds");
+        let plan = crate::reload::plan(&remote_cfg, &auto_cfg);
+        let new = Snapshot::build(&auto_cfg, 2, &events, Some((&old, &plan))).expect("builds");
         new.evaluate_failover(Instant::now());
         assert_eq!(new.route("s").expect("route").active_pool().name, "a");
         old.evaluate_failover(Instant::now());
@@ -569,7 +554,8 @@ backup_pool = "b"
         let table = |s: &Snapshot| s.pool("a").expect("pool a").table.clone();
         let next = |text: &str| {
             let cfg = parse(text, "t.toml").expect("valid");
-            Snapshot::build(&cfg, 2, &events, Some((&old, &old_cfg))).expect("builds")
+            let plan = crate::reload::plan(&old_cfg, &cfg);
+            Snapshot::build(&cfg, 2, &events, Some((&old, &plan))).expect("builds")
         };
         let drained = next(&CONFIG.replace(
             "{ addr = \"127.0.1.1:7000\" }",
@@ -589,6 +575,48 @@ backup_pool = "b"
             "{ addr = \"127.0.1.2:7000\" }, { addr = \"127.0.1.4:7000\" }",
         ));
         assert!(!Arc::ptr_eq(&table(&old), &table(&added)));
+    }
+
+    #[test]
+    fn a_reload_carries_exactly_the_health_and_connections_the_plan_names() {
+        let events = crate::events::channel();
+        let old_cfg = parse(CONFIG, "t.toml").expect("valid");
+        let old = Snapshot::build(&old_cfg, 1, &events, None).expect("builds");
+        // 127.0.1.1 stays in service, 127.0.1.2 goes, 127.0.1.3 comes back from drain.
+        let new_cfg = parse(
+            &CONFIG
+                .replace("{ addr = \"127.0.1.2:7000\" }, ", "")
+                .replace(", state = \"drain\"", ""),
+            "t.toml",
+        )
+        .expect("valid");
+        let plan = crate::reload::plan(&old_cfg, &new_cfg);
+        let new = Snapshot::build(&new_cfg, 2, &events, Some((&old, &plan))).expect("builds");
+        let member = |s: &Snapshot, host: u8| {
+            let pool = s.pool("a").expect("pool a");
+            let m = pool
+                .members
+                .iter()
+                .find(|m| m.addr.ip == IpAddr::from([127, 0, 1, host]));
+            m.expect("member").clone()
+        };
+        let (before, after) = (member(&old, 1), member(&new, 1));
+        assert!(Arc::ptr_eq(&before.health, &after.health));
+        assert!(Arc::ptr_eq(&before.retired, &after.retired));
+        let (before, after) = (member(&old, 3), member(&new, 3));
+        assert!(Arc::ptr_eq(&before.health, &after.health));
+        assert!(
+            !Arc::ptr_eq(&before.retired, &after.retired),
+            "a member back from drain shares the token its drain retired"
+        );
+        let Some(crate::reload::PoolPlan::Changed(carry)) = plan.pool("a") else {
+            panic!("pool a is not changed");
+        };
+        assert!(carry.retired.contains(&before.addr));
+        assert!(Arc::ptr_eq(
+            old.pool("b").expect("pool b"),
+            new.pool("b").expect("pool b")
+        ));
     }
 
     #[test]

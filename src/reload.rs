@@ -1,15 +1,134 @@
-//! What a config reload changes: a pure diff of two validated configs, which the app applies.
+//! What a config reload keeps, replaces and retires: one pure [`Plan`] computed from the running
+//! config and the new one, which [`crate::pool::Snapshot::build`] and the app both follow.
 //!
-//! No I/O: loading the file and binding listeners happen in the app; this module only says what
-//! is added, removed and changed, so the rules of a reload (keep what stays, drain what goes)
-//! can be tested without sockets.
+//! No I/O and no live objects: the plan names pools, services and members and says of each
+//! whether it is new, kept as it is, rebuilt carrying some of its state, or retired. Deciding
+//! that here, once, means the snapshot never re-decides what "the same" is and the app never
+//! compares live objects to find out what went away; and the rules of a reload (keep what stays,
+//! drain what goes) are tested without sockets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use crate::config::{Config, MemberAddr, Pool, Service};
+use crate::config::{Config, Member, MemberAddr, OperatorState, Pool, Service};
 
-/// The difference between the running config and a new one.
+/// Everything a reload changes, decided from the two configs alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The change in words, for the log, the reload event and the admin reply.
+    pub diff: Diff,
+    /// Every pool of either config, by name.
+    pub pools: BTreeMap<String, PoolPlan>,
+    /// Every service of either config, by name.
+    pub services: BTreeMap<String, ServicePlan>,
+}
+
+impl Plan {
+    /// What becomes of the pool `name` (`None`: in neither config).
+    pub fn pool(&self, name: &str) -> Option<&PoolPlan> {
+        self.pools.get(name)
+    }
+
+    /// What becomes of the service `name` (`None`: in neither config).
+    pub fn service(&self, name: &str) -> Option<&ServicePlan> {
+        self.services.get(name)
+    }
+}
+
+/// What becomes of one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolPlan {
+    /// Only in the new config: built afresh (health unknown), checked by new loops.
+    Added,
+    /// The same config: the running pool (table, members, health, connections, check loops) is
+    /// shared as it is.
+    Unchanged,
+    /// In both, changed: rebuilt, taking over what [`PoolCarry`] says; new check loops replace
+    /// the old ones (they probe the new member list).
+    Changed(PoolCarry),
+    /// Only in the old config: its check loops stop and every member's connections drain.
+    Removed,
+}
+
+impl PoolPlan {
+    /// Whether the pool gets new check loops, whose first round runs before the swap.
+    pub fn starts_checks(&self) -> bool {
+        matches!(self, PoolPlan::Added | PoolPlan::Changed(_))
+    }
+
+    /// Whether the pool's running check loops stop after the swap.
+    pub fn stops_checks(&self) -> bool {
+        matches!(self, PoolPlan::Changed(_) | PoolPlan::Removed)
+    }
+
+    /// Whether the old member at `addr` is retired: its open connections now drain for their
+    /// service's `drain_timeout`.
+    pub fn retires(&self, addr: &MemberAddr) -> bool {
+        match self {
+            PoolPlan::Removed => true,
+            PoolPlan::Changed(carry) => carry.retired.contains(addr),
+            PoolPlan::Added | PoolPlan::Unchanged => false,
+        }
+    }
+}
+
+/// What a changed pool takes over from the running one. Members are named by address, their
+/// identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolCarry {
+    /// The same members with the same weights in the same order: the Maglev table is shared.
+    /// (Its slots hold member indices in config order, so a reorder rebuilds it.) A drain or a
+    /// check change rebuilds nothing.
+    pub table: bool,
+    /// Members that keep their health verdict: in both configs, with the pool's checks
+    /// unchanged (a verdict reached under other checks says nothing about the new ones).
+    pub health: BTreeSet<MemberAddr>,
+    /// Members whose open connections carry on: in service (`up`) before and after.
+    pub connections: BTreeSet<MemberAddr>,
+    /// Every other member of the old config: removed, or not in service before or after. Their
+    /// open connections drain. (One that was not in service before holds none: retiring it
+    /// changes nothing.)
+    pub retired: BTreeSet<MemberAddr>,
+}
+
+/// What becomes of one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServicePlan {
+    /// Only in the new config: its listener is bound before the swap and serves after it.
+    Added,
+    /// The same `listen` and `protocol`: its listener, connections and counters stay, and the
+    /// other settings apply in place.
+    Kept {
+        /// The failover state carries over (see [`ServicePlan::keeps_failover`]).
+        failover: bool,
+    },
+    /// `listen` or `protocol` changed: a new listener, bound before the swap, replaces the old
+    /// one, whose connections drain. The counters stay.
+    Rebound {
+        /// The failover state carries over (see [`ServicePlan::keeps_failover`]).
+        failover: bool,
+    },
+    /// Only in the old config: it stops accepting and its connections drain.
+    Removed,
+}
+
+impl ServicePlan {
+    /// Whether the service needs a new listener, bound before anything changes.
+    pub fn binds(&self) -> bool {
+        matches!(self, ServicePlan::Added | ServicePlan::Rebound { .. })
+    }
+
+    /// Whether the service keeps its failover state (side, hold-down, counters): it does while
+    /// its pool and backup pool stay the same, whatever else changes (a drill included).
+    pub fn keeps_failover(&self) -> bool {
+        match self {
+            ServicePlan::Kept { failover } | ServicePlan::Rebound { failover } => *failover,
+            ServicePlan::Added | ServicePlan::Removed => false,
+        }
+    }
+}
+
+/// The difference between the running config and a new one, as the operator reads it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Diff {
     pub services_added: Vec<String>,
@@ -41,6 +160,16 @@ pub struct PoolChange {
     pub members_changed: Vec<MemberAddr>,
     /// The pool's checks changed: its members are checked afresh.
     pub checks_changed: bool,
+}
+
+impl PoolChange {
+    /// Whether anything an operator would call a change happened to the pool.
+    fn has_changes(&self) -> bool {
+        !self.members_added.is_empty()
+            || !self.members_removed.is_empty()
+            || !self.members_changed.is_empty()
+            || self.checks_changed
+    }
 }
 
 impl Diff {
@@ -90,79 +219,125 @@ impl fmt::Display for Diff {
     }
 }
 
-/// Computes what changes from `old` to `new`.
-pub fn diff(old: &Config, new: &Config) -> Diff {
-    let mut d = Diff::default();
+/// Plans the reload from `old` to `new`: what each pool, service and member becomes, and the
+/// [`Diff`] that says it in words.
+pub fn plan(old: &Config, new: &Config) -> Plan {
+    let mut plan = Plan::default();
+    let d = &mut plan.diff;
+
     let old_services: BTreeMap<&str, &Service> =
         old.services.iter().map(|s| (s.name.as_str(), s)).collect();
     let new_services: BTreeMap<&str, &Service> =
         new.services.iter().map(|s| (s.name.as_str(), s)).collect();
     for (name, n) in &new_services {
-        match old_services.get(name) {
-            None => d.services_added.push(name.to_string()),
+        let service = match old_services.get(name) {
+            None => {
+                d.services_added.push(name.to_string());
+                ServicePlan::Added
+            }
             Some(o) => {
+                let rebind = o.listen != n.listen || o.protocol != n.protocol;
                 let keys = changed_service_keys(o, n);
                 if !keys.is_empty() {
                     d.services_changed.push(ServiceChange {
                         name: name.to_string(),
-                        rebind: o.listen != n.listen || o.protocol != n.protocol,
+                        rebind,
                         keys,
                     });
                 }
+                // The failover state is a decision between these two pools: with either
+                // replaced it means nothing, so it starts over.
+                let failover = o.pool == n.pool && o.backup_pool == n.backup_pool;
+                if rebind {
+                    ServicePlan::Rebound { failover }
+                } else {
+                    ServicePlan::Kept { failover }
+                }
             }
-        }
+        };
+        plan.services.insert(name.to_string(), service);
     }
-    d.services_removed = old_services
+    for name in old_services
         .keys()
         .filter(|n| !new_services.contains_key(*n))
-        .map(|n| n.to_string())
-        .collect();
+    {
+        d.services_removed.push(name.to_string());
+        plan.services.insert(name.to_string(), ServicePlan::Removed);
+    }
 
     let old_pools: BTreeMap<&str, &Pool> = old.pools.iter().map(|p| (p.name.as_str(), p)).collect();
     let new_pools: BTreeMap<&str, &Pool> = new.pools.iter().map(|p| (p.name.as_str(), p)).collect();
     for (name, n) in &new_pools {
-        match old_pools.get(name) {
-            None => d.pools_added.push(name.to_string()),
+        let pool = match old_pools.get(name) {
+            None => {
+                d.pools_added.push(name.to_string());
+                PoolPlan::Added
+            }
+            Some(o) if o == n => PoolPlan::Unchanged,
             Some(o) => {
-                let change = pool_change(o, n);
-                if change
-                    != (PoolChange {
-                        name: name.to_string(),
-                        ..PoolChange::default()
-                    })
-                {
+                let (change, carry) = pool_change(o, n);
+                // A reorder alone changes the config (and the table) but nothing an operator
+                // would call a change.
+                if change.has_changes() {
                     d.pools_changed.push(change);
                 }
+                PoolPlan::Changed(carry)
             }
-        }
+        };
+        plan.pools.insert(name.to_string(), pool);
     }
-    d.pools_removed = old_pools
-        .keys()
-        .filter(|n| !new_pools.contains_key(*n))
-        .map(|n| n.to_string())
-        .collect();
-    d
+    for name in old_pools.keys().filter(|n| !new_pools.contains_key(*n)) {
+        d.pools_removed.push(name.to_string());
+        plan.pools.insert(name.to_string(), PoolPlan::Removed);
+    }
+    plan
 }
 
-fn pool_change(old: &Pool, new: &Pool) -> PoolChange {
-    let mut c = PoolChange {
+/// How a pool present in both configs changed, in words and in what it carries over.
+fn pool_change(old: &Pool, new: &Pool) -> (PoolChange, PoolCarry) {
+    let checks_unchanged = old.checks == new.checks;
+    let mut change = PoolChange {
         name: new.name.clone(),
-        checks_changed: old.checks != new.checks,
+        checks_changed: !checks_unchanged,
         ..PoolChange::default()
     };
+    let mut carry = PoolCarry {
+        table: old.members.len() == new.members.len()
+            && old
+                .members
+                .iter()
+                .zip(&new.members)
+                .all(|(o, n)| o.addr == n.addr && o.weight == n.weight),
+        ..PoolCarry::default()
+    };
+    // One map, not a search per member: pools can be large.
+    let old_members: HashMap<MemberAddr, &Member> =
+        old.members.iter().map(|m| (m.addr, m)).collect();
     for m in &new.members {
-        match old.members.iter().find(|o| o.addr == m.addr) {
-            None => c.members_added.push(m.addr),
-            Some(o) if o != m => c.members_changed.push(m.addr),
-            Some(_) => {}
+        let Some(o) = old_members.get(&m.addr) else {
+            change.members_added.push(m.addr);
+            continue;
+        };
+        if *o != m {
+            change.members_changed.push(m.addr);
+        }
+        if checks_unchanged {
+            carry.health.insert(m.addr);
+        }
+        if o.state == OperatorState::Up && m.state == OperatorState::Up {
+            carry.connections.insert(m.addr);
         }
     }
+    let new_addrs: BTreeSet<MemberAddr> = new.members.iter().map(|m| m.addr).collect();
     for o in &old.members {
-        if !new.members.iter().any(|m| m.addr == o.addr) {
-            c.members_removed.push(o.addr);
+        if !new_addrs.contains(&o.addr) {
+            change.members_removed.push(o.addr);
+        }
+        if !carry.connections.contains(&o.addr) {
+            carry.retired.insert(o.addr);
         }
     }
-    c
+    (change, carry)
 }
 
 fn changed_service_keys(o: &Service, n: &Service) -> Vec<&'static str> {
@@ -216,6 +391,10 @@ pool = "b"
 
     fn cfg(text: &str) -> Config {
         parse(text, "t.toml").expect("valid test config")
+    }
+
+    fn diff(old: &Config, new: &Config) -> Diff {
+        plan(old, new).diff
     }
 
     #[test]
@@ -319,5 +498,220 @@ pool = "a"
         let d = diff(&cfg(BASE), &cfg(fewer));
         assert_eq!(d.pools_removed, vec!["b"]);
         assert_eq!(d.services_removed, vec!["t"]);
+    }
+
+    fn addr(host: &str) -> MemberAddr {
+        MemberAddr {
+            ip: host.parse().expect("ip"),
+            port: Some(80),
+        }
+    }
+
+    fn addrs(hosts: &[&str]) -> BTreeSet<MemberAddr> {
+        hosts.iter().map(|h| addr(h)).collect()
+    }
+
+    /// The carry-over of pool "a" from BASE to `new`.
+    fn carry_of_a(new: &str) -> PoolCarry {
+        match plan(&cfg(BASE), &cfg(new)).pool("a") {
+            Some(PoolPlan::Changed(carry)) => carry.clone(),
+            other => panic!("pool a is not changed: {other:?}"),
+        }
+    }
+
+    /// What every plan must satisfy, whatever the change: each old member of a changed pool
+    /// either keeps its connections or is retired, never both; only members in both configs
+    /// carry anything; check loops restart exactly where the pool is rebuilt.
+    fn assert_consistent(old: &Config, new: &Config) {
+        let p = plan(old, new);
+        for (name, pool) in &p.pools {
+            assert_eq!(
+                pool.starts_checks(),
+                matches!(pool, PoolPlan::Added | PoolPlan::Changed(_)),
+                "{name}"
+            );
+            let PoolPlan::Changed(carry) = pool else {
+                continue;
+            };
+            let members = |c: &Config| -> BTreeSet<MemberAddr> {
+                let pool = c.pool(name).expect("pool in both configs");
+                pool.members.iter().map(|m| m.addr).collect()
+            };
+            let (before, after) = (members(old), members(new));
+            let both: BTreeSet<MemberAddr> = before.intersection(&after).copied().collect();
+            assert!(carry.health.is_subset(&both), "{name}: {carry:?}");
+            assert!(carry.connections.is_subset(&both), "{name}: {carry:?}");
+            assert!(carry.connections.is_disjoint(&carry.retired), "{name}");
+            let accounted: BTreeSet<MemberAddr> =
+                carry.connections.union(&carry.retired).copied().collect();
+            assert_eq!(
+                accounted, before,
+                "{name}: an old member is unaccounted for"
+            );
+        }
+        for name in old.services.iter().chain(&new.services).map(|s| &s.name) {
+            assert!(p.service(name).is_some(), "service {name} has no plan");
+        }
+    }
+
+    #[test]
+    fn identical_configs_keep_everything_running() {
+        let p = plan(&cfg(BASE), &cfg(BASE));
+        assert_eq!(p.pool("a"), Some(&PoolPlan::Unchanged));
+        assert_eq!(p.pool("b"), Some(&PoolPlan::Unchanged));
+        assert_eq!(p.service("s"), Some(&ServicePlan::Kept { failover: true }));
+        assert_eq!(p.service("t"), Some(&ServicePlan::Kept { failover: true }));
+        for pool in p.pools.values() {
+            assert!(!pool.starts_checks() && !pool.stops_checks());
+            assert!(!pool.retires(&addr("127.0.1.1")));
+        }
+        assert!(p.services.values().all(|s| !s.binds()));
+    }
+
+    #[test]
+    fn members_that_stay_keep_health_and_those_still_in_service_keep_connections() {
+        let new = BASE.replace(
+            "[{ addr = \"127.0.1.1:80\" }, { addr = \"127.0.1.2:80\" }, { addr = \"127.0.1.3:80\" }]",
+            "[{ addr = \"127.0.1.1:80\", weight = 2 }, { addr = \"127.0.1.3:80\", state = \"drain\" }, { addr = \"127.0.1.4:80\" }]",
+        );
+        let carry = carry_of_a(&new);
+        assert_eq!(
+            carry,
+            PoolCarry {
+                table: false,
+                health: addrs(&["127.0.1.1", "127.0.1.3"]),
+                connections: addrs(&["127.0.1.1"]),
+                retired: addrs(&["127.0.1.2", "127.0.1.3"]),
+            }
+        );
+        let p = plan(&cfg(BASE), &cfg(&new));
+        let a = p.pool("a").expect("pool a");
+        assert!(a.starts_checks() && a.stops_checks());
+        assert!(a.retires(&addr("127.0.1.2")) && !a.retires(&addr("127.0.1.1")));
+        assert_eq!(p.pool("b"), Some(&PoolPlan::Unchanged));
+    }
+
+    #[test]
+    fn a_drain_keeps_table_and_health_and_retires_only_the_drained_members_connections() {
+        let drained = BASE.replace(
+            "{ addr = \"127.0.1.3:80\" }",
+            "{ addr = \"127.0.1.3:80\", state = \"drain\" }",
+        );
+        let carry = carry_of_a(&drained);
+        assert!(carry.table, "a drain rebuilt the table");
+        assert_eq!(
+            carry.health,
+            addrs(&["127.0.1.1", "127.0.1.2", "127.0.1.3"])
+        );
+        assert_eq!(carry.connections, addrs(&["127.0.1.1", "127.0.1.2"]));
+        assert_eq!(carry.retired, addrs(&["127.0.1.3"]));
+
+        // Back in service: the member starts with a fresh lifetime for its new connections.
+        let p = plan(&cfg(&drained), &cfg(BASE));
+        let Some(PoolPlan::Changed(back)) = p.pool("a") else {
+            panic!("pool a is not changed");
+        };
+        assert_eq!(back.connections, addrs(&["127.0.1.1", "127.0.1.2"]));
+        assert_eq!(back.retired, addrs(&["127.0.1.3"]));
+    }
+
+    #[test]
+    fn a_check_change_resets_health_but_keeps_connections_and_table() {
+        let new = BASE.replace("  kind = \"tcp\"", "  kind = \"tcp\"\n  interval = \"5s\"");
+        let carry = carry_of_a(&new);
+        assert!(carry.table);
+        assert!(carry.health.is_empty(), "{carry:?}");
+        assert_eq!(carry.connections.len(), 3);
+        assert!(carry.retired.is_empty());
+    }
+
+    #[test]
+    fn a_reorder_rebuilds_the_table_but_is_no_change_in_words() {
+        let new = BASE.replace(
+            "[{ addr = \"127.0.1.1:80\" }, { addr = \"127.0.1.2:80\" }, { addr = \"127.0.1.3:80\" }]",
+            "[{ addr = \"127.0.1.3:80\" }, { addr = \"127.0.1.1:80\" }, { addr = \"127.0.1.2:80\" }]",
+        );
+        let carry = carry_of_a(&new);
+        assert!(!carry.table);
+        assert_eq!(carry.health.len(), 3);
+        assert_eq!(carry.connections.len(), 3);
+        assert!(diff(&cfg(BASE), &cfg(&new)).is_empty());
+    }
+
+    #[test]
+    fn services_are_added_removed_rebound_or_kept_and_keep_failover_with_their_pools() {
+        let new = BASE.replace("127.0.0.1:7000", "127.0.0.1:7100").replace(
+            "listen = \"127.0.0.1:7001\"\npool = \"b\"",
+            "listen = \"127.0.0.1:7001\"\npool = \"a\"",
+        ) + "[[service]]\nname = \"u\"\nlisten = \"127.0.0.1:7002\"\npool = \"b\"\n";
+        let p = plan(&cfg(BASE), &cfg(&new));
+        // Moved, same pools: a new listener, the failover state stays.
+        let s = p.service("s").expect("s");
+        assert_eq!(*s, ServicePlan::Rebound { failover: true });
+        assert!(s.binds() && s.keeps_failover());
+        // Same listener, another pool: the failover state starts over.
+        let t = p.service("t").expect("t");
+        assert_eq!(*t, ServicePlan::Kept { failover: false });
+        assert!(!t.binds() && !t.keeps_failover());
+        let u = p.service("u").expect("u");
+        assert_eq!(*u, ServicePlan::Added);
+        assert!(u.binds() && !u.keeps_failover());
+
+        let without_backup = BASE.replace("backup_pool = \"b\"\n", "");
+        let p = plan(&cfg(BASE), &cfg(&without_backup));
+        assert_eq!(p.service("s"), Some(&ServicePlan::Kept { failover: false }));
+    }
+
+    #[test]
+    fn a_removed_pool_stops_its_checks_and_retires_every_member() {
+        let fewer = r#"
+[[pool]]
+name = "a"
+members = [{ addr = "127.0.1.1:80" }, { addr = "127.0.1.2:80" }, { addr = "127.0.1.3:80" }]
+  [[pool.check]]
+  kind = "tcp"
+[[service]]
+name = "s"
+listen = "127.0.0.1:7000"
+pool = "a"
+"#;
+        let p = plan(&cfg(BASE), &cfg(fewer));
+        let b = p.pool("b").expect("b");
+        assert_eq!(*b, PoolPlan::Removed);
+        assert!(b.stops_checks() && !b.starts_checks());
+        assert!(b.retires(&addr("127.0.1.11")));
+        assert_eq!(p.service("t"), Some(&ServicePlan::Removed));
+        assert!(!p.service("t").expect("t").binds());
+        // Its backup pool is gone: the failover state meant a choice that no longer exists.
+        assert_eq!(p.service("s"), Some(&ServicePlan::Kept { failover: false }));
+        let a = p.pool("a").expect("a");
+        assert_eq!(*a, PoolPlan::Unchanged);
+        assert!(!a.starts_checks() && !a.stops_checks());
+    }
+
+    #[test]
+    fn every_plan_accounts_for_every_old_member_once() {
+        let base = cfg(BASE);
+        let variants = [
+            BASE.replace("{ addr = \"127.0.1.2:80\" }, ", ""),
+            BASE.replace(
+                "{ addr = \"127.0.1.1:80\" }",
+                "{ addr = \"127.0.1.1:80\", state = \"maint\" }",
+            ),
+            BASE.replace(
+                "{ addr = \"127.0.1.3:80\" }]",
+                "{ addr = \"127.0.1.3:80\" }, { addr = \"127.0.1.5:80\" }]",
+            ),
+            BASE.replace("  kind = \"tcp\"", "  kind = \"tcp\"\n  rise = 3"),
+            BASE.replace(
+                "[{ addr = \"127.0.1.11:80\" }]",
+                "[{ addr = \"127.0.1.12:80\", state = \"drain\" }]",
+            ),
+        ];
+        for v in &variants {
+            let v = cfg(v);
+            assert_consistent(&base, &v);
+            assert_consistent(&v, &base);
+        }
     }
 }

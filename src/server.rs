@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin;
-use crate::app::{App, AppView, StartError};
+use crate::app::{App, AppView, ServeError};
 use crate::config::{self, Config, ConfigError};
 use crate::notify::{Notifier, Watchdog};
 use crate::signals::{Request, Signals};
@@ -103,7 +103,7 @@ pub enum ServerError {
         source: io::Error,
     },
     #[error(transparent)]
-    Start(#[from] StartError),
+    Start(#[from] ServeError),
 }
 
 /// Runs the balancer on the config file at `path` until SIGTERM/SIGINT (then drains for the

@@ -34,7 +34,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::app::{AppView, ReloadReport, StartError};
+use crate::app::{AppView, ReloadError, ReloadReport};
 
 /// Concurrent admin connections; beyond it new ones are closed at once.
 const MAX_CONNECTIONS: usize = 64;
@@ -65,7 +65,7 @@ pub struct ReloadOutcome {
 
 impl ReloadOutcome {
     /// The reply to a reload request: the change applied, or every problem found.
-    pub fn of(result: &Result<ReloadReport, StartError>) -> Result<ReloadOutcome, String> {
+    pub fn of(result: &Result<ReloadReport, ReloadError>) -> Result<ReloadOutcome, String> {
         match result {
             Ok(r) => Ok(ReloadOutcome {
                 generation: r.generation,

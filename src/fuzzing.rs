@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Command, Options};
 use crate::app::{AppView, ServeError};
-use crate::config::{Check, Config};
+use crate::config::{Check, CheckKind, Config, Exchange};
 use crate::health::probe::{self, ProbeOutcome, http, udp};
 
 /// One `http`/`https` probe of `check` over `stream` (the member's side of the connection),
@@ -20,13 +20,23 @@ pub async fn http_probe<S>(check: &Check, stream: S, member: SocketAddr) -> Prob
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    probe::bounded(check.timeout, http::probe(check, stream, member)).await
+    let (request, scheme) = match &check.kind {
+        CheckKind::Http(request) => (request, http::Scheme::Http),
+        CheckKind::Https { http, .. } => (http, http::Scheme::Https),
+        other => {
+            return ProbeOutcome {
+                ok: false,
+                reason: format!("not an http check: {}", other.as_str()),
+            };
+        }
+    };
+    probe::bounded(check.timeout, http::probe(request, scheme, stream, member)).await
 }
 
 /// The `udp` probe's verdict on `reply`, the one datagram the member sent back (a STUN binding
-/// response, say), with the reason cleaned as `/status` would show it.
-pub fn udp_reply(check: &Check, reply: &[u8]) -> ProbeOutcome {
-    let mut outcome = udp::judge(&check.expect, reply);
+/// response, say) to a check's `exchange`, with the reason cleaned as `/status` would show it.
+pub fn udp_reply(exchange: &Exchange, reply: &[u8]) -> ProbeOutcome {
+    let mut outcome = udp::judge(&exchange.expect, reply);
     outcome.reason = probe::clean_reason(&outcome.reason);
     outcome
 }

@@ -11,38 +11,56 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use tandem::config::{Check, CheckKind, CheckTls};
+use tandem::config::{Check, CheckKind, CheckTls, Exchange, HttpCheck, StatusRanges};
 use tandem::health::probe::{ProbeOutcome, Prober};
 
 use servers::{MEMBER_NAME, Received};
 
 /// A check of `kind` with the validated defaults and a timeout generous enough for slow CI.
 fn check(kind: CheckKind) -> Check {
-    let sip = matches!(kind, CheckKind::Sip | CheckKind::SipTls);
     Check {
-        kind,
         port: None,
         interval: Duration::from_secs(2),
         timeout: Duration::from_secs(5),
         rise: 2,
         fall: 3,
-        tls: None,
-        path: "/".to_string(),
-        host: None,
-        expect_status: vec![if sip { (200, 299) } else { (200, 399) }],
-        send: Vec::new(),
-        expect: Vec::new(),
+        kind,
     }
 }
 
-fn tls_check(kind: CheckKind, ca_file: Option<&Path>, sni: Option<&str>) -> Check {
-    Check {
-        tls: Some(CheckTls {
-            sni: sni.map(str::to_string),
-            ca_file: ca_file.map(Path::to_path_buf),
-        }),
-        ..check(kind)
+/// An `http` request with the validated defaults.
+fn http() -> HttpCheck {
+    HttpCheck {
+        path: "/".to_string(),
+        host: None,
+        expect_status: StatusRanges(vec![(200, 399)]),
     }
+}
+
+fn https(tls: CheckTls) -> CheckKind {
+    CheckKind::Https { http: http(), tls }
+}
+
+/// A `sip` check over TCP with the validated defaults.
+fn sip() -> CheckKind {
+    CheckKind::Sip {
+        expect_status: StatusRanges(vec![(200, 299)]),
+    }
+}
+
+fn sip_tls(tls: CheckTls) -> CheckKind {
+    CheckKind::SipTls {
+        expect_status: StatusRanges(vec![(200, 299)]),
+        tls,
+    }
+}
+
+/// A check of the TLS kind `kind` makes of its settings.
+fn tls_check(kind: fn(CheckTls) -> CheckKind, ca_file: Option<&Path>, sni: Option<&str>) -> Check {
+    check(kind(CheckTls {
+        sni: sni.map(str::to_string),
+        ca_file: ca_file.map(Path::to_path_buf),
+    }))
 }
 
 /// A short timeout for the cases that wait for a silent member.
@@ -87,7 +105,7 @@ fn prober_and_probe_future_are_send() {
     fn shareable<T: Send + Sync + Clone + 'static>(_: &T) {}
     fn sendable<T: Send>(_: &T) {}
     let pki = servers::pki();
-    let check = tls_check(CheckKind::SipTls, Some(pki.ca_file.path()), None);
+    let check = tls_check(sip_tls, Some(pki.ca_file.path()), None);
     let prober = Prober::new(&check).expect("prober set up");
     shareable(&prober);
     sendable(&prober.probe("127.0.0.1:5061".parse().expect("addr")));
@@ -209,10 +227,10 @@ fn http_headers(head: &str) -> HashMap<String, String> {
 async fn http_200_is_up_and_the_request_is_as_documented() {
     let (member, mut rx) =
         servers::http(None, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let check = Check {
+    let check = check(CheckKind::Http(HttpCheck {
         path: "/health".to_string(),
-        ..check(CheckKind::Http)
-    };
+        ..http()
+    }));
     let outcome = probe(&check, member.addr).await;
     assert_eq!(
         outcome,
@@ -233,10 +251,10 @@ async fn http_200_is_up_and_the_request_is_as_documented() {
 #[tokio::test]
 async fn http_host_header_can_be_configured() {
     let (member, mut rx) = servers::http(None, b"HTTP/1.1 204 No Content\r\n\r\n").await;
-    let check = Check {
+    let check = check(CheckKind::Http(HttpCheck {
         host: Some("fe.example.com".to_string()),
-        ..check(CheckKind::Http)
-    };
+        ..http()
+    }));
     assert_up(&probe(&check, member.addr).await);
     assert_eq!(
         http_headers(&received(&mut rx).await)["host"],
@@ -251,7 +269,7 @@ async fn http_500_is_down() {
         b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
     )
     .await;
-    let outcome = probe(&check(CheckKind::Http), member.addr).await;
+    let outcome = probe(&check(CheckKind::Http(http())), member.addr).await;
     assert_eq!(outcome.reason, "HTTP 500 (expected 200-399)");
     assert!(!outcome.ok);
 }
@@ -259,23 +277,26 @@ async fn http_500_is_down() {
 #[tokio::test]
 async fn http_status_outside_expect_status_is_down() {
     let (member, _rx) = servers::http(None, b"HTTP/1.1 301 Moved\r\nLocation: /x\r\n\r\n").await;
-    let check = Check {
-        expect_status: vec![(200, 200)],
-        ..check(CheckKind::Http)
-    };
+    let check = check(CheckKind::Http(HttpCheck {
+        expect_status: StatusRanges(vec![(200, 200)]),
+        ..http()
+    }));
     assert_down(&probe(&check, member.addr).await, "HTTP 301 (expected 200)");
 }
 
 #[tokio::test]
 async fn http_garbage_reply_is_down() {
     let (member, _rx) = servers::http(None, b"SSH-2.0-OpenSSH_9.6\r\n").await;
-    assert_down(&probe(&check(CheckKind::Http), member.addr).await, "HTTP: ");
+    assert_down(
+        &probe(&check(CheckKind::Http(http())), member.addr).await,
+        "HTTP: ",
+    );
 }
 
 #[tokio::test]
 async fn http_silent_member_times_out() {
     let member = servers::silent(None).await;
-    let outcome = probe(&impatient(check(CheckKind::Http)), member.addr).await;
+    let outcome = probe(&impatient(check(CheckKind::Http(http()))), member.addr).await;
     assert_eq!(
         outcome,
         ProbeOutcome {
@@ -293,11 +314,7 @@ async fn https_200_is_up() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
     )
     .await;
-    let check = tls_check(
-        CheckKind::Https,
-        Some(pki.ca_file.path()),
-        Some(MEMBER_NAME),
-    );
+    let check = tls_check(https, Some(pki.ca_file.path()), Some(MEMBER_NAME));
     assert_eq!(probe(&check, member.addr).await.reason, "HTTP 200");
     let head = received(&mut rx).await;
     assert!(head.starts_with("GET / HTTP/1.1\r\n"), "{head}");
@@ -365,7 +382,7 @@ const SIP_200: &[u8] =
 #[tokio::test]
 async fn sip_200_is_up_and_the_options_request_is_valid() {
     let (member, mut rx) = servers::sip(None, vec![SIP_200]).await;
-    let outcome = probe(&check(CheckKind::Sip), member.addr).await;
+    let outcome = probe(&check(sip()), member.addr).await;
     assert_eq!(
         outcome,
         ProbeOutcome {
@@ -381,7 +398,7 @@ async fn sip_final_response_after_100_trying_is_up() {
     let trying: &[u8] = b"SIP/2.0 100 Trying\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
     let (member, mut rx) = servers::sip(None, vec![trying, SIP_200]).await;
     assert_eq!(
-        probe(&check(CheckKind::Sip), member.addr).await.reason,
+        probe(&check(sip()), member.addr).await.reason,
         "SIP/2.0 200 OK"
     );
     assert_valid_options(&received(&mut rx).await, member.addr, "tcp");
@@ -392,7 +409,7 @@ async fn sip_503_is_down() {
     let unavailable: &[u8] =
         b"SIP/2.0 503 Service Unavailable\r\nRetry-After: 30\r\nContent-Length: 0\r\n\r\n";
     let (member, _rx) = servers::sip(None, vec![unavailable]).await;
-    let outcome = probe(&check(CheckKind::Sip), member.addr).await;
+    let outcome = probe(&check(sip()), member.addr).await;
     assert_eq!(
         outcome,
         ProbeOutcome {
@@ -405,13 +422,13 @@ async fn sip_503_is_down() {
 #[tokio::test]
 async fn sip_garbage_reply_is_down() {
     let (member, _rx) = servers::sip(None, vec![b"HTTP/1.1 400 Bad Request\r\n\r\n"]).await;
-    let outcome = probe(&check(CheckKind::Sip), member.addr).await;
+    let outcome = probe(&check(sip()), member.addr).await;
     assert_down(&outcome, "not a SIP response: \"HTTP/1.1 400 Bad Request\"");
 
     let (member, _rx) =
         servers::sip(None, vec![b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"]).await;
     assert_down(
-        &probe(&check(CheckKind::Sip), member.addr).await,
+        &probe(&check(sip()), member.addr).await,
         "not a SIP response",
     );
 }
@@ -427,7 +444,7 @@ async fn sip_close_before_a_final_response_is_down() {
         let _ = conn.shutdown().await;
     })
     .await;
-    let outcome = probe(&check(CheckKind::Sip), member.addr).await;
+    let outcome = probe(&check(sip()), member.addr).await;
     assert_down(&outcome, "connection closed before a final SIP response");
     assert!(outcome.reason.contains("SIP/2.0 200"), "{outcome:?}");
 }
@@ -435,7 +452,7 @@ async fn sip_close_before_a_final_response_is_down() {
 #[tokio::test]
 async fn sip_silent_member_times_out() {
     let (member, _rx) = servers::sip(None, vec![]).await;
-    let outcome = probe(&impatient(check(CheckKind::Sip)), member.addr).await;
+    let outcome = probe(&impatient(check(sip())), member.addr).await;
     assert_eq!(
         outcome,
         ProbeOutcome {
@@ -449,11 +466,7 @@ async fn sip_silent_member_times_out() {
 async fn sip_over_tls_200_is_up() {
     let pki = servers::pki();
     let (member, mut rx) = servers::sip(Some(pki.acceptor), vec![SIP_200]).await;
-    let check = tls_check(
-        CheckKind::SipTls,
-        Some(pki.ca_file.path()),
-        Some(MEMBER_NAME),
-    );
+    let check = tls_check(sip_tls, Some(pki.ca_file.path()), Some(MEMBER_NAME));
     assert_eq!(probe(&check, member.addr).await.reason, "SIP/2.0 200 OK");
     assert_valid_options(&received(&mut rx).await, member.addr, "tls");
 }
@@ -461,11 +474,10 @@ async fn sip_over_tls_200_is_up() {
 // ---- send-expect -----------------------------------------------------------------------------
 
 fn send_expect(send: &[u8], expect: &[u8]) -> Check {
-    Check {
+    check(CheckKind::SendExpect(Exchange {
         send: send.to_vec(),
         expect: expect.to_vec(),
-        ..check(CheckKind::SendExpect)
-    }
+    }))
 }
 
 #[tokio::test]

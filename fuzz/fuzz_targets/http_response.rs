@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 use std::task::{Context, Poll, Waker};
 
 use libfuzzer_sys::fuzz_target;
-use tandem::config::Check;
+use tandem::config::{Check, CheckKind};
 use tandem::health::probe::MAX_REASON;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::Runtime;
@@ -122,6 +122,9 @@ fuzz_target!(|data: &[u8]| {
             .strip_prefix("HTTP ")
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("pass without a status: {reason:?}"));
-        assert!(CHECK.accepts_status(status), "{reason:?}");
+        let CheckKind::Http(http) = &CHECK.kind else {
+            panic!("the check is not an http check: {:?}", CHECK.kind);
+        };
+        assert!(http.expect_status.accepts(status), "{reason:?}");
     }
 });

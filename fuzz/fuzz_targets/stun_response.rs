@@ -10,11 +10,11 @@ mod common;
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use tandem::config::Check;
+use tandem::config::{CheckKind, Exchange};
 use tandem::health::probe::MAX_REASON;
 
-/// The STUN check of the reference config; each input replaces its `expect`.
-static CHECK: LazyLock<Check> = LazyLock::new(|| {
+/// The bytes of the reference config's STUN check; each input replaces its `expect`.
+static EXCHANGE: LazyLock<Exchange> = LazyLock::new(|| {
     let text = r#"
 [[pool]]
 name = "edge"
@@ -30,7 +30,10 @@ listen = "127.0.0.1:3478"
 protocol = "udp"
 pool = "edge"
 "#;
-    common::first_check(text)
+    match common::first_check(text).kind {
+        CheckKind::Udp(exchange) => exchange,
+        other => panic!("the STUN check is not a udp check: {other:?}"),
+    }
 });
 
 /// An obviously right containment test, to hold the probe's against.
@@ -42,17 +45,17 @@ fuzz_target!(|data: &[u8]| {
     let Some((&len, rest)) = data.split_first() else {
         return;
     };
-    let mut check = CHECK.clone();
+    let mut exchange = EXCHANGE.clone();
     // 255: keep the config's STUN magic cookie, so plain STUN responses are useful inputs.
     let reply = if len == 255 {
         rest
     } else {
         let (expect, reply) = rest.split_at(usize::from(len % 32).min(rest.len()));
-        check.expect = expect.to_vec();
+        exchange.expect = expect.to_vec();
         reply
     };
-    let outcome = tandem::fuzzing::udp_reply(&check, reply);
-    assert_eq!(outcome.ok, contains(reply, &check.expect), "{outcome:?}");
+    let outcome = tandem::fuzzing::udp_reply(&exchange, reply);
+    assert_eq!(outcome.ok, contains(reply, &exchange.expect), "{outcome:?}");
     assert!(!outcome.reason.chars().any(char::is_control), "{outcome:?}");
     assert!(
         outcome.reason.chars().count() <= MAX_REASON + 3,

@@ -148,39 +148,75 @@ impl OperatorState {
     }
 }
 
-/// One `[[pool.check]]`.
-#[derive(Debug, Clone, PartialEq)]
+/// One `[[pool.check]]`: the settings every kind shares, and the kind with its own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
-    pub kind: CheckKind,
     /// Probe port; `None` probes the member's own port.
     pub port: Option<u16>,
+    /// Time between probes of one member (default 2 s).
     pub interval: Duration,
+    /// Bound on one whole probe: connect, handshake, request and reply (default 1 s).
     pub timeout: Duration,
     /// Consecutive successes before a down member is marked up.
     pub rise: u32,
     /// Consecutive failures before an up member is marked down.
     pub fall: u32,
-    /// TLS settings for `tls`, `https` and `sip` over TLS; `None` for plain-text kinds.
-    pub tls: Option<CheckTls>,
-    /// `http`/`https`: request path (default `/`).
-    pub path: String,
-    /// `http`/`https`: Host header (default: the member's IP).
-    pub host: Option<String>,
-    /// Accepted status codes: `http`/`https` default 200-399, `sip` default 200-299.
-    pub expect_status: Vec<(u16, u16)>,
-    /// `send-expect`: bytes sent after connecting (may be empty: just read); `udp`: the
-    /// datagram sent (not empty).
-    pub send: Vec<u8>,
-    /// `send-expect` and `udp`: bytes the reply must contain.
-    pub expect: Vec<u8>,
+    pub kind: CheckKind,
 }
 
-impl Check {
-    /// Whether `status` is one this check accepts.
-    pub fn accepts_status(&self, status: u16) -> bool {
-        self.expect_status
-            .iter()
-            .any(|&(lo, hi)| (lo..=hi).contains(&status))
+/// What a check does, with exactly the settings that kind uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connect, nothing more.
+    Tcp,
+    /// A TCP connect and a complete TLS handshake.
+    Tls(CheckTls),
+    /// One `GET` over TCP, judged on the status.
+    Http(HttpCheck),
+    /// One `GET` over TLS, judged on the status.
+    Https { http: HttpCheck, tls: CheckTls },
+    /// SIP OPTIONS over TCP, judged on the final response's status (default 200-299).
+    Sip { expect_status: StatusRanges },
+    /// SIP OPTIONS over TLS (`kind = "sip"`, `transport = "tls"`).
+    SipTls {
+        expect_status: StatusRanges,
+        tls: CheckTls,
+    },
+    /// Bytes written after the TCP connect, and bytes the reply must contain.
+    SendExpect(Exchange),
+    /// One datagram to the probe port over UDP; up when a reply datagram contains `expect` (a
+    /// STUN binding request, for example).
+    Udp(Exchange),
+}
+
+impl CheckKind {
+    /// The name used in status and messages (`kind` in the file; SIP over TLS is
+    /// `kind = "sip"` with `transport = "tls"`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Tls(_) => "tls",
+            CheckKind::Http(_) => "http",
+            CheckKind::Https { .. } => "https",
+            CheckKind::Sip { .. } => "sip",
+            CheckKind::SipTls { .. } => "sip-tls",
+            CheckKind::SendExpect(_) => "send-expect",
+            CheckKind::Udp(_) => "udp",
+        }
+    }
+
+    /// The TLS settings of the kinds that speak TLS (`tls`, `https`, `sip` over TLS).
+    pub fn tls(&self) -> Option<&CheckTls> {
+        match self {
+            CheckKind::Tls(tls) | CheckKind::Https { tls, .. } | CheckKind::SipTls { tls, .. } => {
+                Some(tls)
+            }
+            CheckKind::Tcp
+            | CheckKind::Http(_)
+            | CheckKind::Sip { .. }
+            | CheckKind::SendExpect(_)
+            | CheckKind::Udp(_) => None,
+        }
     }
 }
 
@@ -194,38 +230,54 @@ pub struct CheckTls {
     pub ca_file: Option<PathBuf>,
 }
 
-/// What a check does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckKind {
-    Tcp,
-    Tls,
-    Http,
-    Https,
-    /// SIP OPTIONS over TCP.
-    Sip,
-    /// SIP OPTIONS over TLS (`kind = "sip"`, `transport = "tls"`).
-    SipTls,
-    SendExpect,
-    /// One datagram to the probe port over UDP (`kind = "udp"`); up when a reply datagram
-    /// contains `expect` (a STUN binding request, for example).
-    Udp,
+/// The request and the verdict of an `http` or `https` check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// Request path, starting with `/` (default `/`).
+    pub path: String,
+    /// Host header; default: the member's IP, with its port unless the scheme's default.
+    pub host: Option<String>,
+    /// Accepted statuses (default 200-399).
+    pub expect_status: StatusRanges,
 }
 
-impl CheckKind {
-    /// The name used in status and messages (`kind` in the file; SIP over TLS is
-    /// `kind = "sip"` with `transport = "tls"`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CheckKind::Tcp => "tcp",
-            CheckKind::Tls => "tls",
-            CheckKind::Http => "http",
-            CheckKind::Https => "https",
-            CheckKind::Sip => "sip",
-            CheckKind::SipTls => "sip-tls",
-            CheckKind::SendExpect => "send-expect",
-            CheckKind::Udp => "udp",
-        }
+/// Accepted status codes, as inclusive ranges: `200-399` is `[(200, 399)]`, `200,204` is
+/// `[(200, 200), (204, 204)]`. Never empty once validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRanges(pub Vec<(u16, u16)>);
+
+impl StatusRanges {
+    /// Whether `status` is one of these.
+    pub fn accepts(&self, status: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
     }
+}
+
+impl fmt::Display for StatusRanges {
+    /// As written in the config: `200-399`, `200,204`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, &(lo, hi)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of a `send-expect` or `udp` check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// Sent first. `send-expect`: may be empty (the member speaks first); `udp`: the datagram,
+    /// never empty.
+    pub send: Vec<u8>,
+    /// Bytes the reply must contain; never empty.
+    pub expect: Vec<u8>,
 }
 
 /// One listener in front of a pool.

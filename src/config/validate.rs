@@ -4,6 +4,10 @@
 //! `[[service]]` entry is deserialized on its own, so one broken entry does not hide the
 //! problems of the others. Semantic checks (references, duplicates, ranges) run on whatever
 //! entries deserialized. Pure: no I/O.
+//!
+//! `[[pool.check]]` tables are read and validated in `checks`, one by one and by kind.
+
+mod checks;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -84,7 +88,7 @@ impl<'a> Cx<'a> {
                         .map(|a| self.admin(a));
                 }
                 "pool" => {
-                    for (i, entry) in self.entries(value, "pool").into_iter().enumerate() {
+                    for (i, entry) in self.entries(value, "pool", "pool").into_iter().enumerate() {
                         let path = entry_path("pool", &entry, i);
                         if let Some(name) = entry
                             .get_ref()
@@ -93,13 +97,26 @@ impl<'a> Cx<'a> {
                         {
                             declared_pools.insert(name.to_string());
                         }
-                        if let Some(p) = self.entry::<RawPool>(&entry, &path) {
+                        // Checks are read apart from the rest of the pool: their kind decides
+                        // which keys they take (see `RawCheck`).
+                        let mut entry = entry;
+                        let checks = match entry.get_mut() {
+                            DeValue::Table(t) => t.remove("check"),
+                            _ => None,
+                        };
+                        let checks = self.raw_checks(checks, &path);
+                        if let Some(mut p) = self.entry::<RawPool>(&entry, &path) {
+                            p.check = checks;
                             raw_pools.push((path, p));
                         }
                     }
                 }
                 "service" => {
-                    for (i, entry) in self.entries(value, "service").into_iter().enumerate() {
+                    for (i, entry) in self
+                        .entries(value, "service", "service")
+                        .into_iter()
+                        .enumerate()
+                    {
                         let path = entry_path("service", &entry, i);
                         if let Some(s) = self.entry::<RawService>(&entry, &path) {
                             raw_services.push((path, s));
@@ -123,14 +140,20 @@ impl<'a> Cx<'a> {
         }
     }
 
-    /// The elements of an array of tables (`[[pool]]`), or a problem if it is something else.
-    fn entries(&mut self, value: &Spanned<DeValue<'a>>, what: &str) -> Vec<Spanned<DeValue<'a>>> {
+    /// The elements of an array of tables (`[[pool]]`, `[[pool.check]]`), or a problem at `path`
+    /// if it is something else.
+    fn entries(
+        &mut self,
+        value: &Spanned<DeValue<'a>>,
+        path: &str,
+        what: &str,
+    ) -> Vec<Spanned<DeValue<'a>>> {
         match value.get_ref() {
             DeValue::Array(items) => items.iter().cloned().collect(),
             other => {
                 self.problem(
                     value.span(),
-                    what,
+                    path,
                     format!(
                         "expected an array of tables (`[[{what}]]`), found {}",
                         other.type_str()
@@ -147,20 +170,47 @@ impl<'a> Cx<'a> {
         value: &Spanned<DeValue<'a>>,
         path: &str,
     ) -> Option<T> {
+        self.entry_within(value, path, "")
+    }
+
+    /// [`Cx::entry`] for a table that sits at key path `within` of the entry `path` names, such
+    /// as `check[2]` of a pool.
+    fn entry_within<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        value: &Spanned<DeValue<'a>>,
+        path: &str,
+        within: &str,
+    ) -> Option<T> {
         match T::deserialize(value.clone().into_deserializer()) {
             Ok(v) => Some(v),
             Err(e) => {
-                let span = e.span().unwrap_or(value.span());
-                let key = key_path_at(value, span.start);
-                let message = if key.is_empty() || e.message().contains(&format!("`{key}`")) {
-                    e.message().to_string()
-                } else {
-                    format!("{key}: {}", e.message())
-                };
-                self.problem(span, path, message);
+                self.serde_problem(&e, value, path, within);
                 None
             }
         }
+    }
+
+    /// Records serde's error `e` on `value` (at key path `within`), prefixed with the key path
+    /// of the value it is about unless the message names that key already.
+    fn serde_problem(
+        &mut self,
+        e: &toml::de::Error,
+        value: &Spanned<DeValue<'a>>,
+        path: &str,
+        within: &str,
+    ) {
+        let span = e.span().unwrap_or(value.span());
+        let key = match (within, key_path_at(value, span.start)) {
+            (within, inner) if inner.is_empty() => within.to_string(),
+            ("", inner) => inner,
+            (within, inner) => format!("{within}.{inner}"),
+        };
+        let message = if key.is_empty() || e.message().contains(&format!("`{key}`")) {
+            e.message().to_string()
+        } else {
+            format!("{key}: {}", e.message())
+        };
+        self.problem(span, path, message);
     }
 
     fn admin(&mut self, raw: RawAdmin) -> Option<Admin> {
@@ -187,7 +237,7 @@ impl<'a> Cx<'a> {
                 .check
                 .iter()
                 .enumerate()
-                .filter_map(|(i, c)| self.check(c, &format!("{path} check {}", i + 1)))
+                .filter_map(|(i, c)| self.check(c, &checks::check_path(&path, i)))
                 .collect();
             // Health belongs to the member, not to a service port: a check must know where to
             // probe a member that has no port of its own.
@@ -195,10 +245,10 @@ impl<'a> Cx<'a> {
                 && let Some(portless) = members.iter().find(|m| m.addr.port.is_none())
             {
                 for (i, c) in rp.check.iter().enumerate() {
-                    if c.get_ref().port.is_none() {
+                    if c.get_ref().common().port.is_none() {
                         self.problem(
                             c.span(),
-                            &format!("{path} check {}", i + 1),
+                            &checks::check_path(&path, i),
                             format!(
                                 "port: member {} has no port, so the check needs one",
                                 portless.addr
@@ -353,245 +403,6 @@ impl<'a> Cx<'a> {
                 );
                 None
             }
-        }
-    }
-
-    fn check(&mut self, rc: &Spanned<RawCheck>, path: &str) -> Option<Check> {
-        let entry = rc.span();
-        let rc = rc.get_ref();
-        let mut ok = true;
-        let port = match &rc.port {
-            None => None,
-            Some(p) => {
-                let v = self.port(p, path, "port", false);
-                ok &= v.is_some();
-                v
-            }
-        };
-        let interval = self.duration(
-            &rc.interval,
-            path,
-            "interval",
-            DEFAULT_CHECK_INTERVAL,
-            false,
-        );
-        let timeout = self.duration(&rc.timeout, path, "timeout", DEFAULT_CHECK_TIMEOUT, false);
-        let rise = self.count(&rc.rise, path, "rise", DEFAULT_RISE, 1..=100);
-        let fall = self.count(&rc.fall, path, "fall", DEFAULT_FALL, 1..=100);
-
-        let sip_tls = match &rc.transport {
-            None => false,
-            Some(t) if t.get_ref() == "tcp" => false,
-            Some(t) if t.get_ref() == "tls" => true,
-            Some(t) => {
-                self.problem(
-                    t.span(),
-                    path,
-                    format!(
-                        "transport \"{}\" is not one of \"tcp\", \"tls\"",
-                        t.get_ref()
-                    ),
-                );
-                ok = false;
-                false
-            }
-        };
-        let kind = match rc.kind {
-            RawCheckKind::Tcp => CheckKind::Tcp,
-            RawCheckKind::Tls => CheckKind::Tls,
-            RawCheckKind::Http => CheckKind::Http,
-            RawCheckKind::Https => CheckKind::Https,
-            RawCheckKind::Sip if sip_tls => CheckKind::SipTls,
-            RawCheckKind::Sip => CheckKind::Sip,
-            RawCheckKind::SendExpect => CheckKind::SendExpect,
-            RawCheckKind::Udp => CheckKind::Udp,
-        };
-        let uses_tls = matches!(kind, CheckKind::Tls | CheckKind::Https | CheckKind::SipTls);
-        let is_http = matches!(kind, CheckKind::Http | CheckKind::Https);
-        let is_sip = matches!(kind, CheckKind::Sip | CheckKind::SipTls);
-        // `send`/`expect` apply to both kinds that exchange raw bytes.
-        let is_send_expect = matches!(kind, CheckKind::SendExpect | CheckKind::Udp);
-
-        // A key that does nothing for this kind is almost always a mistake in the file.
-        let misplaced: [(&str, Option<Range<usize>>, bool); 10] = [
-            ("sni", rc.sni.as_ref().map(|v| v.span()), uses_tls),
-            ("ca_file", rc.ca_file.as_ref().map(|v| v.span()), uses_tls),
-            ("verify", rc.verify.as_ref().map(|v| v.span()), uses_tls),
-            ("path", rc.path.as_ref().map(|v| v.span()), is_http),
-            ("host", rc.host.as_ref().map(|v| v.span()), is_http),
-            (
-                "expect_status",
-                rc.expect_status.as_ref().map(|v| v.span()),
-                is_http || is_sip,
-            ),
-            ("transport", rc.transport.as_ref().map(|v| v.span()), is_sip),
-            ("send", rc.send.as_ref().map(|v| v.span()), is_send_expect),
-            (
-                "send_hex",
-                rc.send_hex.as_ref().map(|v| v.span()),
-                is_send_expect,
-            ),
-            (
-                "expect",
-                rc.expect
-                    .as_ref()
-                    .map(|v| v.span())
-                    .or(rc.expect_hex.as_ref().map(|v| v.span())),
-                is_send_expect,
-            ),
-        ];
-        for (key, span, applies) in misplaced {
-            if let (Some(span), false) = (span, applies) {
-                self.problem(
-                    span,
-                    path,
-                    format!("{key} does not apply to a {} check", kind.as_str()),
-                );
-                ok = false;
-            }
-        }
-
-        let tls = if uses_tls {
-            let verify = rc.verify.as_ref().is_none_or(|v| *v.get_ref());
-            match (&rc.ca_file, verify) {
-                (Some(ca), true) => Some(CheckTls {
-                    sni: rc.sni.as_ref().map(|s| s.get_ref().clone()),
-                    ca_file: Some(PathBuf::from(ca.get_ref())),
-                }),
-                (None, false) => Some(CheckTls {
-                    sni: rc.sni.as_ref().map(|s| s.get_ref().clone()),
-                    ca_file: None,
-                }),
-                (Some(ca), false) => {
-                    self.problem(
-                        ca.span(),
-                        path,
-                        "ca_file is set but verify = false; keep one of them",
-                    );
-                    ok = false;
-                    None
-                }
-                (None, true) => {
-                    let at = rc.verify.as_ref().map_or(entry.clone(), |v| v.span());
-                    self.problem(
-                        at,
-                        path,
-                        format!(
-                            "a {} check needs ca_file (the CA that signed the members' certificates), \
-                             or verify = false to accept any certificate",
-                            kind.as_str()
-                        ),
-                    );
-                    ok = false;
-                    None
-                }
-            }
-        } else {
-            None
-        };
-
-        let default_status = if is_sip { (200, 299) } else { (200, 399) };
-        let expect_status = match &rc.expect_status {
-            None => vec![default_status],
-            Some(raw) => match parse_status(raw.get_ref()) {
-                Some(ranges) => ranges,
-                None => {
-                    self.problem(
-                        raw.span(),
-                        path,
-                        "expect_status must be status codes 100..=699 or ranges, e.g. \"200-399\" or \"200,204\"",
-                    );
-                    ok = false;
-                    Vec::new()
-                }
-            },
-        };
-
-        let send = self.bytes(&rc.send, &rc.send_hex, path, "send");
-        let expect = self.bytes(&rc.expect, &rc.expect_hex, path, "expect");
-        if kind == CheckKind::Udp && send.as_ref().is_some_and(|s| s.is_empty()) {
-            // Over UDP nothing comes back unless something is sent first.
-            let at = rc
-                .send
-                .as_ref()
-                .or(rc.send_hex.as_ref())
-                .map_or(entry.clone(), |v| v.span());
-            self.problem(
-                at,
-                path,
-                "a udp check needs `send` (or `send_hex`): the datagram to send",
-            );
-            ok = false;
-        }
-        if is_send_expect && expect.as_ref().is_some_and(|e| e.is_empty()) {
-            let at = rc
-                .expect
-                .as_ref()
-                .or(rc.expect_hex.as_ref())
-                .map_or(entry, |v| v.span());
-            self.problem(
-                at,
-                path,
-                format!(
-                    "a {} check needs `expect` (or `expect_hex`): the bytes the reply must contain",
-                    kind.as_str()
-                ),
-            );
-            ok = false;
-        }
-
-        let check = Check {
-            kind,
-            port,
-            interval: interval?,
-            timeout: timeout?,
-            rise: rise?,
-            fall: fall?,
-            tls,
-            path: rc
-                .path
-                .as_ref()
-                .map_or_else(|| "/".to_string(), |p| p.get_ref().clone()),
-            host: rc.host.as_ref().map(|h| h.get_ref().clone()),
-            expect_status,
-            send: send?,
-            expect: expect?,
-        };
-        if let Some(p) = &rc.path
-            && !p.get_ref().starts_with('/')
-        {
-            self.problem(p.span(), path, "path must start with `/`");
-            ok = false;
-        }
-        ok.then_some(check)
-    }
-
-    /// Text or hex bytes from a `key` / `key_hex` pair (at most one of them); empty when neither.
-    fn bytes(
-        &mut self,
-        text: &Option<Spanned<String>>,
-        hex: &Option<Spanned<String>>,
-        path: &str,
-        key: &str,
-    ) -> Option<Vec<u8>> {
-        match (text, hex) {
-            (Some(t), Some(_)) => {
-                self.problem(t.span(), path, format!("set {key} or {key}_hex, not both"));
-                None
-            }
-            (Some(t), None) => Some(t.get_ref().as_bytes().to_vec()),
-            (None, Some(h)) => match decode_hex(h.get_ref()) {
-                Some(b) => Some(b),
-                None => {
-                    self.problem(
-                        h.span(),
-                        path,
-                        format!("{key}_hex is not an even number of hex digits (spaces allowed)"),
-                    );
-                    None
-                }
-            },
-            (None, None) => Some(Vec::new()),
         }
     }
 
@@ -942,51 +753,6 @@ impl<'a> Cx<'a> {
     }
 }
 
-/// `200`, `"200-399"`, `"200,204,300-399"` -> ranges; `None` when malformed or out of 100..=699.
-fn parse_status(raw: &RawStatus) -> Option<Vec<(u16, u16)>> {
-    let valid = |c: u16| (100..=699).contains(&c);
-    match raw {
-        RawStatus::Code(c) => u16::try_from(*c)
-            .ok()
-            .filter(|c| valid(*c))
-            .map(|c| vec![(c, c)]),
-        RawStatus::Text(t) => {
-            let mut out = Vec::new();
-            for part in t.split(',') {
-                let part = part.trim();
-                let (lo, hi) = match part.split_once('-') {
-                    Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
-                    None => {
-                        let c = part.parse().ok()?;
-                        (c, c)
-                    }
-                };
-                if !valid(lo) || !valid(hi) || lo > hi {
-                    return None;
-                }
-                out.push((lo, hi));
-            }
-            Some(out)
-        }
-    }
-}
-
-/// Hex digits (whitespace ignored) -> bytes.
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if !digits.len().is_multiple_of(2) {
-        return None;
-    }
-    digits
-        .chunks(2)
-        .map(|pair| {
-            let hi = (pair[0] as char).to_digit(16)?;
-            let lo = (pair[1] as char).to_digit(16)?;
-            Some((hi * 16 + lo) as u8)
-        })
-        .collect()
-}
-
 fn empty_config() -> Config {
     Config {
         admin: None,
@@ -1146,49 +912,6 @@ backup_pool = "fe-dc2"
         let text = MINIMAL.to_string()
             + "[[service]]\nname = \"u\"\nlisten = \"0.0.0.0:5061\"\nprotocol = \"udp\"\npool = \"fe-dc1\"\n";
         assert!(parse(&text, "t.toml").is_ok());
-    }
-
-    #[test]
-    fn udp_check_needs_send_and_expect_and_takes_no_http_keys() {
-        let pool = "members = [{ addr = \"10.1.0.11\" }, { addr = \"10.1.0.12\", weight = 2 }, { addr = \"10.1.0.13\", state = \"drain\" }]";
-        let with = |check: &str| {
-            MINIMAL.replacen(
-                pool,
-                &format!("{pool}\n[[pool.check]]\nkind = \"udp\"\nport = 3478\n{check}"),
-                1,
-            )
-        };
-        let c = parse(
-            &with("send_hex = \"0001 0000 2112A442 000000000000000000000000\"\nexpect_hex = \"2112A442\""),
-            "t.toml",
-        )
-        .expect("valid");
-        let check = &c.pools[0].checks[0];
-        assert_eq!(check.kind, CheckKind::Udp);
-        assert_eq!(check.send.len(), 20);
-        assert_eq!(check.expect, vec![0x21, 0x12, 0xA4, 0x42]);
-
-        let problems = parse(&with("expect = \"x\""), "t.toml").expect_err("no send");
-        assert!(
-            problems.to_string().contains("a udp check needs `send`"),
-            "{problems}"
-        );
-        let problems = parse(&with("send = \"x\""), "t.toml").expect_err("no expect");
-        assert!(
-            problems.to_string().contains("a udp check needs `expect`"),
-            "{problems}"
-        );
-        let problems = parse(
-            &with("send = \"x\"\nexpect = \"y\"\npath = \"/\""),
-            "t.toml",
-        )
-        .expect_err("path");
-        assert!(
-            problems
-                .to_string()
-                .contains("path does not apply to a udp check"),
-            "{problems}"
-        );
     }
 
     #[test]

@@ -170,12 +170,6 @@ fn recovery_check() -> Check {
         timeout: DEFAULT_CHECK_TIMEOUT,
         rise: DEFAULT_RISE,
         fall: DEFAULT_FALL,
-        tls: None,
-        path: "/".to_string(),
-        host: None,
-        expect_status: Vec::new(),
-        send: Vec::new(),
-        expect: Vec::new(),
     }
 }
 

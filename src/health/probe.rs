@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{Check, CheckKind};
 
+use self::http::Scheme;
 use self::tls::TlsClient;
 
 /// `User-Agent` of HTTP and SIP probes: `tandem/<version>`.
@@ -47,8 +48,7 @@ pub enum ProbeSetupError {
     /// `sni` is neither a DNS name nor an IP address.
     #[error("sni {sni:?} is not a valid DNS name or IP address")]
     Sni { sni: String },
-    /// The TLS client cannot be built (a check kind that needs TLS without TLS settings, or a
-    /// crypto provider without usable protocol versions).
+    /// The TLS client cannot be built (a crypto provider without usable protocol versions).
     #[error("TLS setup: {0}")]
     Tls(String),
 }
@@ -83,7 +83,8 @@ impl ProbeOutcome {
 #[derive(Clone)]
 pub struct Prober {
     check: Arc<Check>,
-    /// Present for the kinds that speak TLS (`tls`, `https`, `sip` over TLS).
+    /// Built from [`CheckKind::tls`]: present exactly for the kinds that speak TLS (`tls`,
+    /// `https`, `sip` over TLS).
     tls: Option<TlsClient>,
 }
 
@@ -99,19 +100,7 @@ impl fmt::Debug for Prober {
 impl Prober {
     /// Prepares `check` (reads its CA file, builds the TLS client config).
     pub fn new(check: &Check) -> Result<Prober, ProbeSetupError> {
-        let needs_tls = matches!(
-            check.kind,
-            CheckKind::Tls | CheckKind::Https | CheckKind::SipTls
-        );
-        let tls = match (&check.tls, needs_tls) {
-            (Some(settings), true) => Some(TlsClient::new(settings)?),
-            (None, true) => {
-                return Err(ProbeSetupError::Tls(
-                    "this check kind needs TLS settings (ca_file, or verify = false)".to_string(),
-                ));
-            }
-            (_, false) => None,
-        };
+        let tls = check.kind.tls().map(TlsClient::new).transpose()?;
         Ok(Prober {
             check: Arc::new(check.clone()),
             tls,
@@ -129,9 +118,9 @@ impl Prober {
     }
 
     async fn run(&self, addr: SocketAddr) -> ProbeOutcome {
-        let check = &self.check;
-        if check.kind == CheckKind::Udp {
-            return udp::probe(check, addr).await;
+        let kind = &self.check.kind;
+        if let CheckKind::Udp(exchange) = kind {
+            return udp::probe(exchange, addr).await;
         }
         let tcp = match TcpStream::connect(addr).await {
             Ok(tcp) => tcp,
@@ -139,30 +128,32 @@ impl Prober {
         };
         // A probe is a few small writes; waiting to coalesce them only adds latency.
         let _ = tcp.set_nodelay(true);
-        match check.kind {
+        match kind {
             CheckKind::Tcp => {
                 // Close with a reset, as HAProxy does for connect-only checks: a plain close
                 // would leave a TIME_WAIT socket per probe (3,000 at 100 members / 2 s).
                 let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
                 ProbeOutcome::pass("connected")
             }
-            CheckKind::Http => http::probe(check, tcp, addr).await,
-            CheckKind::SendExpect => send_expect::probe(check, tcp).await,
-            CheckKind::Sip => match tcp.local_addr() {
-                Ok(local) => sip::probe(check, tcp, addr, local, sip::Transport::Tcp).await,
+            CheckKind::Http(request) => http::probe(request, Scheme::Http, tcp, addr).await,
+            CheckKind::SendExpect(exchange) => send_expect::probe(exchange, tcp).await,
+            CheckKind::Sip { expect_status } => match tcp.local_addr() {
+                Ok(local) => sip::probe(expect_status, tcp, addr, local, sip::Transport::Tcp).await,
                 Err(e) => ProbeOutcome::fail(format!("local address: {}", io_reason(&e))),
             },
-            CheckKind::Tls | CheckKind::Https | CheckKind::SipTls => self.run_tls(tcp, addr).await,
+            CheckKind::Tls(_) | CheckKind::Https { .. } | CheckKind::SipTls { .. } => {
+                self.run_tls(tcp, addr).await
+            }
             // Handled above, before any TCP connect.
-            CheckKind::Udp => ProbeOutcome::fail("udp check over tcp"),
+            CheckKind::Udp(_) => ProbeOutcome::fail("udp check over tcp"),
         }
     }
 
     /// The kinds that speak TLS over the connected `tcp`.
     async fn run_tls(&self, tcp: TcpStream, addr: SocketAddr) -> ProbeOutcome {
-        let check = &self.check;
         let Some(tls) = &self.tls else {
-            // `new` refuses TLS kinds without TLS settings, so this is never reached.
+            // `new` builds the client for every kind that has TLS settings, so this is never
+            // reached.
             return ProbeOutcome::fail("TLS is not set up for this check");
         };
         // Taken before the stream disappears into the TLS session; only SIP needs it.
@@ -171,12 +162,14 @@ impl Prober {
             Ok(stream) => stream,
             Err(reason) => return ProbeOutcome::fail(reason),
         };
-        match (check.kind, local) {
-            (CheckKind::Https, _) => http::probe(check, stream, addr).await,
-            (CheckKind::SipTls, Ok(local)) => {
-                sip::probe(check, stream, addr, local, sip::Transport::Tls).await
+        match (&self.check.kind, local) {
+            (CheckKind::Https { http: request, .. }, _) => {
+                http::probe(request, Scheme::Https, stream, addr).await
             }
-            (CheckKind::SipTls, Err(e)) => {
+            (CheckKind::SipTls { expect_status, .. }, Ok(local)) => {
+                sip::probe(expect_status, stream, addr, local, sip::Transport::Tls).await
+            }
+            (CheckKind::SipTls { .. }, Err(e)) => {
                 ProbeOutcome::fail(format!("local address: {}", io_reason(&e)))
             }
             _ => tls::finish(stream).await,

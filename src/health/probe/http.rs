@@ -16,18 +16,40 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{ProbeOutcome, USER_AGENT};
-use crate::config::{Check, CheckKind};
+use crate::config::HttpCheck;
 
 /// Largest response head read (status line and headers): 16 KiB, hyper's smallest allowed read
 /// buffer is 8 KiB. A health endpoint's head is a few hundred bytes.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// Sends the check's request over `stream` to the member at `member` and judges the status.
-pub(crate) async fn probe<S>(check: &Check, stream: S, member: SocketAddr) -> ProbeOutcome
+/// Whether the request goes over TLS; it decides the port the Host header may leave out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// Sends the check's request over `stream` (already TLS for https) to the member at `member`
+/// and judges the status.
+pub(crate) async fn probe<S>(
+    check: &HttpCheck,
+    scheme: Scheme,
+    stream: S,
+    member: SocketAddr,
+) -> ProbeOutcome
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let request = match request(check, member) {
+    let request = match request(check, scheme, member) {
         Ok(request) => request,
         Err(e) => return ProbeOutcome::fail(format!("cannot build request: {e}")),
     };
@@ -58,13 +80,10 @@ where
     match result {
         Ok(response) => {
             let status = response.status().as_u16();
-            if check.accepts_status(status) {
+            if check.expect_status.accepts(status) {
                 ProbeOutcome::pass(format!("HTTP {status}"))
             } else {
-                ProbeOutcome::fail(format!(
-                    "HTTP {status} (expected {})",
-                    expected(&check.expect_status)
-                ))
+                ProbeOutcome::fail(format!("HTTP {status} (expected {})", check.expect_status))
             }
         }
         Err(e) => ProbeOutcome::fail(format!("HTTP: {}", chain(&e))),
@@ -72,11 +91,15 @@ where
 }
 
 /// The probe request: `GET <path>` with Host, `Connection: close` and our User-Agent.
-fn request(check: &Check, member: SocketAddr) -> Result<Request<Empty<Bytes>>, hyper::http::Error> {
+fn request(
+    check: &HttpCheck,
+    scheme: Scheme,
+    member: SocketAddr,
+) -> Result<Request<Empty<Bytes>>, hyper::http::Error> {
     Request::builder()
         .method(Method::GET)
         .uri(check.path.as_str())
-        .header(header::HOST, host(check, member))
+        .header(header::HOST, host(check, scheme, member))
         .header(header::CONNECTION, "close")
         .header(header::USER_AGENT, USER_AGENT)
         .body(Empty::new())
@@ -84,35 +107,15 @@ fn request(check: &Check, member: SocketAddr) -> Result<Request<Empty<Bytes>>, h
 
 /// The Host header: the configured one, else the member's IP, with the port unless it is the
 /// scheme's default (RFC 9110 7.2).
-fn host(check: &Check, member: SocketAddr) -> String {
+fn host(check: &HttpCheck, scheme: Scheme, member: SocketAddr) -> String {
     if let Some(host) = &check.host {
         return host.clone();
     }
-    let default_port = if check.kind == CheckKind::Https {
-        443
-    } else {
-        80
-    };
     match member.ip() {
-        _ if member.port() != default_port => member.to_string(),
+        _ if member.port() != scheme.default_port() => member.to_string(),
         IpAddr::V4(ip) => ip.to_string(),
         IpAddr::V6(ip) => format!("[{ip}]"),
     }
-}
-
-/// Accepted statuses as configured: `200-399`, `200,204`.
-fn expected(ranges: &[(u16, u16)]) -> String {
-    let parts: Vec<String> = ranges
-        .iter()
-        .map(|&(lo, hi)| {
-            if lo == hi {
-                lo.to_string()
-            } else {
-                format!("{lo}-{hi}")
-            }
-        })
-        .collect();
-    parts.join(",")
 }
 
 /// An error with its causes: hyper's own message is generic ("error trying to connect"), the
@@ -131,47 +134,38 @@ fn chain(e: &dyn Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use crate::config::StatusRanges;
 
-    fn check(kind: CheckKind, host: Option<&str>) -> Check {
-        Check {
-            kind,
-            port: None,
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
-            rise: 2,
-            fall: 3,
-            tls: None,
+    fn check(host: Option<&str>) -> HttpCheck {
+        HttpCheck {
             path: "/health?deep=1".to_string(),
             host: host.map(str::to_string),
-            expect_status: vec![(200, 399)],
-            send: Vec::new(),
-            expect: Vec::new(),
+            expect_status: StatusRanges(vec![(200, 399)]),
         }
     }
 
     #[test]
     fn host_header_omits_the_default_port() {
-        let http = check(CheckKind::Http, None);
-        let https = check(CheckKind::Https, None);
+        let plain = check(None);
         let at = |s: &str| s.parse::<SocketAddr>().unwrap();
-        assert_eq!(host(&http, at("10.1.0.11:80")), "10.1.0.11");
-        assert_eq!(host(&http, at("10.1.0.11:8080")), "10.1.0.11:8080");
-        assert_eq!(host(&http, at("10.1.0.11:443")), "10.1.0.11:443");
-        assert_eq!(host(&https, at("10.1.0.11:443")), "10.1.0.11");
-        assert_eq!(host(&https, at("[2001:db8::1]:443")), "[2001:db8::1]");
-        assert_eq!(host(&https, at("[2001:db8::1]:4443")), "[2001:db8::1]:4443");
-        let named = check(CheckKind::Http, Some("fe.example.com"));
-        assert_eq!(host(&named, at("10.1.0.11:8080")), "fe.example.com");
+        let http = |s: &str| host(&plain, Scheme::Http, at(s));
+        let https = |s: &str| host(&plain, Scheme::Https, at(s));
+        assert_eq!(http("10.1.0.11:80"), "10.1.0.11");
+        assert_eq!(http("10.1.0.11:8080"), "10.1.0.11:8080");
+        assert_eq!(http("10.1.0.11:443"), "10.1.0.11:443");
+        assert_eq!(https("10.1.0.11:443"), "10.1.0.11");
+        assert_eq!(https("[2001:db8::1]:443"), "[2001:db8::1]");
+        assert_eq!(https("[2001:db8::1]:4443"), "[2001:db8::1]:4443");
+        let named = check(Some("fe.example.com"));
+        assert_eq!(
+            host(&named, Scheme::Http, at("10.1.0.11:8080")),
+            "fe.example.com"
+        );
     }
 
     #[test]
     fn request_carries_path_and_headers() {
-        let r = request(
-            &check(CheckKind::Http, None),
-            "10.1.0.11:80".parse().unwrap(),
-        )
-        .unwrap();
+        let r = request(&check(None), Scheme::Http, "10.1.0.11:80".parse().unwrap()).unwrap();
         assert_eq!(r.uri(), "/health?deep=1");
         assert_eq!(r.headers()[header::HOST], "10.1.0.11");
         assert_eq!(r.headers()[header::CONNECTION], "close");
@@ -180,9 +174,9 @@ mod tests {
 
     #[test]
     fn expected_ranges_read_like_the_config() {
-        assert_eq!(expected(&[(200, 399)]), "200-399");
+        assert_eq!(StatusRanges(vec![(200, 399)]).to_string(), "200-399");
         assert_eq!(
-            expected(&[(200, 200), (204, 204), (300, 302)]),
+            StatusRanges(vec![(200, 200), (204, 204), (300, 302)]).to_string(),
             "200,204,300-302"
         );
     }

@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{ProbeOutcome, io_reason, quote_bytes};
-use crate::config::Check;
+use crate::config::Exchange;
 
 /// Most bytes read while looking for the expected ones: 64 KiB.
 pub const MAX_READ: usize = 64 * 1024;
@@ -15,14 +15,14 @@ pub const MAX_READ: usize = 64 * 1024;
 /// How many received bytes a failure reason quotes.
 const QUOTE_LEN: usize = 40;
 
-/// Sends `check.send` (if any) on `stream` and waits for `check.expect` in the reply.
-pub(super) async fn probe(check: &Check, mut stream: TcpStream) -> ProbeOutcome {
-    if !check.send.is_empty()
-        && let Err(e) = stream.write_all(&check.send).await
+/// Sends `exchange.send` (if any) on `stream` and waits for `exchange.expect` in the reply.
+pub(super) async fn probe(exchange: &Exchange, mut stream: TcpStream) -> ProbeOutcome {
+    if !exchange.send.is_empty()
+        && let Err(e) = stream.write_all(&exchange.send).await
     {
         return ProbeOutcome::fail(format!("send: {}", io_reason(&e)));
     }
-    let expect = check.expect.as_slice();
+    let expect = exchange.expect.as_slice();
     if expect.is_empty() {
         // Validation requires `expect`; an empty one is trivially contained in anything.
         return ProbeOutcome::pass("matched");

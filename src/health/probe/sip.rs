@@ -16,11 +16,12 @@ pub(super) use crate::health::sip::Transport;
 use crate::health::sip::{OptionsRequest, ResponseReader};
 
 use super::{ProbeOutcome, USER_AGENT, io_reason};
-use crate::config::Check;
+use crate::config::StatusRanges;
 
-/// Sends OPTIONS to `member` from `local` over `stream` and judges the final response's status.
+/// Sends OPTIONS to `member` from `local` over `stream`; up when the final response's status is
+/// one of `expect_status`.
 pub(super) async fn probe<S>(
-    check: &Check,
+    expect_status: &StatusRanges,
     mut stream: S,
     member: SocketAddr,
     local: SocketAddr,
@@ -68,7 +69,7 @@ where
         }
         match reader.feed(&buf[..n]) {
             Ok(None) => {}
-            Ok(Some(status)) if check.accepts_status(status.code) => {
+            Ok(Some(status)) if expect_status.accepts(status.code) => {
                 return ProbeOutcome::pass(status.to_string());
             }
             Ok(Some(status)) => return ProbeOutcome::fail(status.to_string()),

@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::net::UdpSocket;
 
 use super::{ProbeOutcome, io_reason, quote_bytes};
-use crate::config::Check;
+use crate::config::Exchange;
 
 /// Largest reply read: a whole UDP datagram.
 const MAX_DATAGRAM: usize = 65535;
@@ -21,8 +21,8 @@ const MAX_DATAGRAM: usize = 65535;
 /// How many received bytes a failure reason quotes.
 const QUOTE_LEN: usize = 40;
 
-/// Sends `check.send` to `addr` and waits for a datagram containing `check.expect`.
-pub(super) async fn probe(check: &Check, addr: SocketAddr) -> ProbeOutcome {
+/// Sends `exchange.send` to `addr` and waits for a datagram containing `exchange.expect`.
+pub(super) async fn probe(exchange: &Exchange, addr: SocketAddr) -> ProbeOutcome {
     let local: SocketAddr = match addr {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -34,10 +34,10 @@ pub(super) async fn probe(check: &Check, addr: SocketAddr) -> ProbeOutcome {
     if let Err(e) = socket.connect(addr).await {
         return ProbeOutcome::fail(format!("connect: {}", io_reason(&e)));
     }
-    if let Err(e) = socket.send(&check.send).await {
+    if let Err(e) = socket.send(&exchange.send).await {
         return ProbeOutcome::fail(format!("send: {}", io_reason(&e)));
     }
-    let expect = check.expect.as_slice();
+    let expect = exchange.expect.as_slice();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let n = match socket.recv(&mut buf).await {
         Ok(n) => n,

@@ -252,7 +252,7 @@ impl App {
             let stop = stop_background.child_token();
             let instruments = metrics.check_instruments(&pool.name);
             first_round.merge(checker::spawn_pool(
-                pool,
+                &pool.check_targets(),
                 &mut background,
                 &stop,
                 &instruments,
@@ -510,7 +510,12 @@ impl App {
             }
             let stop = self.stop_background.child_token();
             let instruments = self.metrics.check_instruments(&pool.name);
-            match checker::spawn_pool(pool, &mut self.background, &stop, &instruments) {
+            match checker::spawn_pool(
+                &pool.check_targets(),
+                &mut self.background,
+                &stop,
+                &instruments,
+            ) {
                 Ok(round) => first_round.merge(round),
                 Err(e) => {
                     for (_, s) in started_checks {

@@ -5,7 +5,8 @@
 //! registry. At scrape time their current values are copied into a
 //! `metrics-exporter-prometheus` recorder (owned here, never installed globally, so tests can
 //! run many balancers in one process) and rendered. Health-check durations are a real
-//! histogram recorded by the checker through handles resolved once per pool.
+//! histogram recorded by the checker through handles resolved once per pool (built here as the
+//! health layer's `CheckInstruments`, so the checker never imports this module).
 //!
 //! Labels come from the config only (service, pool, member address), never from clients, so
 //! the number of series is bounded by the config. Series of things a reload removed stop being
@@ -15,12 +16,13 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder};
+use metrics::{Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
 use crate::failover::Side;
+use crate::health::checker::CheckInstruments;
 use crate::health::state::Verdict;
 use crate::pool::Snapshot;
 use crate::stats::ServiceStats;
@@ -43,25 +45,6 @@ pub struct ReloadCounters {
     pub rejected: AtomicU64,
     /// Unix time (s) of the last applied config (the start counts), 0 before.
     pub last_applied_unix: AtomicU64,
-}
-
-/// The handles a pool's check loops record into.
-#[derive(Debug, Clone)]
-pub struct CheckInstruments {
-    pub passed: Counter,
-    pub failed: Counter,
-    pub duration: Histogram,
-}
-
-impl CheckInstruments {
-    /// Handles that record nowhere (unit tests).
-    pub fn noop() -> CheckInstruments {
-        CheckInstruments {
-            passed: Counter::noop(),
-            failed: Counter::noop(),
-            duration: Histogram::noop(),
-        }
-    }
 }
 
 /// One service's live counters, as the renderer sees them.

@@ -403,9 +403,14 @@ fn describe(r: &PrometheusRecorder) {
 
 /// Appends the standard `process_*` families (CPU, memory, descriptors) read from /proc.
 fn process_metrics(out: &mut String) {
-    let ticks = procfs_stat();
-    if let Some((cpu_ticks, start_ticks)) = ticks {
-        let hz = 100.0; // USER_HZ is 100 on every Linux ABI Rust targets
+    // /proc counts CPU and start time in USER_HZ ticks. That is 100 on the common Linux ABIs,
+    // but it is the kernel's to say (AT_CLKTCK in the auxiliary vector, which rustix reads); 0
+    // means it could not be learned, and then no figure beats a wrong one.
+    let hz = match rustix::param::clock_ticks_per_second() {
+        0 => None,
+        n => Some(n as f64),
+    };
+    if let (Some((cpu_ticks, start_ticks)), Some(hz)) = (procfs_stat(), hz) {
         let _ = writeln!(
             out,
             "# HELP process_cpu_seconds_total User and system CPU time spent in seconds."

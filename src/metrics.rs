@@ -221,6 +221,11 @@ impl Metrics {
                     svc(),
                     st.datagrams_dropped,
                 );
+                counter(
+                    "tandem_udp_datagrams_dropped_send_blocked_total",
+                    svc(),
+                    st.datagrams_dropped_send_blocked,
+                );
             }
         }
 
@@ -343,6 +348,12 @@ fn describe(r: &PrometheusRecorder) {
         "tandem_bytes_total",
         Some(metrics::Unit::Bytes),
         "Bytes relayed per service and direction.",
+        0,
+    );
+    d(
+        "tandem_udp_datagrams_dropped_send_blocked_total",
+        None,
+        "Client datagrams dropped because the member socket's send buffer was full (also in tandem_udp_datagrams_dropped_total).",
         0,
     );
     d(

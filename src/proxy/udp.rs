@@ -19,8 +19,12 @@
 //! not going to answer.
 //!
 //! Hot path: no allocation per datagram. The receive loop reuses one 64 KiB buffer; reply tasks
-//! share one per worker thread (a reply is read and sent without an `.await` in between). Only a
-//! send that would block copies the datagram and waits. Counters are added once per batch.
+//! share one per worker thread (a reply is read and sent without an `.await` in between). Counters
+//! are added once per batch.
+//!
+//! The receive loop never waits on one session: a datagram whose member socket has no room in
+//! its send buffer is dropped and counted (`datagrams_dropped_send_blocked`). Only a reply to a
+//! client that would block copies the datagram and waits, in that session's own task.
 
 use std::cell::RefCell;
 use std::io;
@@ -194,6 +198,7 @@ impl Tally {
 async fn receive_batch(frontend: &Arc<Frontend>, buf: &mut [u8]) {
     let stats = &frontend.service.stats;
     let mut tally = Tally::default();
+    let mut blocked = 0;
     for _ in 0..BATCH {
         let (n, peer) = match frontend.listen.try_recv_from(buf) {
             Ok(r) => r,
@@ -201,23 +206,19 @@ async fn receive_batch(frontend: &Arc<Frontend>, buf: &mut [u8]) {
             // An error about one datagram (e.g. a pending ICMP error): go on with the next.
             Err(_) => continue,
         };
-        let datagram = &buf[..n];
-        match forward(frontend, peer, datagram) {
+        match forward(frontend, peer, &buf[..n]) {
             Forward::Sent => {
                 tally.datagrams += 1;
                 tally.bytes += n as u64;
             }
             Forward::Dropped => tally.dropped += 1,
-            Forward::WouldBlock(socket) => {
-                // The upstream socket's send buffer is full: wait for room (rare; the kernel
-                // drains it quickly), without holding the table.
-                match socket.socket.send(datagram).await {
-                    Ok(_) => {
-                        tally.datagrams += 1;
-                        tally.bytes += n as u64;
-                    }
-                    Err(_) => tally.dropped += 1,
-                }
+            // The member's socket has no room: drop rather than wait. This loop is the only
+            // reader of the service's socket, so waiting for one slow member would stall every
+            // other client of the service, and a stop too; UDP is lossy by contract, and the
+            // client's own retransmission covers the loss.
+            Forward::Blocked => {
+                tally.dropped += 1;
+                blocked += 1;
             }
         }
     }
@@ -226,12 +227,20 @@ async fn receive_batch(frontend: &Arc<Frontend>, buf: &mut [u8]) {
         &stats.bytes_to_members,
         &stats.datagrams_dropped,
     );
+    if blocked > 0 {
+        stats
+            .datagrams_dropped_send_blocked
+            .fetch_add(blocked, Relaxed);
+    }
 }
 
+/// What became of one client datagram.
 enum Forward {
     Sent,
+    /// No session could be opened, or the send failed.
     Dropped,
-    WouldBlock(Arc<SessionIo>),
+    /// The member socket's send buffer was full; the datagram was not sent.
+    Blocked,
 }
 
 /// Sends one client datagram to its session's member, opening or re-hashing the session first
@@ -284,18 +293,23 @@ fn forward(frontend: &Arc<Frontend>, peer: SocketAddr, datagram: &[u8]) -> Forwa
     send(&session.io, datagram)
 }
 
-fn send(io: &Arc<SessionIo>, datagram: &[u8]) -> Forward {
-    match io.socket.try_send(datagram) {
+/// Sends one datagram on the session's upstream socket, without waiting.
+fn send(io: &SessionIo, datagram: &[u8]) -> Forward {
+    // Straight to the kernel, not through tokio's `try_send`: that one first consults tokio's
+    // readiness cache, which reports a socket registered a moment ago as not writable until the
+    // I/O driver has turned, so it would refuse the first datagram of every new session. The
+    // socket is non-blocking: a full send buffer is an immediate WouldBlock here, never a wait.
+    let socket = socket2::SockRef::from(&io.socket);
+    match socket.send(datagram) {
         Ok(_) => Forward::Sent,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Forward::WouldBlock(io.clone()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Forward::Blocked,
         // A pending ICMP error from the member (port unreachable) fails this send without
         // sending; the datagram itself may still get through.
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            match io.socket.try_send(datagram) {
-                Ok(_) => Forward::Sent,
-                Err(_) => Forward::Dropped,
-            }
-        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => match socket.send(datagram) {
+            Ok(_) => Forward::Sent,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Forward::Blocked,
+            Err(_) => Forward::Dropped,
+        },
         Err(_) => Forward::Dropped,
     }
 }
@@ -515,4 +529,28 @@ fn relay_ready(
         }
         None
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tokio reports a socket registered a moment ago as not writable until its I/O driver has
+    /// turned; `send` must not take that for a full buffer, or every new session would lose its
+    /// first datagram.
+    #[tokio::test]
+    async fn the_first_datagram_of_a_new_session_is_sent() {
+        let member = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind member");
+        member
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let io = SessionIo {
+            socket: connect(member.local_addr().expect("member addr")).expect("connect"),
+            replaced: CancellationToken::new(),
+        };
+        assert!(matches!(send(&io, b"first"), Forward::Sent));
+        let mut buf = [0u8; 16];
+        let n = member.recv(&mut buf).expect("the member receives it");
+        assert_eq!(&buf[..n], b"first");
+    }
 }

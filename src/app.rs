@@ -689,7 +689,7 @@ fn start_checks<'a>(
     for pool in pools {
         let stop = parent.child_token();
         let instruments = metrics.check_instruments(&pool.name);
-        match checker::spawn_pool(pool, background, &stop, &instruments) {
+        match checker::spawn_pool(&pool.check_targets(), background, &stop, &instruments) {
             Ok(round) => checks.first_round.merge(round),
             Err(e) => {
                 stop.cancel();

@@ -5,7 +5,8 @@
 //! registry. At scrape time their current values are copied into a
 //! `metrics-exporter-prometheus` recorder (owned here, never installed globally, so tests can
 //! run many balancers in one process) and rendered. Health-check durations are a real
-//! histogram recorded by the checker through handles resolved once per pool.
+//! histogram recorded by the checker through handles resolved once per pool (built here as the
+//! health layer's `CheckInstruments`, so the checker never imports this module).
 //!
 //! Labels come from the config only (service, pool, member address), never from clients, so
 //! the number of series is bounded by the config. Series of things a reload removed stop being
@@ -15,12 +16,13 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder};
+use metrics::{Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
 use crate::failover::Side;
+use crate::health::checker::CheckInstruments;
 use crate::health::state::Verdict;
 use crate::pool::Snapshot;
 use crate::stats::ServiceStats;
@@ -43,25 +45,6 @@ pub struct ReloadCounters {
     pub rejected: AtomicU64,
     /// Unix time (s) of the last applied config (the start counts), 0 before.
     pub last_applied_unix: AtomicU64,
-}
-
-/// The handles a pool's check loops record into.
-#[derive(Debug, Clone)]
-pub struct CheckInstruments {
-    pub passed: Counter,
-    pub failed: Counter,
-    pub duration: Histogram,
-}
-
-impl CheckInstruments {
-    /// Handles that record nowhere (unit tests).
-    pub fn noop() -> CheckInstruments {
-        CheckInstruments {
-            passed: Counter::noop(),
-            failed: Counter::noop(),
-            duration: Histogram::noop(),
-        }
-    }
 }
 
 /// One service's live counters, as the renderer sees them.
@@ -238,6 +221,11 @@ impl Metrics {
                     svc(),
                     st.datagrams_dropped,
                 );
+                counter(
+                    "tandem_udp_datagrams_dropped_send_blocked_total",
+                    svc(),
+                    st.datagrams_dropped_send_blocked,
+                );
             }
         }
 
@@ -363,6 +351,12 @@ fn describe(r: &PrometheusRecorder) {
         0,
     );
     d(
+        "tandem_udp_datagrams_dropped_send_blocked_total",
+        None,
+        "Client datagrams dropped because the member socket's send buffer was full (also in tandem_udp_datagrams_dropped_total).",
+        0,
+    );
+    d(
         "tandem_active_pool",
         None,
         "1 for the pool a service sends new connections to, else 0.",
@@ -420,9 +414,14 @@ fn describe(r: &PrometheusRecorder) {
 
 /// Appends the standard `process_*` families (CPU, memory, descriptors) read from /proc.
 fn process_metrics(out: &mut String) {
-    let ticks = procfs_stat();
-    if let Some((cpu_ticks, start_ticks)) = ticks {
-        let hz = 100.0; // USER_HZ is 100 on every Linux ABI Rust targets
+    // /proc counts CPU and start time in USER_HZ ticks. That is 100 on the common Linux ABIs,
+    // but it is the kernel's to say (AT_CLKTCK in the auxiliary vector, which rustix reads); 0
+    // means it could not be learned, and then no figure beats a wrong one.
+    let hz = match rustix::param::clock_ticks_per_second() {
+        0 => None,
+        n => Some(n as f64),
+    };
+    if let (Some((cpu_ticks, start_ticks)), Some(hz)) = (procfs_stat(), hz) {
         let _ = writeln!(
             out,
             "# HELP process_cpu_seconds_total User and system CPU time spent in seconds."

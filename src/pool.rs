@@ -23,6 +23,7 @@ use crate::events::{Event, EventSender, FailoverEvent};
 use crate::failover::{Failover, Inputs, Side};
 use crate::hash::maglev::{MaglevError, Table};
 use crate::health::cell::MemberHealth;
+use crate::health::checker::{CheckedMember, PoolChecks};
 use crate::health::state::Verdict;
 use crate::reload::{Plan, PoolCarry, PoolPlan, ServicePlan};
 
@@ -419,6 +420,24 @@ impl PoolState {
     /// Members currently available for new connections.
     pub fn healthy_count(&self) -> usize {
         self.members.iter().filter(|m| m.available()).count()
+    }
+
+    /// What the health checker needs of this pool (its checks, and each member's address,
+    /// operator state and health cell); the checker does not see the routing side.
+    pub fn check_targets(&self) -> PoolChecks<'_> {
+        PoolChecks {
+            name: &self.name,
+            checks: &self.checks,
+            members: self
+                .members
+                .iter()
+                .map(|m| CheckedMember {
+                    addr: m.addr,
+                    operator: m.operator,
+                    health: m.health.clone(),
+                })
+                .collect(),
+        }
     }
 }
 

@@ -37,8 +37,11 @@ pub struct ServiceStats {
     /// UDP: datagrams relayed from members to clients.
     pub datagrams_to_clients: AtomicU64,
     /// UDP: datagrams dropped (no member available, `max_connections` sessions open, or a
-    /// send that failed).
+    /// send that failed or would have blocked).
     pub datagrams_dropped: AtomicU64,
+    /// UDP: of `datagrams_dropped`, client datagrams dropped because the member socket's send
+    /// buffer was full (the receive loop does not wait for one member).
+    pub datagrams_dropped_send_blocked: AtomicU64,
     /// UDP: sessions moved to another member because theirs became unavailable.
     pub sessions_rehashed: AtomicU64,
 }
@@ -61,6 +64,7 @@ pub struct StatsSnapshot {
     pub datagrams_to_members: u64,
     pub datagrams_to_clients: u64,
     pub datagrams_dropped: u64,
+    pub datagrams_dropped_send_blocked: u64,
     pub sessions_rehashed: u64,
 }
 
@@ -84,6 +88,7 @@ impl ServiceStats {
             datagrams_to_members: r(&self.datagrams_to_members),
             datagrams_to_clients: r(&self.datagrams_to_clients),
             datagrams_dropped: r(&self.datagrams_dropped),
+            datagrams_dropped_send_blocked: r(&self.datagrams_dropped_send_blocked),
             sessions_rehashed: r(&self.sessions_rehashed),
         }
     }

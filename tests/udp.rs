@@ -1,6 +1,7 @@
 //! UDP services over loopback: echo integrity, affinity and spread, member loss, failover, idle
 //! expiry, and the `udp` (STUN) probe. Members are UDP echo servers on 127.0.1.200+, clients are
-//! bound to distinct 127.0.2.x/127.0.3.x sources, every port is 0.
+//! bound to distinct 127.0.2.x/127.0.3.x sources, every port is 0. One test, of a member whose
+//! socket's send buffer is full, runs in a network namespace of its own (root; skipped without).
 
 mod common;
 
@@ -9,9 +10,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use common::*;
+use tandem::config::HashMode;
 use tandem::failover::Side;
 use tandem::health::probe::Prober;
 use tandem::health::state::Verdict;
+use tandem::pool::ClientKey;
 
 fn ip(a: u8, b: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, a, b))
@@ -500,4 +503,182 @@ async fn member_drained_by_reload_loses_its_sessions_to_the_others() {
     let stats = app.stats("s").expect("stats");
     assert_eq!(stats.sessions_rehashed, on_victim as u64);
     assert_eq!(stats.sessions_active, 60);
+}
+
+/// A network namespace of one test, removed when dropped: `v0` (10.0.0.1/30) and `v1` form a
+/// veth pair and nobody owns 10.0.0.2, so datagrams sent there wait in the kernel's ARP queue,
+/// still charged to the sending socket, until that socket's send buffer is full.
+///
+/// Loopback cannot show a full send buffer (it frees a datagram's memory as it sends it), hence
+/// the namespace; one of its own, so the test changes nothing on the host.
+struct PrivateNet {
+    name: String,
+}
+
+impl PrivateNet {
+    const IP: &str = "/usr/sbin/ip";
+
+    /// `None` (after saying why) where namespaces cannot be made; with `CI` set and root, that
+    /// fails the test instead.
+    fn create() -> Option<PrivateNet> {
+        let net = PrivateNet {
+            name: format!("tandem-udp-{}", std::process::id()),
+        };
+        let steps: &[&[&str]] = &[
+            &["netns", "add", &net.name],
+            &["-n", &net.name, "link", "set", "lo", "up"],
+            &[
+                "-n", &net.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+            ],
+            &["-n", &net.name, "addr", "add", "10.0.0.1/30", "dev", "v0"],
+            &["-n", &net.name, "link", "set", "v0", "up"],
+            &["-n", &net.name, "link", "set", "v1", "up"],
+            // The queue of an unresolved neighbour must outgrow a socket's send buffer (both
+            // default to 208 KiB, and the queue drops its oldest datagram first), and the
+            // resolution must not give up (3 tries a second apart by default) while the test runs.
+            &[
+                "netns",
+                "exec",
+                &net.name,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.neigh.v0.unres_qlen_bytes=16777216",
+                "net.ipv4.neigh.v0.retrans_time_ms=60000",
+            ],
+        ];
+        for args in steps {
+            let done = std::process::Command::new(Self::IP)
+                .args(*args)
+                .stdin(std::process::Stdio::null())
+                .output();
+            match done {
+                Ok(out) if out.status.success() => {}
+                other => {
+                    let why = match other {
+                        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+                        s.lines().any(|l| {
+                            l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")
+                        })
+                    });
+                    assert!(
+                        !(std::env::var_os("CI").is_some() && root),
+                        "CI is set and we are root, yet `ip {}` failed: {why}",
+                        args.join(" ")
+                    );
+                    eprintln!(
+                        "skipped: needs a network namespace: `ip {}`: {why}",
+                        args.join(" ")
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(net)
+    }
+
+    /// Moves the calling thread (only it) into the namespace.
+    fn enter(&self) {
+        let path = format!("/run/netns/{}", self.name);
+        let file = std::fs::File::open(&path).expect("open the namespace");
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&file),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .expect("setns");
+    }
+}
+
+impl Drop for PrivateNet {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::IP)
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A member whose socket cannot take more datagrams must not stall the service: the receive
+/// loop drops that member's datagrams (counted as `datagrams_dropped_send_blocked`) and the
+/// other member's clients are answered at once. Before, the loop waited for room, here for as
+/// long as the address stays unresolved.
+#[test]
+fn a_member_whose_sends_block_does_not_stall_the_others() {
+    let Some(net) = PrivateNet::create() else {
+        return;
+    };
+    // A thread of its own: setns moves one thread, and the test harness may reuse this one.
+    let run = std::thread::spawn(move || {
+        net.enter();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(one_member_blocks());
+        net // dropped (and deleted) after the runtime closed every socket
+    });
+    match run.join() {
+        Ok(net) => drop(net),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+async fn one_member_blocks() {
+    let fast = UdpMember::start("fast", ip(1, 240)).await;
+    let stuck: SocketAddr = "10.0.0.2:9".parse().expect("addr");
+    let app = balancer(&format!(
+        "{}{}",
+        pool_toml_of("p", [stuck, fast.addr()].into_iter(), ""),
+        udp_service_toml("s", "p", "hash = \"source-ip\"")
+    ))
+    .await;
+    let addr = app.local_addr("s").expect("udp service");
+    // A client of each member, as the pool itself picks (member 0 is the stuck one).
+    let snapshot = app.snapshot();
+    let pool = snapshot.pool("p").expect("pool p");
+    let client_of = |member: usize| {
+        (0..1000u32)
+            .map(client_ip)
+            .find(|&ip| {
+                let key = ClientKey::new(SocketAddr::new(ip, 0), HashMode::SourceIp);
+                pool.pick(key.as_bytes(), &[]) == Some(member)
+            })
+            .expect("a client of each member")
+    };
+    let (to_stuck, to_fast) = (client_of(0), client_of(1));
+
+    let a = udp_client(to_stuck).await;
+    let datagram = [0u8; 1400];
+    eventually(
+        "a datagram dropped on a full member socket (not the receive loop waiting for room)",
+        Duration::from_secs(10),
+        || async {
+            for _ in 0..16 {
+                a.send_to(&datagram, addr).await.expect("client send");
+            }
+            app.stats("s")
+                .expect("stats")
+                .datagrams_dropped_send_blocked
+                > 0
+        },
+    )
+    .await;
+
+    // The stuck member's socket is still full (its address stays unresolved for minutes).
+    let b = udp_client(to_fast).await;
+    let answer = udp_ask(&b, addr, b"still there?", Duration::from_secs(2), 1).await;
+    assert_eq!(
+        answer,
+        Ok(("fast".to_string(), b"still there?".to_vec())),
+        "the other member's client waited for the stuck one"
+    );
+    let stats = app.stats("s").expect("stats");
+    assert!(stats.datagrams_dropped >= stats.datagrams_dropped_send_blocked);
+    let metrics = app.view().render_metrics();
+    assert!(
+        metrics.contains("tandem_udp_datagrams_dropped_send_blocked_total{service=\"s\"}"),
+        "{metrics}"
+    );
 }

@@ -2,6 +2,10 @@
 //! pool without checks. Each probes, feeds the rise/fall machine and publishes the verdict into
 //! the member's [`MemberHealth`] in the routing snapshot. Never touches the data path.
 //!
+//! Layering: the checker sits below routing and metrics. It is handed a [`PoolChecks`] (built by
+//! `pool` from its pool) and a set of [`CheckInstruments`] (built by `crate::metrics`), and
+//! imports neither, so changing how pools are routed or metrics rendered never reaches here.
+//!
 //! Timing: every member is probed at once at start (the first round, which gates readiness);
 //! the second probe comes one interval plus a per-member phase of up to 10% of the interval
 //! later, so the checks of many members spread out instead of firing together; after that probes
@@ -13,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics::{Counter, Histogram};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -25,10 +30,8 @@ use super::probe::{ProbeOutcome, ProbeSetupError, Prober};
 use super::state::{RiseFall, Verdict};
 use crate::config::{
     Check, CheckKind, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FALL, DEFAULT_RISE,
-    OperatorState,
+    MemberAddr, OperatorState,
 };
-use crate::metrics::CheckInstruments;
-use crate::pool::PoolState;
 
 /// Something that can probe a member: the real [`Prober`], or a scripted one in tests.
 pub trait Probe: Send + Sync + 'static {
@@ -38,6 +41,55 @@ pub trait Probe: Send + Sync + 'static {
 impl Probe for Prober {
     fn probe(&self, addr: SocketAddr) -> impl Future<Output = ProbeOutcome> + Send {
         Prober::probe(self, addr)
+    }
+}
+
+/// One pool as its check loops see it: the checks to run and the members to run them on.
+///
+/// The routing layer builds it from its pool (`pool::PoolState::check_targets`); the checker
+/// takes this instead of the pool so that health sits below routing and never imports it.
+#[derive(Debug)]
+pub struct PoolChecks<'a> {
+    /// Pool name, for logs.
+    pub name: &'a str,
+    /// The pool's checks; none means recovery probing only (see [`spawn_pool`]).
+    pub checks: &'a [Check],
+    pub members: Vec<CheckedMember>,
+}
+
+/// One member of a [`PoolChecks`].
+#[derive(Debug, Clone)]
+pub struct CheckedMember {
+    /// Where to probe: the member's IP, and its port unless the check names one.
+    pub addr: MemberAddr,
+    /// Members in maintenance are not probed at all.
+    pub operator: OperatorState,
+    /// Where verdicts are published; the same cell the routing snapshot reads.
+    pub health: Arc<MemberHealth>,
+}
+
+/// The metric handles a pool's check loops record into, resolved once per pool.
+///
+/// Plain handles of the `metrics` crate, so the checker does not depend on the module that
+/// registers and renders them (`crate::metrics` builds these, one set per pool).
+#[derive(Debug, Clone)]
+pub struct CheckInstruments {
+    /// Probes that passed.
+    pub passed: Counter,
+    /// Probes that failed (refused, timed out, wrong answer).
+    pub failed: Counter,
+    /// Probe duration, in seconds.
+    pub duration: Histogram,
+}
+
+impl CheckInstruments {
+    /// Handles that record nowhere (unit tests).
+    pub fn noop() -> CheckInstruments {
+        CheckInstruments {
+            passed: Counter::noop(),
+            failed: Counter::noop(),
+            duration: Histogram::noop(),
+        }
     }
 }
 
@@ -104,7 +156,7 @@ impl FirstRound {
 /// checks) on `tasks`; they stop when `stop` fires. Loops of members whose health carried over
 /// from a previous config resume from its verdicts, so a reload does not reset hysteresis.
 pub fn spawn_pool(
-    pool: &PoolState,
+    pool: &PoolChecks<'_>,
     tasks: &mut JoinSet<()>,
     stop: &CancellationToken,
     instruments: &CheckInstruments,

@@ -19,8 +19,12 @@
 //! not going to answer.
 //!
 //! Hot path: no allocation per datagram. The receive loop reuses one 64 KiB buffer; reply tasks
-//! share one per worker thread (a reply is read and sent without an `.await` in between). Only a
-//! send that would block copies the datagram and waits. Counters are added once per batch.
+//! share one per worker thread (a reply is read and sent without an `.await` in between). Counters
+//! are added once per batch.
+//!
+//! The receive loop never waits on one session: a datagram whose member socket has no room in
+//! its send buffer is dropped and counted (`datagrams_dropped_send_blocked`). Only a reply to a
+//! client that would block copies the datagram and waits, in that session's own task.
 
 use std::cell::RefCell;
 use std::io;
@@ -90,16 +94,19 @@ pub struct UdpContext {
     pub stop: CancellationToken,
 }
 
-/// The session table and the listening socket, shared by the receive loop and session tasks.
-struct Service {
-    cx: UdpContext,
+/// The client-facing side of one running UDP service: the listening socket and the session
+/// table, shared by the receive loop and the session tasks. (Not `config::Service`, which is
+/// the service as configured.)
+struct Frontend {
+    /// The service's name, routes, counters and stop signal, as the app handed them over.
+    service: UdpContext,
     listen: UdpSocket,
     sessions: DashMap<SocketAddr, Session>,
     /// Time origin of `last_seen` stamps (milliseconds since it).
     base: Instant,
 }
 
-impl Service {
+impl Frontend {
     fn now_ms(&self) -> u64 {
         self.base.elapsed().as_millis() as u64
     }
@@ -113,7 +120,7 @@ struct Session {
     /// The pool the member was picked from (local or backup).
     pool: Arc<PoolState>,
     generation: u64,
-    /// When the client last sent a datagram (ms since [`Service::base`]).
+    /// When the client last sent a datagram (ms since [`Frontend::base`]).
     last_seen: u64,
     /// The session's `max_connections` permit; handed to the session that replaces it.
     permit: Option<OwnedSemaphorePermit>,
@@ -126,40 +133,44 @@ struct SessionIo {
     replaced: CancellationToken,
 }
 
-/// Receives until `cx.stop` fires; then ends every session and closes the socket.
-pub async fn serve(listen: UdpSocket, cx: UdpContext) {
-    let service = Arc::new(Service {
-        cx,
+/// Receives until `service.stop` fires; then ends every session and closes the socket.
+pub async fn serve(listen: UdpSocket, service: UdpContext) {
+    let frontend = Arc::new(Frontend {
+        service,
         listen,
         sessions: DashMap::new(),
         base: Instant::now(),
     });
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let stop = service.cx.stop.clone();
+    let stop = frontend.service.stop.clone();
     loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            r = service.listen.readable() => {
+            r = frontend.listen.readable() => {
                 if let Err(e) = r {
-                    warn!(service = %service.cx.name, error = %e, "udp socket failed; pausing");
+                    warn!(service = %frontend.service.name, error = %e, "udp socket failed; pausing");
                     tokio::time::sleep(ERROR_BACKOFF).await;
                     continue;
                 }
             }
         }
-        receive_batch(&service, &mut buf).await;
+        receive_batch(&frontend, &mut buf).await;
         // Let session tasks and others run between batches under a flood.
         tokio::task::yield_now().await;
     }
     // Sessions see `stop` too and end; take them out of the gauge here, once.
     let mut open = 0;
-    service.sessions.retain(|_, _| {
+    frontend.sessions.retain(|_, _| {
         open += 1;
         false
     });
-    service.cx.stats.sessions_active.fetch_sub(open, Relaxed);
-    debug!(service = %service.cx.name, sessions = open, "udp listener closed");
+    frontend
+        .service
+        .stats
+        .sessions_active
+        .fetch_sub(open, Relaxed);
+    debug!(service = %frontend.service.name, sessions = open, "udp listener closed");
 }
 
 /// Counts kept in locals and added to the shared counters once per batch.
@@ -184,33 +195,30 @@ impl Tally {
 }
 
 /// Reads datagrams until the socket is empty (or a batch is done) and forwards each.
-async fn receive_batch(service: &Arc<Service>, buf: &mut [u8]) {
-    let stats = &service.cx.stats;
+async fn receive_batch(frontend: &Arc<Frontend>, buf: &mut [u8]) {
+    let stats = &frontend.service.stats;
     let mut tally = Tally::default();
+    let mut blocked = 0;
     for _ in 0..BATCH {
-        let (n, peer) = match service.listen.try_recv_from(buf) {
+        let (n, peer) = match frontend.listen.try_recv_from(buf) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             // An error about one datagram (e.g. a pending ICMP error): go on with the next.
             Err(_) => continue,
         };
-        let datagram = &buf[..n];
-        match forward(service, peer, datagram) {
+        match forward(frontend, peer, &buf[..n]) {
             Forward::Sent => {
                 tally.datagrams += 1;
                 tally.bytes += n as u64;
             }
             Forward::Dropped => tally.dropped += 1,
-            Forward::WouldBlock(socket) => {
-                // The upstream socket's send buffer is full: wait for room (rare; the kernel
-                // drains it quickly), without holding the table.
-                match socket.socket.send(datagram).await {
-                    Ok(_) => {
-                        tally.datagrams += 1;
-                        tally.bytes += n as u64;
-                    }
-                    Err(_) => tally.dropped += 1,
-                }
+            // The member's socket has no room: drop rather than wait. This loop is the only
+            // reader of the service's socket, so waiting for one slow member would stall every
+            // other client of the service, and a stop too; UDP is lossy by contract, and the
+            // client's own retransmission covers the loss.
+            Forward::Blocked => {
+                tally.dropped += 1;
+                blocked += 1;
             }
         }
     }
@@ -219,34 +227,42 @@ async fn receive_batch(service: &Arc<Service>, buf: &mut [u8]) {
         &stats.bytes_to_members,
         &stats.datagrams_dropped,
     );
+    if blocked > 0 {
+        stats
+            .datagrams_dropped_send_blocked
+            .fetch_add(blocked, Relaxed);
+    }
 }
 
+/// What became of one client datagram.
 enum Forward {
     Sent,
+    /// No session could be opened, or the send failed.
     Dropped,
-    WouldBlock(Arc<SessionIo>),
+    /// The member socket's send buffer was full; the datagram was not sent.
+    Blocked,
 }
 
 /// Sends one client datagram to its session's member, opening or re-hashing the session first
 /// when needed. Never awaits: table shards are locked only inside.
-fn forward(service: &Arc<Service>, peer: SocketAddr, datagram: &[u8]) -> Forward {
-    let now = service.now_ms();
-    let snapshot = service.cx.routes.load();
-    let mut entry = match service.sessions.entry(peer) {
+fn forward(frontend: &Arc<Frontend>, peer: SocketAddr, datagram: &[u8]) -> Forward {
+    let now = frontend.now_ms();
+    let snapshot = frontend.service.routes.load();
+    let mut entry = match frontend.sessions.entry(peer) {
         dashmap::Entry::Occupied(entry) => entry,
         dashmap::Entry::Vacant(vacant) => {
-            let Some(session) = open(service, &snapshot, peer, now, None) else {
+            let Some(session) = open(frontend, &snapshot, peer, now, None) else {
                 return Forward::Dropped;
             };
             let io = session.io.clone();
             vacant.insert(session);
-            service.cx.stats.sessions_active.fetch_add(1, Relaxed);
+            frontend.service.stats.sessions_active.fetch_add(1, Relaxed);
             return send(&io, datagram);
         }
     };
     let session = entry.get_mut();
     if session.generation != snapshot.generation {
-        refresh(session, &snapshot, &service.cx.name);
+        refresh(session, &snapshot, &frontend.service.name);
     }
     session.last_seen = now;
     let usable = session
@@ -257,34 +273,43 @@ fn forward(service: &Arc<Service>, peer: SocketAddr, datagram: &[u8]) -> Forward
         // The member cannot serve: move the client to the member its key picks now. The new
         // session takes over the old one's permit, so a full table never blocks a re-hash.
         let permit = session.permit.take();
-        let Some(new) = open(service, &snapshot, peer, now, permit) else {
+        let Some(new) = open(frontend, &snapshot, peer, now, permit) else {
             // Nobody to move to: the session ends and the datagram is dropped; the client's
             // next datagram starts afresh.
             let (_, old) = entry.remove_entry();
             old.io.replaced.cancel();
-            service.cx.stats.sessions_active.fetch_sub(1, Relaxed);
+            frontend.service.stats.sessions_active.fetch_sub(1, Relaxed);
             return Forward::Dropped;
         };
-        debug!(service = %service.cx.name, client = %peer, "member unavailable; session re-hashed");
-        service.cx.stats.sessions_rehashed.fetch_add(1, Relaxed);
+        debug!(service = %frontend.service.name, client = %peer, "member unavailable; session re-hashed");
+        frontend
+            .service
+            .stats
+            .sessions_rehashed
+            .fetch_add(1, Relaxed);
         let old = std::mem::replace(session, new);
         old.io.replaced.cancel();
     }
     send(&session.io, datagram)
 }
 
-fn send(io: &Arc<SessionIo>, datagram: &[u8]) -> Forward {
-    match io.socket.try_send(datagram) {
+/// Sends one datagram on the session's upstream socket, without waiting.
+fn send(io: &SessionIo, datagram: &[u8]) -> Forward {
+    // Straight to the kernel, not through tokio's `try_send`: that one first consults tokio's
+    // readiness cache, which reports a socket registered a moment ago as not writable until the
+    // I/O driver has turned, so it would refuse the first datagram of every new session. The
+    // socket is non-blocking: a full send buffer is an immediate WouldBlock here, never a wait.
+    let socket = socket2::SockRef::from(&io.socket);
+    match socket.send(datagram) {
         Ok(_) => Forward::Sent,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Forward::WouldBlock(io.clone()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Forward::Blocked,
         // A pending ICMP error from the member (port unreachable) fails this send without
         // sending; the datagram itself may still get through.
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            match io.socket.try_send(datagram) {
-                Ok(_) => Forward::Sent,
-                Err(_) => Forward::Dropped,
-            }
-        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => match socket.send(datagram) {
+            Ok(_) => Forward::Sent,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Forward::Blocked,
+            Err(_) => Forward::Dropped,
+        },
         Err(_) => Forward::Dropped,
     }
 }
@@ -312,28 +337,28 @@ fn refresh(session: &mut Session, snapshot: &Snapshot, name: &str) {
 /// the active pool (spilling to the paired pool under `auto` when the active one has none), a
 /// connected upstream socket, and the task relaying replies.
 fn open(
-    service: &Arc<Service>,
+    frontend: &Arc<Frontend>,
     snapshot: &Snapshot,
     peer: SocketAddr,
     now: u64,
     permit: Option<OwnedSemaphorePermit>,
 ) -> Option<Session> {
-    let stats = &service.cx.stats;
-    let route = snapshot.route(&service.cx.name)?;
+    let stats = &frontend.service.stats;
+    let route = snapshot.route(&frontend.service.name)?;
     let permit = match permit {
         Some(p) => p,
-        None => match service.cx.limiter.clone().try_acquire_owned() {
+        None => match frontend.service.limiter.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 stats.rejected_limit.fetch_add(1, Relaxed);
-                debug!(service = %service.cx.name, client = %peer, "max_connections sessions open; datagram dropped");
+                debug!(service = %frontend.service.name, client = %peer, "max_connections sessions open; datagram dropped");
                 return None;
             }
         },
     };
     let Some((pool, member)) = choose(route, peer) else {
         stats.rejected_no_member.fetch_add(1, Relaxed);
-        debug!(service = %service.cx.name, client = %peer, "no member available; datagram dropped");
+        debug!(service = %frontend.service.name, client = %peer, "no member available; datagram dropped");
         return None;
     };
     let addr = member.addr.socket_addr(route.service.port);
@@ -341,7 +366,7 @@ fn open(
         Ok(s) => s,
         Err(e) => {
             stats.connect_failures.fetch_add(1, Relaxed);
-            debug!(service = %service.cx.name, member = %addr, error = %e, "upstream socket failed");
+            debug!(service = %frontend.service.name, member = %addr, error = %e, "upstream socket failed");
             return None;
         }
     };
@@ -350,8 +375,8 @@ fn open(
         replaced: CancellationToken::new(),
     });
     stats.sessions_created.fetch_add(1, Relaxed);
-    service.cx.tracker.spawn(relay_replies(
-        service.clone(),
+    frontend.service.tracker.spawn(relay_replies(
+        frontend.clone(),
         peer,
         io.clone(),
         route.service.idle_timeout,
@@ -402,13 +427,13 @@ fn connect(member: SocketAddr) -> io::Result<UdpSocket> {
 /// A session's task: relays the member's replies to the client from the listening socket, and
 /// ends the session after `idle` without traffic either way.
 async fn relay_replies(
-    service: Arc<Service>,
+    frontend: Arc<Frontend>,
     peer: SocketAddr,
     io: Arc<SessionIo>,
     idle: Duration,
     opened: u64,
 ) {
-    let stats = &service.cx.stats;
+    let stats = &frontend.service.stats;
     let idle_ms = idle.as_millis() as u64;
     let mut last_reply = opened;
     let timer = tokio::time::sleep(idle);
@@ -416,7 +441,7 @@ async fn relay_replies(
     loop {
         tokio::select! {
             biased;
-            _ = service.cx.stop.cancelled() => return,
+            _ = frontend.service.stop.cancelled() => return,
             _ = io.replaced.cancelled() => return,
             r = io.socket.readable() => {
                 if r.is_err() {
@@ -424,10 +449,10 @@ async fn relay_replies(
                     return;
                 }
                 let mut tally = Tally::default();
-                let pending = relay_ready(&service, &io, peer, &mut tally);
+                let pending = relay_ready(&frontend, &io, peer, &mut tally);
                 if let Some(datagram) = pending {
                     // The listening socket's send buffer is full: wait for room (rare).
-                    match service.listen.send_to(&datagram, peer).await {
+                    match frontend.listen.send_to(&datagram, peer).await {
                         Ok(_) => {
                             tally.datagrams += 1;
                             tally.bytes += datagram.len() as u64;
@@ -436,12 +461,12 @@ async fn relay_replies(
                     }
                 }
                 if tally.datagrams > 0 {
-                    last_reply = service.now_ms();
+                    last_reply = frontend.now_ms();
                 }
                 tally.flush(&stats.datagrams_to_clients, &stats.bytes_to_clients, &stats.datagrams_dropped);
             }
             _ = &mut timer => {
-                let Some(last_seen) = service
+                let Some(last_seen) = frontend
                     .sessions
                     .get(&peer)
                     .filter(|s| Arc::ptr_eq(&s.io, &io))
@@ -450,17 +475,17 @@ async fn relay_replies(
                     return; // no longer in the table
                 };
                 let last = last_seen.max(last_reply);
-                let now = service.now_ms();
+                let now = frontend.now_ms();
                 if now.saturating_sub(last) >= idle_ms {
                     // Remove only if the client has not sent meanwhile (checked under the
                     // shard lock the receive loop also takes).
-                    let removed = service.sessions.remove_if(&peer, |_, s| {
+                    let removed = frontend.sessions.remove_if(&peer, |_, s| {
                         Arc::ptr_eq(&s.io, &io) && s.last_seen == last_seen
                     });
                     if removed.is_some() {
                         stats.sessions_expired.fetch_add(1, Relaxed);
                         stats.sessions_active.fetch_sub(1, Relaxed);
-                        debug!(service = %service.cx.name, client = %peer, "udp session idle; closed");
+                        debug!(service = %frontend.service.name, client = %peer, "udp session idle; closed");
                         return;
                     }
                     timer.as_mut().reset(Instant::now() + idle);
@@ -476,7 +501,7 @@ async fn relay_replies(
 /// Reads every reply waiting on the session's socket and sends each to the client, without
 /// waiting. Returns a copy of a reply that could not be sent without waiting.
 fn relay_ready(
-    service: &Service,
+    frontend: &Frontend,
     io: &SessionIo,
     peer: SocketAddr,
     tally: &mut Tally,
@@ -493,7 +518,7 @@ fn relay_ready(
                     continue;
                 }
             };
-            match service.listen.try_send_to(&buf[..n], peer) {
+            match frontend.listen.try_send_to(&buf[..n], peer) {
                 Ok(_) => {
                     tally.datagrams += 1;
                     tally.bytes += n as u64;
@@ -504,4 +529,28 @@ fn relay_ready(
         }
         None
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tokio reports a socket registered a moment ago as not writable until its I/O driver has
+    /// turned; `send` must not take that for a full buffer, or every new session would lose its
+    /// first datagram.
+    #[tokio::test]
+    async fn the_first_datagram_of_a_new_session_is_sent() {
+        let member = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind member");
+        member
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let io = SessionIo {
+            socket: connect(member.local_addr().expect("member addr")).expect("connect"),
+            replaced: CancellationToken::new(),
+        };
+        assert!(matches!(send(&io, b"first"), Forward::Sent));
+        let mut buf = [0u8; 16];
+        let n = member.recv(&mut buf).expect("the member receives it");
+        assert_eq!(&buf[..n], b"first");
+    }
 }

@@ -1,6 +1,9 @@
 //! tandem: a Layer-4 (TCP and UDP) load balancer for paired server pools.
 //!
-//! Data flows one way through the modules:
+//! Data flows one way through the modules, and the imports follow it: `config` -> `hash`,
+//! `health`, `failover`, `reload` -> `pool` -> `proxy`, `admin`, `app` -> `server`. A lower module
+//! never imports a higher one (the health checker takes its members and metric handles as
+//! values of its own types, so it knows neither `pool` nor `metrics`).
 //!
 //! - [`config`] reads a TOML file into validated types ([`config::raw`] mirrors the file,
 //!   [`config::validate`] checks it and reports every problem with its line and column).
@@ -13,7 +16,11 @@
 //!   client's preference order.
 //! - [`proxy`] is the data path: accept, pick, connect with retries, PROXY header, relay (TCP);
 //!   sessions per client address with replies from the listening socket (UDP).
-//! - [`reload`] diffs two configs (pure); [`watch`] notices the file changing.
+//! - [`reload`] compares two configs into one pure [`reload::Plan`]: per pool what is added,
+//!   kept, rebuilt or removed (and per member whether its health and connections carry over),
+//!   per service whether it is new, kept, rebound or removed. [`pool::Snapshot::build`] carries
+//!   over what the plan names and [`app`] applies the rest; neither decides again.
+//!   [`watch`] notices the file changing.
 //! - [`app`] wires it together: binds listeners, runs the checks and the failover controller,
 //!   applies reloads with one snapshot swap, shuts down gracefully.
 //! - [`events`] broadcasts health, failover and reload transitions; [`stats`] holds the

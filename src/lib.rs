@@ -44,6 +44,7 @@ pub mod failover;
 pub mod fuzzing;
 pub mod hash;
 pub mod health;
+pub mod member;
 pub mod metrics;
 pub mod notify;
 pub mod pool;

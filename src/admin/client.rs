@@ -1,5 +1,5 @@
 //! `tandem status`: fetches `/status` from a running tandem's admin API and prints it as
-//! tables. The formatting is pure and tested; the fetch is one HTTP/1.1 GET through hyper's
+//! tables; `tandem member set` also POSTs `/reload` through it. The formatting is pure and tested; the fetch is one HTTP/1.1 GET through hyper's
 //! client (so chunked bodies, status lines and header framing are hyper's business, not ours).
 
 use std::error::Error;

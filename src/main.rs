@@ -302,15 +302,7 @@ fn member_set(
     pid: Option<u32>,
 ) -> ExitCode {
     let name = path.display().to_string();
-    let edited = member::file::read(path)
-        .map_err(member::MemberError::from)
-        .and_then(|original| {
-            let edit = member::set_state(&original.text, &name, pool, addr, state)?;
-            if edit.changed() {
-                member::file::replace(&original, &edit.text)?;
-            }
-            Ok(edit)
-        });
+    let edited = member::set_in_file(path, pool, addr, state);
     let edit = match edited {
         Ok(edit) => edit,
         Err(e) => {
@@ -333,15 +325,7 @@ fn member_set(
         );
     }
     // Reloaded even when unchanged: the running tandem may not have the file's state yet.
-    let target = member::reload::Target {
-        admin: admin.or(edit.config.admin.as_ref().map(|a| a.listen)),
-        token_file: edit
-            .config
-            .admin
-            .as_ref()
-            .and_then(|a| a.token_file.clone()),
-        pid,
-    };
+    let target = member::reload::Target::of(&edit.config, admin, pid);
     block_on(current_thread(), async move {
         match member::reload::trigger(&target, RELOAD_TIMEOUT).await {
             Ok(outcome @ member::reload::Outcome::Rejected { .. }) => {

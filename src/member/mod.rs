@@ -21,6 +21,7 @@ pub mod reload;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 
 use serde_json::Value;
 use toml_edit::{Decor, DocumentMut, InlineTable, Item, Key, Table, TableLike};
@@ -166,6 +167,28 @@ pub fn set_state(
         from,
         to: state,
     })
+}
+
+/// [`set_state`] on the config file at `path`, written back (atomically, see [`file`]) only
+/// when the text changed.
+pub fn set_in_file(
+    path: &Path,
+    pool: &str,
+    addr: &str,
+    state: OperatorState,
+) -> Result<Edit, MemberError> {
+    let original = file::read(path)?;
+    let edit = set_state(
+        &original.text,
+        &path.display().to_string(),
+        pool,
+        addr,
+        state,
+    )?;
+    if edit.changed() {
+        file::replace(&original, &edit.text)?;
+    }
+    Ok(edit)
 }
 
 /// The member of `pool` that `addr` names, with its position in the pool.

@@ -16,6 +16,7 @@ use hyper::StatusCode;
 use serde_json::Value;
 
 use crate::admin::client::{self, FetchError, ReloadAnswer};
+use crate::config::Config;
 
 /// How often `/status` is read while waiting for the outcome of a SIGHUP reload. There is no
 /// request-reply for a signal; the reload counters in `/status` are the observable.
@@ -30,6 +31,18 @@ pub struct Target {
     pub token_file: Option<PathBuf>,
     /// `--pid`: signalled when the admin API cannot be used.
     pub pid: Option<u32>,
+}
+
+impl Target {
+    /// The tandem running `config`: its `[admin]` API unless `admin` overrides the address,
+    /// and `pid` to signal when that API cannot be used.
+    pub fn of(config: &Config, admin: Option<SocketAddr>, pid: Option<u32>) -> Target {
+        Target {
+            admin: admin.or(config.admin.as_ref().map(|a| a.listen)),
+            token_file: config.admin.as_ref().and_then(|a| a.token_file.clone()),
+            pid,
+        }
+    }
 }
 
 /// A reload that reached the running tandem.

@@ -28,6 +28,9 @@
 //! - [`admin`] is the HTTP admin API and status page, and the `tandem status` client;
 //!   [`signals`] turns SIGTERM/SIGINT/SIGHUP/SIGUSR2 into requests; [`notify`] tells systemd when
 //!   tandem is ready, reloading or stopping.
+//! - [`member`] is `tandem member set/list`: edits a member's state in the config file (comments
+//!   kept), writes it atomically, and asks the running tandem to reload through the admin API
+//!   or a SIGHUP.
 //! - [`upgrade`] hands the listening sockets to a new tandem process (binary upgrades).
 //! - [`server`] is `tandem run` around the app: the start-up order (config checked before any
 //!   port is bound, sockets received first when upgrading), the admin API, systemd
@@ -51,6 +54,7 @@ pub mod failover;
 pub mod fuzzing;
 pub mod hash;
 pub mod health;
+pub mod member;
 pub mod metrics;
 pub mod notify;
 pub mod pool;

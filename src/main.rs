@@ -17,11 +17,19 @@ use tokio::runtime::Runtime;
 mod man;
 
 use tandem::admin;
-use tandem::config::{self, ConfigError};
+use tandem::config::{self, ConfigError, OperatorState};
+use tandem::member;
 use tandem::server::{self, ServerError};
 
 /// How long `tandem status` waits for the admin API, connecting included.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `tandem member set` waits for the reload: it binds new listeners and probes new
+/// members before it answers.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// `tandem member set`: the file is written, but no running tandem could be told to reload.
+const EXIT_NOT_RELOADED: u8 = 3;
+/// `tandem member set`: the file is written, but the running tandem rejected the reload.
+const EXIT_RELOAD_REJECTED: u8 = 4;
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +87,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Set or list the operator state of pool members (up, drain, maint) in the config file.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
     /// Start demo pools on loopback with a balancer in front and walk through hashing.
     Demo {
         /// Address of the demo balancer.
@@ -97,6 +110,58 @@ enum Command {
     /// Print the tandem(1) man page (roff); the Debian package ships it.
     #[command(hide = true)]
     Manpage,
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Set a member's state in the config file (comments and layout kept) and have the running
+    /// tandem reload it. Exit status 3: written, but no running tandem could be told; 4:
+    /// written, but the running tandem rejected the reload.
+    Set {
+        #[command(flatten)]
+        file: ConfigFile,
+        /// Pool name.
+        pool: String,
+        /// Member address as in the config: IP or IP:port ([IPv6]:port). An IP alone also
+        /// names a member with a port when it is the only one with that IP.
+        addr: String,
+        /// up: in service; drain: no new connections, open ones stay; maint: as drain, and no
+        /// health checks.
+        #[arg(value_enum)]
+        state: MemberState,
+        /// Admin API to ask for the reload (default: `[admin] listen` of the config file).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Process to send SIGHUP when the admin API cannot be used (must be a tandem).
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// List each pool's members with their configured state and, when the admin API answers,
+    /// their live health.
+    List {
+        #[command(flatten)]
+        file: ConfigFile,
+        /// Admin API to read live health from (default: `[admin] listen` of the config file).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MemberState {
+    Up,
+    Drain,
+    Maint,
+}
+
+impl From<MemberState> for OperatorState {
+    fn from(s: MemberState) -> Self {
+        match s {
+            MemberState::Up => OperatorState::Up,
+            MemberState::Drain => OperatorState::Drain,
+            MemberState::Maint => OperatorState::Maint,
+        }
+    }
 }
 
 /// `-c/--config`, shared by the commands that read the config file.
@@ -139,6 +204,17 @@ fn main() -> ExitCode {
             };
             run(&file.config, workers, options)
         }
+        Command::Member { command } => match command {
+            MemberCommand::Set {
+                file,
+                pool,
+                addr,
+                state,
+                admin,
+                pid,
+            } => member_set(&file.config, &pool, &addr, state.into(), admin, pid),
+            MemberCommand::List { file, admin } => member_list(&file.config, admin),
+        },
         Command::Demo { listen, admin } => demo(listen, admin),
         Command::Status { admin, file, json } => status(admin, &file.config, json),
         Command::Completions { shell } => {
@@ -215,6 +291,81 @@ fn status(admin: Option<SocketAddr>, path: &Path, json: bool) -> ExitCode {
             }
         }
     })
+}
+
+fn member_set(
+    path: &Path,
+    pool: &str,
+    addr: &str,
+    state: OperatorState,
+    admin: Option<SocketAddr>,
+    pid: Option<u32>,
+) -> ExitCode {
+    let name = path.display().to_string();
+    let edited = member::set_in_file(path, pool, addr, state);
+    let edit = match edited {
+        Ok(edit) => edit,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if edit.changed() {
+        println!(
+            "{name}: pool {pool} member {} is now {} (was {})",
+            edit.member,
+            edit.to.as_str(),
+            edit.from.as_str()
+        );
+    } else {
+        println!(
+            "{name}: pool {pool} member {} is already {}; file unchanged",
+            edit.member,
+            edit.to.as_str()
+        );
+    }
+    // Reloaded even when unchanged: the running tandem may not have the file's state yet.
+    let target = member::reload::Target::of(&edit.config, admin, pid);
+    block_on(current_thread(), async move {
+        match member::reload::trigger(&target, RELOAD_TIMEOUT).await {
+            Ok(outcome @ member::reload::Outcome::Rejected { .. }) => {
+                eprintln!("{outcome}");
+                ExitCode::from(EXIT_RELOAD_REJECTED)
+            }
+            Ok(outcome) => {
+                println!("{outcome}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "{name} is written, but {e}.\nA tandem watching the file reloads it by \
+                     itself; otherwise run systemctl reload tandem (or send it SIGHUP)."
+                );
+                ExitCode::from(EXIT_NOT_RELOADED)
+            }
+        }
+    })
+}
+
+fn member_list(path: &Path, admin: Option<SocketAddr>) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => return report(&e),
+    };
+    let addr = admin.or(cfg.admin.as_ref().map(|a| a.listen));
+    // No running tandem is fine: the list then shows the file alone.
+    let live = addr.and_then(|addr| match current_thread() {
+        Ok(rt) => rt
+            .block_on(admin::client::fetch_status(addr, STATUS_TIMEOUT))
+            .map_err(|e| eprintln!("{e}; showing the config file only"))
+            .ok(),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}; showing the config file only");
+            None
+        }
+    });
+    print!("{}", member::list(&cfg, live.as_ref()));
+    ExitCode::SUCCESS
 }
 
 /// Runs `main` on `runtime` to its exit code.

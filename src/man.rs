@@ -25,12 +25,7 @@ pub fn render(cmd: Command, out: &mut dyn Write) -> io::Result<()> {
     options(&mut page, &cmd);
     page.control("SH", ["COMMANDS"]);
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let name = format!("tandem {}", sub.get_name());
-        page.control("SS", [name.as_str()]);
-        if let Some(about) = sub.get_long_about().or(sub.get_about()) {
-            page.text([roman(format!("{about}."))]);
-        }
-        options(&mut page, sub);
+        command(&mut page, &format!("tandem {}", sub.get_name()), sub);
     }
     for (title, paragraphs) in SECTIONS {
         page.control("SH", [*title]);
@@ -46,6 +41,18 @@ pub fn render(cmd: Command, out: &mut dyn Write) -> io::Result<()> {
     page.control("SH", ["VERSION"]);
     page.text([roman(format!("v{}", env!("CARGO_PKG_VERSION")))]);
     page.to_writer(out)
+}
+
+/// A command's subsection, then one for each of its own commands (`tandem member set`).
+fn command(page: &mut Roff, name: &str, cmd: &Command) {
+    page.control("SS", [name]);
+    if let Some(about) = cmd.get_long_about().or(cmd.get_about()) {
+        page.text([roman(format!("{about}."))]);
+    }
+    options(page, cmd);
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        command(page, &format!("{name} {}", sub.get_name()), sub);
+    }
 }
 
 /// One `.TP` paragraph per visible argument of `cmd`: its flags, its help, default and variable.
@@ -156,11 +163,19 @@ const SECTIONS: &[Section] = &[
             ),
             (
                 "1",
-                "The config is invalid (every problem is printed with file:line:column), a listener or the admin API could not be bound, the admin API did not answer (tandem status), or an upgrade could not take over.",
+                "The config is invalid (every problem is printed with file:line:column), a listener or the admin API could not be bound, the admin API did not answer (tandem status), an upgrade could not take over, or tandem member set changed nothing (unknown pool or member, a read-only file, an edit that would not validate).",
             ),
             (
                 "2",
                 "The command line is wrong (unknown option, missing value).",
+            ),
+            (
+                "3",
+                "tandem member set: the config file is written (or already said so), but no running tandem could be told to reload it (no admin API answered, no --pid). A tandem watching the file reloads it by itself.",
+            ),
+            (
+                "4",
+                "tandem member set: the config file is written, but the running tandem rejected the reload and keeps its previous config (the reason is printed).",
             ),
         ],
     ),

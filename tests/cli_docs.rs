@@ -22,6 +22,8 @@ fn man_page_names_every_command_and_the_operator_sections() {
         "tandem status",
         "tandem demo",
         "tandem completions",
+        "tandem member set",
+        "tandem member list",
     ] {
         assert!(page.contains(command), "{command} missing");
     }

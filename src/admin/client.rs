@@ -1,5 +1,5 @@
 //! `tandem status`: fetches `/status` from a running tandem's admin API and prints it as
-//! tables. The formatting is pure and tested; the fetch is one HTTP/1.1 GET through hyper's
+//! tables; `tandem member set` also POSTs `/reload` through it. The formatting is pure and tested; the fetch is one HTTP/1.1 GET through hyper's
 //! client (so chunked bodies, status lines and header framing are hyper's business, not ours).
 
 use std::error::Error;
@@ -68,8 +68,67 @@ pub async fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<Value, 
     serde_json::from_slice(&body).map_err(|source| FetchError::NotJson { addr, source })
 }
 
+/// What `POST /reload` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadAnswer {
+    /// The new config serves: its generation and what changed.
+    Applied { generation: u64, change: String },
+    /// The running config keeps serving: every problem found.
+    Rejected { error: String },
+}
+
+/// POSTs `/reload` to the admin API at `addr`, with `token` as the bearer token when given;
+/// `timeout` bounds the whole exchange. Any status other than 200 (applied) and 422 (rejected)
+/// is a [`FetchError::Status`], so a caller can tell a refused token (401) apart.
+pub async fn reload(
+    addr: SocketAddr,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<ReloadAnswer, FetchError> {
+    let mut request = Request::post("/reload");
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let (status, body) = tokio::time::timeout(timeout, send(addr, request))
+        .await
+        .map_err(|_| FetchError::Timeout {
+            addr,
+            after: timeout,
+        })??;
+    if status != StatusCode::OK && status != StatusCode::UNPROCESSABLE_ENTITY {
+        return Err(FetchError::Status {
+            addr,
+            status,
+            excerpt: excerpt(&body),
+        });
+    }
+    let v: Value =
+        serde_json::from_slice(&body).map_err(|source| FetchError::NotJson { addr, source })?;
+    Ok(if v["applied"].as_bool() == Some(true) {
+        ReloadAnswer::Applied {
+            generation: v["generation"].as_u64().unwrap_or(0),
+            change: v["change"].as_str().unwrap_or("").to_string(),
+        }
+    } else {
+        ReloadAnswer::Rejected {
+            error: v["error"]
+                .as_str()
+                .unwrap_or("(no reason given)")
+                .to_string(),
+        }
+    })
+}
+
 /// One `GET path` on a new connection: the status and the whole body.
 async fn get(addr: SocketAddr, path: &str) -> Result<(StatusCode, Bytes), FetchError> {
+    send(addr, Request::get(path)).await
+}
+
+/// One bodiless request on a new connection: the status and the whole body.
+async fn send(
+    addr: SocketAddr,
+    request: hyper::http::request::Builder,
+) -> Result<(StatusCode, Bytes), FetchError> {
     let answer = |reason: String| FetchError::Answer { addr, reason };
     let stream = TcpStream::connect(addr)
         .await
@@ -77,7 +136,7 @@ async fn get(addr: SocketAddr, path: &str) -> Result<(StatusCode, Bytes), FetchE
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| answer(chain(&e)))?;
-    let request = Request::get(path)
+    let request = request
         .header(header::HOST, addr.to_string())
         .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
@@ -227,7 +286,8 @@ pub fn format_status(s: &Value) -> String {
     out
 }
 
-fn table(out: &mut String, rows: &[Vec<String>]) {
+/// Renders `rows` as a left-aligned table, the first row being the header.
+pub(crate) fn table(out: &mut String, rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {

@@ -128,6 +128,8 @@ pub fn status(view: &AppView) -> Value {
     let events: Vec<Value> = view.recent_events().iter().map(|e| e.to_json()).collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
+        // Lets `tandem member set` signal this process when its token cannot be used.
+        "pid": std::process::id(),
         "generation": snapshot.generation,
         "ready": view.ready(),
         "reloads": {

@@ -113,6 +113,41 @@ impl MemberAddr {
     pub fn socket_addr(&self, service_port: u16) -> SocketAddr {
         SocketAddr::new(self.ip, self.port.unwrap_or(service_port))
     }
+
+    /// Reads a member address as the config writes it: `IP`, `[IPv6]`, `IP:port` or
+    /// `[IPv6]:port`. Host names are refused rather than resolved, so what a file means never
+    /// depends on DNS. The validator and `tandem member` both read addresses with this.
+    pub fn parse(text: &str) -> Result<MemberAddr, MemberAddrError> {
+        let s = text.trim();
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(MemberAddr { ip, port: None });
+        }
+        // `[v6]` without a port is accepted too, for symmetry with `[v6]:port`.
+        if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'))
+            && let Ok(ip) = inner.parse::<IpAddr>()
+        {
+            return Ok(MemberAddr { ip, port: None });
+        }
+        match s.parse::<SocketAddr>() {
+            Ok(sa) if sa.port() == 0 => Err(MemberAddrError::PortZero),
+            Ok(sa) => Ok(MemberAddr {
+                ip: sa.ip(),
+                port: Some(sa.port()),
+            }),
+            Err(_) => Err(MemberAddrError::NotAnAddress),
+        }
+    }
+}
+
+/// Why a text is not a member address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MemberAddrError {
+    #[error("port 0 is not a member port")]
+    PortZero,
+    #[error(
+        "not an IP address or IP:port (host names are not resolved; IPv6 with a port is written [addr]:port)"
+    )]
+    NotAnAddress,
 }
 
 impl fmt::Display for MemberAddr {

@@ -10,7 +10,7 @@
 mod checks;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -370,17 +370,9 @@ impl<'a> Cx<'a> {
 
     fn member_addr(&mut self, raw: &Spanned<String>, path: &str) -> Option<MemberAddr> {
         let s = raw.get_ref().trim();
-        if let Ok(ip) = s.parse::<IpAddr>() {
-            return Some(MemberAddr { ip, port: None });
-        }
-        // `[v6]` without a port is accepted too, for symmetry with `[v6]:port`.
-        if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'))
-            && let Ok(ip) = inner.parse::<IpAddr>()
-        {
-            return Some(MemberAddr { ip, port: None });
-        }
-        match s.parse::<SocketAddr>() {
-            Ok(sa) if sa.port() == 0 => {
+        match MemberAddr::parse(s) {
+            Ok(addr) => Some(addr),
+            Err(MemberAddrError::PortZero) => {
                 self.problem(
                     raw.span(),
                     path,
@@ -388,11 +380,7 @@ impl<'a> Cx<'a> {
                 );
                 None
             }
-            Ok(sa) => Some(MemberAddr {
-                ip: sa.ip(),
-                port: Some(sa.port()),
-            }),
-            Err(_) => {
+            Err(MemberAddrError::NotAnAddress) => {
                 self.problem(
                     raw.span(),
                     path,

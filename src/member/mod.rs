@@ -20,7 +20,6 @@ pub mod file;
 pub mod reload;
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use serde_json::Value;
@@ -235,25 +234,9 @@ fn find_member<'c>(
     }
 }
 
-/// A member address as the config accepts it: `IP`, `[IPv6]`, `IP:port` or `[IPv6]:port`
-/// (port not 0). Mirrors the validator's reading so the operator can type what the file says.
+/// A member address as the config accepts it (see [`MemberAddr::parse`]).
 pub fn parse_addr(s: &str) -> Option<MemberAddr> {
-    let s = s.trim();
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(MemberAddr { ip, port: None });
-    }
-    if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'))
-        && let Ok(ip) = inner.parse::<IpAddr>()
-    {
-        return Some(MemberAddr { ip, port: None });
-    }
-    match s.parse::<SocketAddr>() {
-        Ok(sa) if sa.port() != 0 => Some(MemberAddr {
-            ip: sa.ip(),
-            port: Some(sa.port()),
-        }),
-        _ => None,
-    }
+    MemberAddr::parse(s).ok()
 }
 
 /// A member's table, as written: `{ addr = .. }` in a `members = [..]` array, or a

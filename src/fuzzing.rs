@@ -49,5 +49,11 @@ pub async fn admin_connection<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    admin::serve_connection(admin::Shared::new(view, commands, options, stop), io).await
+    let shared = admin::Shared::new(view, commands, admin::Settings::new(options), stop);
+    // A loopback peer in plain HTTP, as `tandem status` on the same host: every route is open.
+    let peer = admin::Peer {
+        ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        tls: false,
+    };
+    admin::serve_connection(shared, io, peer).await
 }

@@ -170,6 +170,9 @@ fn init_logging(format: LogFormat) {
 fn check(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(cfg) => {
+            if let Some(warning) = cfg.admin.as_ref().and_then(|a| a.warning()) {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             println!("{}: ok, {}", path.display(), cfg.summary());
             ExitCode::SUCCESS
         }

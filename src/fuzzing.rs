@@ -33,7 +33,9 @@ impl TlsProbeClient {
     pub fn new(check: &Check) -> Result<TlsProbeClient, ProbeSetupError> {
         match &check.tls {
             Some(settings) => TlsClient::new(settings).map(TlsProbeClient),
-            None => Err(ProbeSetupError::Tls("the check has no TLS settings".to_string())),
+            None => Err(ProbeSetupError::Tls(
+                "the check has no TLS settings".to_string(),
+            )),
         }
     }
 }
@@ -53,10 +55,7 @@ where
     probe::bounded(check.timeout, async {
         match client.0.handshake(stream, member.ip()).await {
             Ok(stream) => tls::finish(stream).await,
-            Err(reason) => ProbeOutcome {
-                ok: false,
-                reason,
-            },
+            Err(reason) => ProbeOutcome { ok: false, reason },
         }
     })
     .await

@@ -239,10 +239,8 @@ impl Server {
         if let Some(stream) = predecessor {
             tell_predecessor(stream).await;
         }
-        let admin = match admin_listener {
-            Some((listener, _, options)) => Some(AdminServer::spawn(listener, app.view(), options)),
-            None => None,
-        };
+        let admin = admin_listener
+            .map(|(listener, _, options)| AdminServer::spawn(listener, app.view(), options));
         let watcher = if options.watch { watch(path) } else { None };
         Ok(Server {
             path: path.to_path_buf(),

@@ -9,6 +9,10 @@
 #   fuzz/run.sh                       # every target, 60 s each
 #   FUZZ_SECONDS=30 fuzz/run.sh       # shorter
 #   fuzz/run.sh sip_response          # one target
+#   fuzz/run.sh tls_handshake         # the TLS probe's handshake (verify = false)
+#
+# Targets: config_parse, admin_request, http_response, sip_response, stun_response,
+# tls_handshake (the list comes from `cargo fuzz list`, i.e. fuzz/Cargo.toml).
 set -eu
 
 cd "$(dirname "$0")"

@@ -471,9 +471,12 @@ impl App {
     async fn try_reload(&mut self, new: Config) -> Result<ReloadReport, ReloadError> {
         let started = Instant::now();
         let plan = reload::plan(&self.config, &new);
-        if self.config.admin != new.admin {
-            // The admin listener belongs to the process, not to a config generation.
-            warn!("[admin] changed; the admin API keeps its current settings until a restart");
+        if self.config.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
+            // The admin listener belongs to the process, not to a config generation; the rest
+            // of `[admin]` (token, TLS files) is applied by the server after the swap.
+            warn!(
+                "[admin] listen changed; the admin API keeps its current listener until a restart"
+            );
         }
         let old = self.routes.load_full();
         let generation = old.generation + 1;

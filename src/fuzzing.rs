@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Command, Options};
 use crate::app::{AppView, ServeError};
 use crate::config::{Check, CheckKind, Config, Exchange};
-use crate::health::probe::{self, ProbeOutcome, http, udp};
+use crate::health::probe::tls::{self, TlsClient};
+use crate::health::probe::{self, ProbeOutcome, ProbeSetupError, http, udp};
 
 /// One `http`/`https` probe of `check` over `stream` (the member's side of the connection),
 /// within the check's timeout, with the reason cleaned as `/status` would show it.
@@ -31,6 +32,43 @@ where
         }
     };
     probe::bounded(check.timeout, http::probe(request, scheme, stream, member)).await
+}
+
+/// A `tls` check's client, built once as the checker builds it (CA file read, SNI parsed),
+/// for [`tls_probe`].
+pub struct TlsProbeClient(TlsClient);
+
+impl TlsProbeClient {
+    /// The client of `check`, which must carry TLS settings (`ca_file` or `verify = false`).
+    pub fn new(check: &Check) -> Result<TlsProbeClient, ProbeSetupError> {
+        match check.kind.tls() {
+            Some(settings) => TlsClient::new(settings).map(TlsProbeClient),
+            None => Err(ProbeSetupError::Tls(
+                "the check has no TLS settings".to_string(),
+            )),
+        }
+    }
+}
+
+/// One `tls` probe of `check` over `stream` (the member's side of the connection): the
+/// handshake and its verdict, within the check's timeout, with the reason cleaned as `/status`
+/// would show it.
+pub async fn tls_probe<S>(
+    client: &TlsProbeClient,
+    check: &Check,
+    stream: S,
+    member: SocketAddr,
+) -> ProbeOutcome
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    probe::bounded(check.timeout, async {
+        match client.0.handshake(stream, member.ip()).await {
+            Ok(stream) => tls::finish(stream).await,
+            Err(reason) => ProbeOutcome { ok: false, reason },
+        }
+    })
+    .await
 }
 
 /// The `udp` probe's verdict on `reply`, the one datagram the member sent back (a STUN binding
@@ -59,5 +97,11 @@ pub async fn admin_connection<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    admin::serve_connection(admin::Shared::new(view, commands, options, stop), io).await
+    let shared = admin::Shared::new(view, commands, admin::Settings::new(options), stop);
+    // A loopback peer in plain HTTP, as `tandem status` on the same host: every route is open.
+    let peer = admin::Peer {
+        ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        tls: false,
+    };
+    admin::serve_connection(shared, io, peer).await
 }

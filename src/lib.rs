@@ -26,6 +26,7 @@
 //! - [`events`] broadcasts health, failover and reload transitions; [`stats`] holds the
 //!   counters the data path bumps; [`metrics`] renders them for Prometheus.
 //! - [`admin`] is the HTTP admin API and status page, and the `tandem status` client;
+//!   [`tls`] builds its TLS (and `tandem status`'s) from PEM files, checked when the config loads;
 //!   [`signals`] turns SIGTERM/SIGINT/SIGHUP/SIGUSR2 into requests; [`notify`] tells systemd when
 //!   tandem is ready, reloading or stopping.
 //! - [`member`] is `tandem member set/list`: edits a member's state in the config file (comments
@@ -63,5 +64,6 @@ pub mod reload;
 pub mod server;
 pub mod signals;
 pub mod stats;
+pub mod tls;
 pub mod upgrade;
 pub mod watch;

@@ -86,6 +86,8 @@ enum Command {
         /// Print the raw JSON instead of tables.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: StatusTls,
     },
     /// Set or list the operator state of pool members (up, drain, maint) in the config file.
     Member {
@@ -164,6 +166,23 @@ impl From<MemberState> for OperatorState {
     }
 }
 
+/// `tandem status` over TLS, for an admin API with `tls_cert` (and `client_ca`).
+#[derive(clap::Args)]
+struct StatusTls {
+    /// Talk TLS to the admin API, trusting the CA certificate(s) in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present, for an admin API with `client_ca`.
+    #[arg(long, value_name = "FILE", requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
+    /// Name the admin API's certificate must carry (default: the IP address connected to).
+    #[arg(long, value_name = "NAME", requires = "ca")]
+    server_name: Option<String>,
+}
+
 /// `-c/--config`, shared by the commands that read the config file.
 #[derive(clap::Args)]
 struct ConfigFile {
@@ -216,7 +235,12 @@ fn main() -> ExitCode {
             MemberCommand::List { file, admin } => member_list(&file.config, admin),
         },
         Command::Demo { listen, admin } => demo(listen, admin),
-        Command::Status { admin, file, json } => status(admin, &file.config, json),
+        Command::Status {
+            admin,
+            file,
+            json,
+            tls,
+        } => status(admin, &file.config, json, &tls),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "tandem", &mut std::io::stdout());
             ExitCode::SUCCESS
@@ -246,6 +270,9 @@ fn init_logging(format: LogFormat) {
 fn check(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(cfg) => {
+            if let Some(warning) = cfg.admin.as_ref().and_then(|a| a.warning()) {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             println!("{}: ok, {}", path.display(), cfg.summary());
             ExitCode::SUCCESS
         }
@@ -266,17 +293,37 @@ fn report(e: &ConfigError) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn status(admin: Option<SocketAddr>, path: &Path, json: bool) -> ExitCode {
+fn status(admin: Option<SocketAddr>, path: &Path, json: bool, tls: &StatusTls) -> ExitCode {
+    // Parsed, not loaded: only `listen` is needed, and loading would read the TLS key, which
+    // the user asking for the status usually may not read.
+    let admin_config = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| config::parse(&text, &path.display().to_string()).ok())
+        .and_then(|c| c.admin);
     let addr = admin
-        .or_else(|| {
-            config::load(path)
-                .ok()
-                .and_then(|c| c.admin.map(|a| a.listen))
-        })
+        .or(admin_config.as_ref().map(|a| a.listen))
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9900)));
+    let client_tls = match &tls.ca {
+        Some(ca) => {
+            let identity = tls.cert.as_deref().zip(tls.key.as_deref());
+            let name = tls
+                .server_name
+                .clone()
+                .unwrap_or_else(|| addr.ip().to_string());
+            match admin::client::ClientTls::new(ca, identity, &name) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
+    let serves_tls = admin_config.is_some_and(|a| a.tls.is_some());
     // One request: a runtime on this thread is all it needs.
     block_on(current_thread(), async move {
-        match admin::client::fetch_status(addr, STATUS_TIMEOUT).await {
+        match admin::client::fetch_status_with(addr, STATUS_TIMEOUT, client_tls.as_ref()).await {
             Ok(s) if json => {
                 println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
                 ExitCode::SUCCESS
@@ -287,6 +334,12 @@ fn status(admin: Option<SocketAddr>, path: &Path, json: bool) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
+                if serves_tls && client_tls.is_none() {
+                    eprintln!(
+                        "the config file gives the admin API TLS (tls_cert): pass --ca FILE \
+                         (and --cert, --key if it has a client_ca)"
+                    );
+                }
                 ExitCode::FAILURE
             }
         }

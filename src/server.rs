@@ -29,13 +29,14 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin;
 use crate::app::{App, AppView, ServeError};
 use crate::config::{self, Config, ConfigError};
 use crate::notify::{Notifier, Watchdog};
 use crate::signals::{Request, Signals};
+use crate::tls::TlsError;
 use crate::upgrade::{self, Control, Inherited, SocketInfo, UpgradeError};
 use crate::watch::ConfigWatcher;
 
@@ -102,6 +103,9 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+    /// The admin TLS files passed the config check but no longer load (replaced meanwhile).
+    #[error("admin: {0}")]
+    AdminTls(#[source] TlsError),
     #[error(transparent)]
     Start(#[from] ServeError),
 }
@@ -117,6 +121,8 @@ pub async fn run(path: &Path, options: Options) -> Result<(), ServerError> {
 /// The admin API, served on its own task, and the commands it sends to whoever runs the app.
 pub(crate) struct AdminServer {
     commands: mpsc::Receiver<admin::Command>,
+    /// Its options; replaced on every applied reload.
+    settings: admin::Settings,
     stop: CancellationToken,
 }
 
@@ -129,14 +135,35 @@ impl AdminServer {
     ) -> AdminServer {
         let (commands_tx, commands) = mpsc::channel(8);
         let stop = CancellationToken::new();
-        tokio::spawn(admin::serve(
+        let settings = admin::Settings::new(options);
+        tokio::spawn(admin::serve_with(
             listener,
             view,
             commands_tx,
-            options,
+            settings.clone(),
             stop.clone(),
         ));
-        AdminServer { commands, stop }
+        AdminServer {
+            commands,
+            settings,
+            stop,
+        }
+    }
+
+    /// Applies `[admin]` of a config just applied, except `listen` (the listener belongs to the
+    /// process): token file, `allow_plain_post`, and the TLS files read again, so a rotated
+    /// certificate is served from the next connection. When the files no longer load (replaced
+    /// since the reload checked them) the current options stay.
+    pub(crate) fn refresh(&self, config: &config::Admin) {
+        match admin::Options::from_config(config) {
+            Ok(options) => self.settings.store(options),
+            Err(e) => error!(error = %e,
+                "admin TLS files changed while reloading and no longer load; \
+                 the admin API keeps its previous certificate"),
+        }
+        if let Some(warning) = config.warning() {
+            warn!("{warning}");
+        }
     }
 
     /// The next command; never resolves once the API has stopped sending. Cancel-safe.
@@ -193,6 +220,9 @@ impl Server {
         let cfg = config::load(path)?;
         info!(config = %path.display(), summary = %cfg.summary(), "starting");
         let admin_listener = bind_admin(&cfg, &mut inherited).await?;
+        if let Some(warning) = cfg.admin.as_ref().and_then(config::Admin::warning) {
+            warn!("{warning}");
+        }
         let admin_handoff = admin_listener
             .as_ref()
             .and_then(|(listener, listen, _)| handoff_entry(listener, *listen));
@@ -209,9 +239,8 @@ impl Server {
         if let Some(stream) = predecessor {
             tell_predecessor(stream).await;
         }
-        let admin = admin_listener.map(|(listener, _, token_file)| {
-            AdminServer::spawn(listener, app.view(), admin::Options { token_file })
-        });
+        let admin = admin_listener
+            .map(|(listener, _, options)| AdminServer::spawn(listener, app.view(), options));
         let watcher = if options.watch { watch(path) } else { None };
         Ok(Server {
             path: path.to_path_buf(),
@@ -352,6 +381,11 @@ impl Server {
     async fn reload(&mut self) -> Result<admin::ReloadOutcome, String> {
         self.notifier.reloading();
         let result = self.app.reload_file(&self.path).await;
+        if result.is_ok()
+            && let (Some(admin), Some(config)) = (&self.admin, &self.app.config().admin)
+        {
+            admin.refresh(config);
+        }
         self.notifier
             .ready(&after_reload(&self.app, result.is_ok()));
         admin::ReloadOutcome::of(&result)
@@ -401,15 +435,17 @@ async fn take_over(from: &Path) -> Result<(Option<UnixStream>, Inherited), Serve
     }
 }
 
-/// The admin listener (inherited, else bound), its configured address and token file; `None`
-/// when the config has no `[admin]`.
+/// The admin listener (inherited, else bound), its configured address and its options (TLS
+/// files read); `None` when the config has no `[admin]`.
 async fn bind_admin(
     cfg: &Config,
     inherited: &mut Inherited,
-) -> Result<Option<(TcpListener, SocketAddr, Option<PathBuf>)>, ServerError> {
+) -> Result<Option<(TcpListener, SocketAddr, admin::Options)>, ServerError> {
     let Some(a) = &cfg.admin else {
         return Ok(None);
     };
+    // Before binding: files that do not load must not leave a bound port behind.
+    let options = admin::Options::from_config(a).map_err(ServerError::AdminTls)?;
     let listener = match inherited.take(upgrade::Kind::Admin, "admin", a.listen) {
         Some(fd) => adopt_admin(fd).map_err(ServerError::AdoptAdmin)?,
         None => TcpListener::bind(a.listen)
@@ -419,7 +455,7 @@ async fn bind_admin(
                 source,
             })?,
     };
-    Ok(Some((listener, a.listen, a.token_file.clone())))
+    Ok(Some((listener, a.listen, options)))
 }
 
 /// The admin listener inherited from the process being upgraded.

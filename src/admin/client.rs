@@ -1,10 +1,13 @@
 //! `tandem status`: fetches `/status` from a running tandem's admin API and prints it as
 //! tables; `tandem member set` also POSTs `/reload` through it. The formatting is pure and tested; the fetch is one HTTP/1.1 GET through hyper's
-//! client (so chunked bodies, status lines and header framing are hyper's business, not ours).
+//! client (so chunked bodies, status lines and header framing are hyper's business, not ours),
+//! in plain HTTP or over TLS ([`ClientTls`]: the admin API's CA, and a client certificate when
+//! the admin API asks for one).
 
 use std::error::Error;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::pin;
 use std::time::Duration;
 
@@ -12,8 +15,13 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::tls::{self, TlsError};
 
 /// Largest `/status` body read: 16 MiB. A tandem with a thousand members answers well under 1 MiB.
 const MAX_BODY: usize = 16 << 20;
@@ -29,6 +37,10 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS handshake failed: an untrusted or misnamed certificate, a client certificate
+    /// refused, or an admin API that does not speak TLS.
+    #[error("TLS with the admin API at {addr} failed: {reason}")]
+    Tls { addr: SocketAddr, reason: String },
     #[error("admin API at {addr} did not answer within {}", humantime::format_duration(*after))]
     Timeout { addr: SocketAddr, after: Duration },
     /// Not an HTTP response, cut short, or too large.
@@ -49,10 +61,54 @@ pub enum FetchError {
     },
 }
 
-/// GETs `/status` from the admin API at `addr`; `timeout` bounds the whole exchange, connecting
-/// included.
+/// How `tandem status` speaks TLS to the admin API.
+#[derive(Clone)]
+pub struct ClientTls {
+    connector: TlsConnector,
+    /// The name the admin API's certificate must carry.
+    name: ServerName<'static>,
+}
+
+impl ClientTls {
+    /// Trusts the CA(s) in `ca`, presents `identity` (certificate, key) if given, and expects
+    /// the certificate to name `server_name` (a DNS name or an IP address).
+    pub fn new(
+        ca: &Path,
+        identity: Option<(&Path, &Path)>,
+        server_name: &str,
+    ) -> Result<ClientTls, ClientTlsError> {
+        let config = tls::client_config(ca, identity)?;
+        let name = ServerName::try_from(server_name.to_string())
+            .map_err(|_| ClientTlsError::Name(server_name.to_string()))?;
+        Ok(ClientTls {
+            connector: TlsConnector::from(config),
+            name,
+        })
+    }
+}
+
+/// Why `tandem status` cannot set up TLS.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientTlsError {
+    #[error(transparent)]
+    Files(#[from] TlsError),
+    #[error("{0:?} is not a valid DNS name or IP address")]
+    Name(String),
+}
+
+/// GETs `/status` from the admin API at `addr` in plain HTTP; `timeout` bounds the whole
+/// exchange, connecting included.
 pub async fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<Value, FetchError> {
-    let (status, body) = tokio::time::timeout(timeout, get(addr, "/status"))
+    fetch_status_with(addr, timeout, None).await
+}
+
+/// [`fetch_status`], over TLS when `tls` is given.
+pub async fn fetch_status_with(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<Value, FetchError> {
+    let (status, body) = tokio::time::timeout(timeout, get(addr, "/status", tls))
         .await
         .map_err(|_| FetchError::Timeout {
             addr,
@@ -89,7 +145,7 @@ pub async fn reload(
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    let (status, body) = tokio::time::timeout(timeout, send(addr, request))
+    let (status, body) = tokio::time::timeout(timeout, send(addr, request, None))
         .await
         .map_err(|_| FetchError::Timeout {
             addr,
@@ -119,20 +175,50 @@ pub async fn reload(
     })
 }
 
-/// One `GET path` on a new connection: the status and the whole body.
-async fn get(addr: SocketAddr, path: &str) -> Result<(StatusCode, Bytes), FetchError> {
-    send(addr, Request::get(path)).await
+/// One `GET path` on a new connection (TLS with `tls`): the status and the whole body.
+async fn get(
+    addr: SocketAddr,
+    path: &str,
+    tls: Option<&ClientTls>,
+) -> Result<(StatusCode, Bytes), FetchError> {
+    send(addr, Request::get(path), tls).await
 }
 
-/// One bodiless request on a new connection: the status and the whole body.
+/// One bodiless request on a new connection (TLS with `tls`): the status and the whole body.
 async fn send(
     addr: SocketAddr,
     request: hyper::http::request::Builder,
+    tls: Option<&ClientTls>,
 ) -> Result<(StatusCode, Bytes), FetchError> {
-    let answer = |reason: String| FetchError::Answer { addr, reason };
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|source| FetchError::Connect { addr, source })?;
+    match tls {
+        None => exchange(addr, request, stream).await,
+        Some(tls) => {
+            let stream = tls
+                .connector
+                .connect(tls.name.clone(), stream)
+                .await
+                .map_err(|e| FetchError::Tls {
+                    addr,
+                    reason: chain(&e),
+                })?;
+            exchange(addr, request, stream).await
+        }
+    }
+}
+
+/// `request` on an open connection.
+async fn exchange<S>(
+    addr: SocketAddr,
+    request: hyper::http::request::Builder,
+    stream: S,
+) -> Result<(StatusCode, Bytes), FetchError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let answer = |reason: String| FetchError::Answer { addr, reason };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| answer(chain(&e)))?;
@@ -286,7 +372,6 @@ pub fn format_status(s: &Value) -> String {
     out
 }
 
-/// Renders `rows` as a left-aligned table, the first row being the header.
 pub(crate) fn table(out: &mut String, rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)

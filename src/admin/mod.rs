@@ -1,23 +1,32 @@
 //! The admin API (hyper, HTTP/1.1): `/metrics`, `/status`, `/events`, `POST /reload`,
-//! `/healthz`, `/readyz` and an HTML status page at `/`.
+//! `/healthz`, `/readyz` and an HTML status page at `/`, in plain HTTP or over TLS.
 //!
 //! It reads the running state through an [`AppView`] and asks for reloads through a command
 //! channel that the process's main loop serves, so it never holds the app itself. Requests are
 //! bounded (header size, header read time, no request bodies, a cap on connections) so a slow
 //! or hostile client can neither stall nor crash it, and it never touches the data path.
+//!
+//! Its [`Options`] live in a [`Settings`] handle that the process swaps on every applied reload:
+//! each new connection takes the current ones, so a rotated certificate, key or client CA is
+//! served to the next connection without a restart, while open connections keep theirs. With a
+//! `client_ca`, the certificate is required in the handshake of every connection, before any
+//! HTTP is read. Over plain HTTP, `POST` is refused from peers that are not on loopback unless
+//! `allow_plain_post` says otherwise: a reload is a change to the running balancer, and a token
+//! sent in clear across a network can be replayed.
 
 pub mod client;
 pub mod status;
 
 use std::convert::Infallible;
 use std::future::Future as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
@@ -29,12 +38,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::app::{AppView, ReloadError, ReloadReport};
+use crate::config;
+use crate::tls::{self, TlsError};
 
 /// Concurrent admin connections; beyond it new ones are closed at once.
 const MAX_CONNECTIONS: usize = 64;
@@ -42,7 +54,7 @@ const MAX_CONNECTIONS: usize = 64;
 const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body accepted (no endpoint needs one).
 const MAX_BODY: u64 = 64 * 1024;
-/// A client must send its request head within this.
+/// A client must send its request head within this, and finish a TLS handshake within it too.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -76,21 +88,77 @@ impl ReloadOutcome {
     }
 }
 
-/// Settings of the admin server.
+/// Settings of the admin server. The default is plain HTTP, no token, no plain POST from
+/// beyond loopback.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// File holding the bearer token POST requests must carry; `None`: no token needed.
     pub token_file: Option<PathBuf>,
+    /// Accept POST over plain HTTP from a peer that is not on loopback.
+    pub allow_plain_post: bool,
+    /// `Some`: every connection is TLS (with a client certificate if the config asks for one).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Options {
+    /// The options `[admin]` asks for; reads the TLS files.
+    pub fn from_config(admin: &config::Admin) -> Result<Options, TlsError> {
+        let tls = match &admin.tls {
+            Some(t) => Some(tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())?),
+            None => None,
+        };
+        Ok(Options {
+            token_file: admin.token_file.clone(),
+            allow_plain_post: admin.allow_plain_post,
+            tls,
+        })
+    }
+}
+
+/// The admin server's current [`Options`], shared by its accept loop and whoever applies
+/// reloads. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Settings(Arc<ArcSwap<Options>>);
+
+impl Settings {
+    pub fn new(options: Options) -> Settings {
+        Settings(Arc::new(ArcSwap::from_pointee(options)))
+    }
+
+    /// Replaces the options for connections accepted from now on.
+    pub fn store(&self, options: Options) {
+        self.0.store(Arc::new(options));
+    }
+
+    fn load(&self) -> Arc<Options> {
+        self.0.load_full()
+    }
+}
+
+/// What the admin API knows of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer {
+    pub(crate) ip: IpAddr,
+    /// The connection is TLS.
+    pub(crate) tls: bool,
+}
+
+/// Whether a POST may be served to `peer`: over TLS always (the token, if any, then decides),
+/// over plain HTTP only from loopback (127.0.0.0/8, ::1, and those as IPv4-mapped IPv6 on a
+/// dual-stack listener) unless `allow_plain_post`. Pure, so it is tested with addresses no test
+/// machine has.
+pub(crate) fn plain_post_allowed(peer: Peer, allow_plain_post: bool) -> bool {
+    peer.tls || allow_plain_post || peer.ip.to_canonical().is_loopback()
 }
 
 pub(crate) struct Shared {
     view: AppView,
     commands: mpsc::Sender<Command>,
-    options: Options,
+    settings: Settings,
     stop: CancellationToken,
 }
 
-/// Serves the admin API on `listener` until `stop` fires.
+/// Serves the admin API on `listener` until `stop` fires, always with `options`.
 pub async fn serve(
     listener: TcpListener,
     view: AppView,
@@ -98,10 +166,23 @@ pub async fn serve(
     options: Options,
     stop: CancellationToken,
 ) {
+    serve_with(listener, view, commands, Settings::new(options), stop).await;
+}
+
+/// Serves the admin API on `listener` until `stop` fires, with the [`Options`] `settings`
+/// holds when each connection is accepted.
+pub async fn serve_with(
+    listener: TcpListener,
+    view: AppView,
+    commands: mpsc::Sender<Command>,
+    settings: Settings,
+    stop: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
-        info!(listen = %addr, "admin API listening");
+        let tls = settings.load().tls.is_some();
+        info!(listen = %addr, tls, "admin API listening");
     }
-    let shared = Shared::new(view, commands, options, stop.clone());
+    let shared = Shared::new(view, commands, settings, stop.clone());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -124,9 +205,33 @@ pub async fn serve(
             continue;
         };
         let shared = shared.clone();
+        // Taken now: a reload after this accept applies from the next connection.
+        let tls = shared.settings.load().tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = serve_connection(shared, stream).await {
+            let ip = peer.ip();
+            let served = match tls {
+                None => serve_connection(shared, stream, Peer { ip, tls: false }).await,
+                Some(config) => {
+                    // Bounded like a request head, so a stalled handshake cannot hold a slot.
+                    let handshake = TlsAcceptor::from(config).accept(stream);
+                    match tokio::time::timeout(HEAD_TIMEOUT, handshake).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(shared, stream, Peer { ip, tls: true }).await
+                        }
+                        Ok(Err(e)) => {
+                            // Debug, as other connection errors: scanners would flood the log.
+                            debug!(%peer, error = %e, "admin TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "admin TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 debug!(%peer, error = %e, "admin connection ended with an error");
             }
         });
@@ -136,13 +241,17 @@ pub async fn serve(
 /// Serves the admin API on one open connection until the client is done, its head is late, or
 /// `stop` ends an event stream. [`serve`] runs it per accepted socket; the fuzz targets run it
 /// on in-memory streams through [`crate::fuzzing`], which is why it takes any byte stream.
-pub(crate) async fn serve_connection<I>(shared: Arc<Shared>, io: I) -> Result<(), hyper::Error>
+pub(crate) async fn serve_connection<I>(
+    shared: Arc<Shared>,
+    io: I,
+    peer: Peer,
+) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(route(&shared, req).await) }
+        async move { Ok::<_, Infallible>(route(&shared, peer, req).await) }
     });
     http1::Builder::new()
         .timer(TokioTimer::new())
@@ -158,13 +267,13 @@ impl Shared {
     pub(crate) fn new(
         view: AppView,
         commands: mpsc::Sender<Command>,
-        options: Options,
+        settings: Settings,
         stop: CancellationToken,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             view,
             commands,
-            options,
+            settings,
             stop,
         })
     }
@@ -175,7 +284,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+async fn route(shared: &Shared, peer: Peer, req: Request<Incoming>) -> Response<Body> {
     let too_big = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -221,12 +330,22 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if shared.view.ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        _ => reload(shared, &req).await,
+        _ => reload(shared, peer, &req).await,
     }
 }
 
-async fn reload(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
-    if let Some(refusal) = authorize(&shared.options, req) {
+async fn reload(shared: &Shared, peer: Peer, req: &Request<Incoming>) -> Response<Body> {
+    let options = shared.settings.load();
+    if !plain_post_allowed(peer, options.allow_plain_post) {
+        warn!(peer = %peer.ip, path = %req.uri().path(),
+              "admin request refused: POST over plain HTTP from a non-loopback peer");
+        return text(
+            StatusCode::FORBIDDEN,
+            "POST over plain HTTP is accepted from loopback only: serve the admin API over TLS \
+             (tls_cert, tls_key) or set allow_plain_post = true in [admin]\n",
+        );
+    }
+    if let Some(refusal) = authorize(&options, req) {
         return refusal;
     }
     let (reply, answer) = oneshot::channel();
@@ -395,6 +514,79 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    const LOOPBACK_PLAIN: Peer = Peer {
+        ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        tls: false,
+    };
+
+    fn peer(ip: &str, tls: bool) -> Peer {
+        Peer {
+            ip: ip.parse().expect("an IP"),
+            tls,
+        }
+    }
+
+    #[test]
+    fn plain_post_is_for_loopback_unless_allowed() {
+        // Loopback is all of 127.0.0.0/8 and ::1, also IPv4-mapped (a dual-stack listener).
+        for ip in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(plain_post_allowed(peer(ip, false), false), "{ip}");
+        }
+        // Documentation and benchmarking addresses: values only, never contacted.
+        for ip in [
+            "198.18.0.1",
+            "192.0.2.1",
+            "2001:db8::1",
+            "::ffff:192.0.2.1",
+            "0.0.0.0",
+            "::",
+        ] {
+            assert!(!plain_post_allowed(peer(ip, false), false), "{ip}");
+            assert!(plain_post_allowed(peer(ip, false), true), "{ip} allowed");
+            assert!(plain_post_allowed(peer(ip, true), false), "{ip} over TLS");
+        }
+    }
+
+    /// A POST from beyond loopback over plain HTTP is refused before the token is looked at;
+    /// the same request from loopback reaches the token check.
+    #[tokio::test]
+    async fn plain_post_from_a_remote_peer_is_forbidden() {
+        async fn post(from: Peer, allow_plain_post: bool) -> String {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let (commands, _rx) = mpsc::channel(1);
+            let options = Options {
+                // Unreadable on purpose: reaching the token check answers 500.
+                token_file: Some(PathBuf::from("/nonexistent/tandem-token")),
+                allow_plain_post,
+                tls: None,
+            };
+            let shared = Shared::new(
+                view(),
+                commands,
+                Settings::new(options),
+                CancellationToken::new(),
+            );
+            let conn = tokio::spawn(serve_connection(shared, server, from));
+            client
+                .write_all(b"POST /reload HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("write");
+            let mut out = String::new();
+            client.read_to_string(&mut out).await.expect("read");
+            assert!(conn.await.expect("joined").is_ok());
+            out
+        }
+        let out = post(peer("192.0.2.1", false), false).await;
+        assert!(out.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{out}");
+        assert!(out.contains("allow_plain_post"), "{out}");
+        let out = post(peer("192.0.2.1", false), true).await;
+        assert!(out.starts_with("HTTP/1.1 500 "), "{out}");
+        let out = post(peer("192.0.2.1", true), false).await;
+        assert!(out.starts_with("HTTP/1.1 500 "), "{out}");
+        let out = post(LOOPBACK_PLAIN, false).await;
+        assert!(out.starts_with("HTTP/1.1 500 "), "{out}");
+    }
+
     fn view() -> AppView {
         let text = "[[pool]]\nname = \"p\"\nmembers = [{ addr = \"127.0.1.1:80\" }]\n\n\
                     [[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n";
@@ -409,8 +601,8 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let (commands, _rx) = mpsc::channel(1);
         let stop = CancellationToken::new();
-        let shared = Shared::new(view(), commands, Options::default(), stop);
-        let conn = tokio::spawn(serve_connection(shared, server));
+        let shared = Shared::new(view(), commands, Settings::new(Options::default()), stop);
+        let conn = tokio::spawn(serve_connection(shared, server, LOOPBACK_PLAIN));
         // No half-close: hyper drops a connection whose client shuts down its write side
         // before the pipelined responses are out (its `half_close` is off).
         client

@@ -5,6 +5,7 @@
 //! Runtime code only ever sees [`Config`], where nothing validation could settle is left as an
 //! `Option`. Loading performs file I/O only; it never binds a socket.
 
+mod files;
 pub mod raw;
 pub mod validate;
 
@@ -76,6 +77,46 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// File holding the bearer token required for POST requests, if any.
     pub token_file: Option<PathBuf>,
+    /// TLS for the admin API; `None`: plain HTTP.
+    pub tls: Option<AdminTls>,
+    /// Accept `POST` (reload) over plain HTTP from a peer that is not on loopback (default
+    /// false). Irrelevant with TLS.
+    pub allow_plain_post: bool,
+}
+
+impl Admin {
+    /// The start-up and `tandem check` warning for an admin API that others can reach in plain
+    /// HTTP. It is allowed (Prometheus on a management network often scrapes plain HTTP), but
+    /// then anything on that network can read `/status` and, with `allow_plain_post`, reload.
+    pub fn warning(&self) -> Option<String> {
+        // `to_canonical`: `[::ffff:127.0.0.1]` is loopback too.
+        if self.tls.is_some() || self.listen.ip().to_canonical().is_loopback() {
+            return None;
+        }
+        Some(format!(
+            "[admin] listen = \"{}\" is not loopback and the admin API has no TLS (tls_cert, \
+             tls_key): /metrics, /status and /events are readable in plain HTTP from the network{}",
+            self.listen,
+            if self.allow_plain_post {
+                ", and allow_plain_post = true accepts POST /reload from it"
+            } else {
+                "; POST /reload from a non-loopback peer is refused"
+            }
+        ))
+    }
+}
+
+/// `[admin]` TLS: the files are read when the config loads (so `tandem check` and a reload
+/// reject files that do not load) and again by the admin API on start and on every reload, so a
+/// rotated certificate is served without a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+    /// PEM CA(s) client certificates must chain to; `None`: no client certificate asked for.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// A named set of members in one site.
@@ -447,12 +488,19 @@ pub enum ConfigError {
     Invalid(ConfigProblems),
 }
 
-/// Reads and validates a config file.
+/// Reads and validates a config file, then the files it names (the admin TLS certificate, key
+/// and client CA), which [`parse`] leaves alone as it performs no I/O.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: name.clone(),
         source,
     })?;
-    parse(&text, &name).map_err(ConfigError::Invalid)
+    let config = parse(&text, &name).map_err(ConfigError::Invalid)?;
+    let problems = files::check(&text, &name, &config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(ConfigProblems(problems)))
+    }
 }

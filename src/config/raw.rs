@@ -22,6 +22,14 @@ use toml::Spanned;
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
+    /// PEM certificate chain (leaf first) served over TLS; with `tls_key` or not at all.
+    pub tls_cert: Option<Spanned<String>>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<Spanned<String>>,
+    /// PEM CA(s): when set, every client must present a certificate signed by one of them.
+    pub client_ca: Option<Spanned<String>>,
+    /// Accept `POST` over plain HTTP from a peer that is not on loopback.
+    pub allow_plain_post: Option<Spanned<bool>>,
 }
 
 /// One `[[pool]]` entry.

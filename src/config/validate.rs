@@ -214,6 +214,8 @@ impl<'a> Cx<'a> {
     }
 
     fn admin(&mut self, raw: RawAdmin) -> Option<Admin> {
+        // First, so its problems are reported even when `listen` is bad too.
+        let tls = self.admin_tls(&raw);
         let listen = match raw.listen {
             Some(l) => self.listen_addr(&l, "admin", "listen")?,
             None => DEFAULT_ADMIN_LISTEN.parse().ok()?,
@@ -221,7 +223,60 @@ impl<'a> Cx<'a> {
         Some(Admin {
             listen,
             token_file: raw.token_file.map(|t| PathBuf::from(t.into_inner())),
+            tls,
+            allow_plain_post: raw.allow_plain_post.is_some_and(|a| a.into_inner()),
         })
+    }
+
+    /// `tls_cert` and `tls_key` come together; `client_ca` needs them. Whether the files load
+    /// is checked by `config::load`, not here: parsing performs no I/O.
+    fn admin_tls(&mut self, raw: &RawAdmin) -> Option<AdminTls> {
+        let path = |v: &Spanned<String>| PathBuf::from(v.get_ref());
+        match (&raw.tls_cert, &raw.tls_key) {
+            (Some(cert), Some(key)) => {
+                let mut ok = true;
+                for (name, v) in [("tls_cert", cert), ("tls_key", key)]
+                    .into_iter()
+                    .chain(raw.client_ca.as_ref().map(|c| ("client_ca", c)))
+                {
+                    if v.get_ref().trim().is_empty() {
+                        self.problem(v.span(), "admin", format!("{name} must not be empty"));
+                        ok = false;
+                    }
+                }
+                ok.then(|| AdminTls {
+                    cert: path(cert),
+                    key: path(key),
+                    client_ca: raw.client_ca.as_ref().map(path),
+                })
+            }
+            (Some(cert), None) => {
+                self.problem(
+                    cert.span(),
+                    "admin",
+                    "tls_cert is set but tls_key is not; set both (TLS) or neither (plain HTTP)",
+                );
+                None
+            }
+            (None, Some(key)) => {
+                self.problem(
+                    key.span(),
+                    "admin",
+                    "tls_key is set but tls_cert is not; set both (TLS) or neither (plain HTTP)",
+                );
+                None
+            }
+            (None, None) => {
+                if let Some(ca) = &raw.client_ca {
+                    self.problem(
+                        ca.span(),
+                        "admin",
+                        "client_ca needs TLS: set tls_cert and tls_key too",
+                    );
+                }
+                None
+            }
+        }
     }
 
     fn pools(&mut self, raw: Vec<(String, RawPool)>) -> Vec<Pool> {
@@ -817,7 +872,7 @@ fn listen_overlap(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 /// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;

@@ -11,7 +11,7 @@
 pub(crate) mod http;
 mod send_expect;
 mod sip;
-mod tls;
+pub(crate) mod tls;
 pub(crate) mod udp;
 
 use std::fmt;

@@ -17,8 +17,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     ClientConfig, DigitallySignedStruct, ProtocolVersion, RootCertStore, SignatureScheme,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -27,7 +26,7 @@ use crate::config::CheckTls;
 
 /// A check's TLS client: cheap to clone, shared by all its probes.
 #[derive(Clone)]
-pub(super) struct TlsClient {
+pub(crate) struct TlsClient {
     connector: TlsConnector,
     /// The configured SNI, parsed once; `None` uses each member's IP.
     sni: Option<ServerName<'static>>,
@@ -35,7 +34,7 @@ pub(super) struct TlsClient {
 
 impl TlsClient {
     /// Builds the client config: verification against `ca_file`, or none when it is unset.
-    pub(super) fn new(settings: &CheckTls) -> Result<TlsClient, ProbeSetupError> {
+    pub(crate) fn new(settings: &CheckTls) -> Result<TlsClient, ProbeSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -65,11 +64,11 @@ impl TlsClient {
     }
 
     /// Runs the handshake over `tcp` to the member at `member`. The error is a probe reason.
-    pub(super) async fn handshake(
-        &self,
-        tcp: TcpStream,
-        member: IpAddr,
-    ) -> Result<TlsStream<TcpStream>, String> {
+    /// Any byte stream, so the fuzz target runs it on in-memory bytes (see `crate::fuzzing`).
+    pub(crate) async fn handshake<S>(&self, tcp: S, member: IpAddr) -> Result<TlsStream<S>, String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         // Without a configured name the member's IP is both what is sent and what the
         // certificate must name (an IP SAN); rustls leaves SNI out for IPs, as RFC 6066 asks.
         let name = self.sni.clone().unwrap_or(ServerName::from(member));
@@ -81,7 +80,10 @@ impl TlsClient {
 }
 
 /// Ends a `tls` probe whose handshake completed: that is the pass.
-pub(super) async fn finish(mut stream: TlsStream<TcpStream>) -> ProbeOutcome {
+pub(crate) async fn finish<S>(mut stream: TlsStream<S>) -> ProbeOutcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let version = match stream.get_ref().1.protocol_version() {
         Some(ProtocolVersion::TLSv1_3) => "TLS 1.3".to_string(),
         Some(ProtocolVersion::TLSv1_2) => "TLS 1.2".to_string(),

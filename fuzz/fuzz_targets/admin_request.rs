@@ -150,8 +150,12 @@ fuzz_target!(|data: &[u8]| {
         linger: None,
         written: written.clone(),
     };
+    // Plain HTTP with POST allowed from any peer, so every request reaches the token check and
+    // the routes behind it, as before TLS existed.
     let options = Options {
         token_file: Some(TOKEN_FILE.clone()),
+        allow_plain_post: true,
+        tls: None,
     };
     let stop = CancellationToken::new();
     let (commands, rx) = mpsc::channel(1);

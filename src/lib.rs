@@ -18,7 +18,9 @@
 //!   applies reloads with one snapshot swap, shuts down gracefully.
 //! - [`events`] broadcasts health, failover and reload transitions; [`stats`] holds the
 //!   counters the data path bumps; [`metrics`] renders them for Prometheus.
-//! - [`admin`] is the HTTP admin API and status page, and the `tandem status` client;
+//! - [`admin`] is the HTTP admin API and status page, and the `tandem status` client; it runs
+//!   [`history`], the bounded recent past (counters sampled, transitions at their time) that
+//!   the page charts;
 //!   [`signals`] turns SIGTERM/SIGINT/SIGHUP/SIGUSR2 into requests; [`notify`] tells systemd when
 //!   tandem is ready, reloading or stopping.
 //! - [`upgrade`] hands the listening sockets to a new tandem process (binary upgrades).
@@ -44,6 +46,7 @@ pub mod failover;
 pub mod fuzzing;
 pub mod hash;
 pub mod health;
+pub mod history;
 pub mod metrics;
 pub mod notify;
 pub mod pool;

@@ -210,7 +210,14 @@ impl Server {
             tell_predecessor(stream).await;
         }
         let admin = admin_listener.map(|(listener, _, token_file)| {
-            AdminServer::spawn(listener, app.view(), admin::Options { token_file })
+            AdminServer::spawn(
+                listener,
+                app.view(),
+                admin::Options {
+                    token_file,
+                    ..admin::Options::default()
+                },
+            )
         });
         let watcher = if options.watch { watch(path) } else { None };
         Ok(Server {

@@ -152,6 +152,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let options = Options {
         token_file: Some(TOKEN_FILE.clone()),
+        ..Options::default()
     };
     let stop = CancellationToken::new();
     let (commands, rx) = mpsc::channel(1);

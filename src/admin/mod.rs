@@ -1,10 +1,13 @@
-//! The admin API (hyper, HTTP/1.1): `/metrics`, `/status`, `/events`, `POST /reload`,
-//! `/healthz`, `/readyz` and an HTML status page at `/`.
+//! The admin API (hyper, HTTP/1.1): `/metrics`, `/status`, `/history`, `/events`,
+//! `POST /reload`, `/healthz`, `/readyz` and an HTML status page at `/`.
 //!
 //! It reads the running state through an [`AppView`] and asks for reloads through a command
 //! channel that the process's main loop serves, so it never holds the app itself. Requests are
 //! bounded (header size, header read time, no request bodies, a cap on connections) so a slow
 //! or hostile client can neither stall nor crash it, and it never touches the data path.
+//!
+//! The server also runs the sampler of [`crate::history`] (the charts' data), for as long as it
+//! serves: the history exists for the page and `/history`, so it lives and stops with them.
 
 pub mod client;
 pub mod status;
@@ -14,7 +17,7 @@ use std::future::Future as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::app::{AppView, ReloadError, ReloadReport};
+use crate::history::{self, History};
 
 /// Concurrent admin connections; beyond it new ones are closed at once.
 const MAX_CONNECTIONS: usize = 64;
@@ -77,10 +81,22 @@ impl ReloadOutcome {
 }
 
 /// Settings of the admin server.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// File holding the bearer token POST requests must carry; `None`: no token needed.
     pub token_file: Option<PathBuf>,
+    /// Time between two samples of the status page's charts (`/history`); they keep
+    /// [`history::SAMPLES`] samples. Default [`history::DEFAULT_INTERVAL`] (5 s: 15 minutes).
+    pub history_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            token_file: None,
+            history_interval: history::DEFAULT_INTERVAL,
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -88,9 +104,10 @@ pub(crate) struct Shared {
     commands: mpsc::Sender<Command>,
     options: Options,
     stop: CancellationToken,
+    history: Arc<Mutex<History>>,
 }
 
-/// Serves the admin API on `listener` until `stop` fires.
+/// Serves the admin API on `listener` until `stop` fires; the history sampler runs as long.
 pub async fn serve(
     listener: TcpListener,
     view: AppView,
@@ -102,11 +119,17 @@ pub async fn serve(
         info!(listen = %addr, "admin API listening");
     }
     let shared = Shared::new(view, commands, options, stop.clone());
+    let sampler = tokio::spawn(history::run(
+        shared.view.clone(),
+        shared.view.subscribe(),
+        shared.history.clone(),
+        stop.clone(),
+    ));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -115,7 +138,7 @@ pub async fn serve(
                 warn!(error = %e, "admin accept failed");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => break,
                 }
             }
         };
@@ -131,6 +154,8 @@ pub async fn serve(
             }
         });
     }
+    // The sampler stops on the same token; waiting for it means nothing outlives the server.
+    let _ = sampler.await;
 }
 
 /// Serves the admin API on one open connection until the client is done, its head is late, or
@@ -161,11 +186,13 @@ impl Shared {
         options: Options,
         stop: CancellationToken,
     ) -> Arc<Shared> {
+        let history = Arc::new(Mutex::new(History::new(options.history_interval)));
         Arc::new(Shared {
             view,
             commands,
             options,
             stop,
+            history,
         })
     }
 }
@@ -187,7 +214,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     }
     let path = req.uri().path();
     let allowed: &[Method] = match path {
-        "/" | "/metrics" | "/status" | "/events" | "/healthz" | "/readyz" => {
+        "/" | "/metrics" | "/status" | "/history" | "/events" | "/healthz" | "/readyz" => {
             &[Method::GET, Method::HEAD]
         }
         "/reload" => &[Method::POST],
@@ -209,7 +236,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         "/" => with_type(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            Bytes::from(page(&status::status(&shared.view))),
+            Bytes::from(page(&status::status(&shared.view), &history_json(shared))),
         ),
         "/metrics" => with_type(
             StatusCode::OK,
@@ -217,6 +244,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             Bytes::from(shared.view.render_metrics()),
         ),
         "/status" => json(StatusCode::OK, &status::status(&shared.view)),
+        "/history" => json(StatusCode::OK, &history_json(shared)),
         "/events" => events(shared),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if shared.view.ready() => text(StatusCode::OK, "ready\n"),
@@ -383,11 +411,34 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Res
 /// The status page: one self-contained file (no external assets, for air-gapped networks).
 const PAGE: &str = include_str!("page.html");
 
-/// The page with the current status embedded, so it renders complete on load. `</` is escaped
-/// so no value (a member's check reason, say) can close the script element.
-fn page(status: &serde_json::Value) -> String {
-    let json = status.to_string().replace("</", "<\\/");
-    PAGE.replacen("/*STATUS*/null", &json, 1)
+/// The page with the current status and history embedded, so it renders complete on load.
+/// `</` is escaped so no value (a member's check reason, say) can close the script element.
+/// Each placeholder is replaced in the template itself, so text inside one document (a check
+/// reason quoting a member's reply, say) is never taken for the other's placeholder.
+fn page(status: &serde_json::Value, history: &serde_json::Value) -> String {
+    let embed = |v: &serde_json::Value| v.to_string().replace("</", "<\\/");
+    let mut out = String::with_capacity(PAGE.len() + 64 * 1024);
+    let mut rest = PAGE;
+    for (placeholder, value) in [("/*STATUS*/null", status), ("/*HISTORY*/null", history)] {
+        if let Some((before, after)) = rest.split_once(placeholder) {
+            out.push_str(before);
+            out.push_str(&embed(value));
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The `/history` document (see [`History::to_json`]).
+fn history_json(shared: &Shared) -> serde_json::Value {
+    let now = tokio::time::Instant::now();
+    let wall = std::time::SystemTime::now();
+    shared
+        .history
+        .lock()
+        .map(|h| h.to_json(now, wall))
+        .unwrap_or(serde_json::Value::Null)
 }
 
 #[cfg(test)]

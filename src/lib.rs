@@ -27,6 +27,8 @@
 //!   counters the data path bumps; [`metrics`] renders them for Prometheus.
 //! - [`admin`] is the HTTP admin API and status page, and the `tandem status` client;
 //!   [`tls`] builds its TLS (and `tandem status`'s) from PEM files, checked when the config loads;
+//!   it runs [`history`], the bounded recent past (counters sampled, transitions at their time)
+//!   that the page charts;
 //!   [`signals`] turns SIGTERM/SIGINT/SIGHUP/SIGUSR2 into requests; [`notify`] tells systemd when
 //!   tandem is ready, reloading or stopping.
 //! - [`member`] is `tandem member set/list`: edits a member's state in the config file (comments
@@ -55,6 +57,7 @@ pub mod failover;
 pub mod fuzzing;
 pub mod hash;
 pub mod health;
+pub mod history;
 pub mod member;
 pub mod metrics;
 pub mod notify;

@@ -370,6 +370,120 @@ async fn status_reflects_the_failover_the_reloads_and_member_health() {
     );
 }
 
+/// `GET /history` after the scripted sequence: the documented shape (README "Status page
+/// charts"), the two members that went down with a `down` band starting at their health event's
+/// time, and the failover marked on the service.
+#[tokio::test]
+async fn history_has_its_documented_shape_with_the_bands_and_the_failover() {
+    let mut s = Scenario::start().await;
+    s.scripted().await;
+    let (code, body) = s.get("/history").await;
+    assert_eq!(code, 200, "{body}");
+    let h: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (
+            h["interval_seconds"].as_f64(),
+            h["window_seconds"].as_f64(),
+            h["samples_max"].as_u64()
+        ),
+        (Some(5.0), Some(900.0), Some(180))
+    );
+    let ms = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("not a time: {v}"));
+    let (now, start) = (ms(&h["now"]), ms(&h["start"]));
+    assert_eq!(now - start, 900_000);
+    let t: Vec<u64> = h["t"].as_array().expect("t").iter().map(ms).collect();
+    assert!(!t.is_empty(), "the first sample is taken at start");
+    assert!(t.windows(2).all(|w| w[0] < w[1]) && t.iter().all(|&x| x <= now));
+
+    let services = h["services"].as_array().expect("services");
+    assert_eq!(services.len(), 1, "{h}");
+    let fe = &services[0];
+    assert_eq!(
+        (
+            fe["name"].as_str(),
+            fe["protocol"].as_str(),
+            fe["unit"].as_str()
+        ),
+        (Some("fe"), Some("tcp"), Some("connections"))
+    );
+    for key in ["per_second", "active"] {
+        assert_eq!(fe[key].as_array().map(Vec::len), Some(t.len()), "{key}");
+    }
+    let marks = fe["failovers"].as_array().expect("failovers");
+    assert_eq!(marks.len(), 1, "{fe}");
+    assert_eq!(
+        (
+            marks[0]["kind"].as_str(),
+            marks[0]["to"].as_str(),
+            marks[0]["pool"].as_str()
+        ),
+        (Some("failover"), Some("backup"), Some("dc2"))
+    );
+    assert!((start..=now).contains(&ms(&marks[0]["at"])));
+    assert!(!marks[0]["reason"].as_str().unwrap_or_default().is_empty());
+
+    // Members in pool order, then config order; each with gapless bands up to now.
+    let status = s.status().await;
+    let down_at = |member: &DemoMember| -> u64 {
+        let e = status["recent_events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .find(|e| e["member"] == member.addr().to_string() && e["to"] == "down")
+            .unwrap_or_else(|| panic!("no down event for {}", member.addr()));
+        let at = humantime::parse_rfc3339(e["at"].as_str().expect("at")).expect("rfc3339");
+        at.duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64
+    };
+    let members = h["members"].as_array().expect("members");
+    let expected: Vec<(String, String)> = s
+        .local
+        .iter()
+        .map(|m| ("dc1".to_string(), m.addr().to_string()))
+        .chain(
+            s.backup
+                .iter()
+                .map(|m| ("dc2".to_string(), m.addr().to_string())),
+        )
+        .collect();
+    let listed: Vec<(String, String)> = members
+        .iter()
+        .map(|m| {
+            (
+                m["pool"].as_str().unwrap_or_default().to_string(),
+                m["member"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, expected);
+    for (i, m) in members.iter().enumerate() {
+        assert_eq!(m["active"].as_array().map(Vec::len), Some(t.len()));
+        let bands = m["bands"].as_array().expect("bands");
+        let states: Vec<&str> = bands.iter().filter_map(|b| b["state"].as_str()).collect();
+        assert!(
+            bands.windows(2).all(|w| w[0]["to"] == w[1]["from"]),
+            "gapless: {m}"
+        );
+        assert_eq!(bands.last().map(|b| ms(&b["to"])), Some(now), "{m}");
+        if i < 2 {
+            assert_eq!(states, ["up", "down"], "{m}");
+            assert_eq!(m["state"], "down");
+            // The band starts at the transition itself, not at a sample.
+            let from = ms(&bands[1]["from"]);
+            let event = down_at(&s.local[i]);
+            assert!(
+                from.abs_diff(event) <= 50,
+                "band at {from}, event at {event}"
+            );
+        } else {
+            assert_eq!(states, ["up"], "{m}");
+        }
+    }
+    assert_eq!(http(s.admin, "HEAD", "/history", "").await.0, 200);
+    assert_eq!(http(s.admin, "POST", "/history", "").await.0, 405);
+}
+
 #[tokio::test]
 async fn metrics_hold_every_family_with_the_values_of_the_sequence() {
     let mut s = Scenario::start().await;

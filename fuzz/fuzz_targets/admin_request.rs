@@ -155,7 +155,7 @@ fuzz_target!(|data: &[u8]| {
     let options = Options {
         token_file: Some(TOKEN_FILE.clone()),
         allow_plain_post: true,
-        tls: None,
+        ..Options::default()
     };
     let stop = CancellationToken::new();
     let (commands, rx) = mpsc::channel(1);

@@ -1,5 +1,6 @@
-//! The admin API (hyper, HTTP/1.1): `/metrics`, `/status`, `/events`, `POST /reload`,
-//! `/healthz`, `/readyz` and an HTML status page at `/`, in plain HTTP or over TLS.
+//! The admin API (hyper, HTTP/1.1): `/metrics`, `/status`, `/history`, `/events`,
+//! `POST /reload`, `/healthz`, `/readyz` and an HTML status page at `/`, in plain HTTP or over
+//! TLS.
 //!
 //! It reads the running state through an [`AppView`] and asks for reloads through a command
 //! channel that the process's main loop serves, so it never holds the app itself. Requests are
@@ -13,6 +14,9 @@
 //! HTTP is read. Over plain HTTP, `POST` is refused from peers that are not on loopback unless
 //! `allow_plain_post` says otherwise: a reload is a change to the running balancer, and a token
 //! sent in clear across a network can be replayed.
+//!
+//! The server also runs the sampler of [`crate::history`] (the charts' data), for as long as it
+//! serves: the history exists for the page and `/history`, so it lives and stops with them.
 
 pub mod client;
 pub mod status;
@@ -22,7 +26,7 @@ use std::future::Future as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -46,6 +50,7 @@ use tracing::{debug, info, warn};
 
 use crate::app::{AppView, ReloadError, ReloadReport};
 use crate::config;
+use crate::history::{self, History};
 use crate::tls::{self, TlsError};
 
 /// Concurrent admin connections; beyond it new ones are closed at once.
@@ -89,8 +94,8 @@ impl ReloadOutcome {
 }
 
 /// Settings of the admin server. The default is plain HTTP, no token, no plain POST from
-/// beyond loopback.
-#[derive(Debug, Clone, Default)]
+/// beyond loopback, the charts sampled every 5 s.
+#[derive(Debug, Clone)]
 pub struct Options {
     /// File holding the bearer token POST requests must carry; `None`: no token needed.
     pub token_file: Option<PathBuf>,
@@ -98,6 +103,21 @@ pub struct Options {
     pub allow_plain_post: bool,
     /// `Some`: every connection is TLS (with a client certificate if the config asks for one).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Time between two samples of the status page's charts (`/history`); they keep
+    /// [`history::SAMPLES`] samples. Default [`history::DEFAULT_INTERVAL`] (5 s: 15 minutes).
+    /// Read when the server starts; a reload does not change it.
+    pub history_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            token_file: None,
+            allow_plain_post: false,
+            tls: None,
+            history_interval: history::DEFAULT_INTERVAL,
+        }
+    }
 }
 
 impl Options {
@@ -111,6 +131,7 @@ impl Options {
             token_file: admin.token_file.clone(),
             allow_plain_post: admin.allow_plain_post,
             tls,
+            ..Options::default()
         })
     }
 }
@@ -156,9 +177,11 @@ pub(crate) struct Shared {
     commands: mpsc::Sender<Command>,
     settings: Settings,
     stop: CancellationToken,
+    history: Arc<Mutex<History>>,
 }
 
-/// Serves the admin API on `listener` until `stop` fires, always with `options`.
+/// Serves the admin API on `listener` until `stop` fires, always with `options`; the history
+/// sampler runs as long.
 pub async fn serve(
     listener: TcpListener,
     view: AppView,
@@ -183,11 +206,17 @@ pub async fn serve_with(
         info!(listen = %addr, tls, "admin API listening");
     }
     let shared = Shared::new(view, commands, settings, stop.clone());
+    let sampler = tokio::spawn(history::run(
+        shared.view.clone(),
+        shared.view.subscribe(),
+        shared.history.clone(),
+        stop.clone(),
+    ));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -196,7 +225,7 @@ pub async fn serve_with(
                 warn!(error = %e, "admin accept failed");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => break,
                 }
             }
         };
@@ -236,6 +265,8 @@ pub async fn serve_with(
             }
         });
     }
+    // The sampler stops on the same token; waiting for it means nothing outlives the server.
+    let _ = sampler.await;
 }
 
 /// Serves the admin API on one open connection until the client is done, its head is late, or
@@ -270,11 +301,13 @@ impl Shared {
         settings: Settings,
         stop: CancellationToken,
     ) -> Arc<Shared> {
+        let history = Arc::new(Mutex::new(History::new(settings.load().history_interval)));
         Arc::new(Shared {
             view,
             commands,
             settings,
             stop,
+            history,
         })
     }
 }
@@ -296,7 +329,7 @@ async fn route(shared: &Shared, peer: Peer, req: Request<Incoming>) -> Response<
     }
     let path = req.uri().path();
     let allowed: &[Method] = match path {
-        "/" | "/metrics" | "/status" | "/events" | "/healthz" | "/readyz" => {
+        "/" | "/metrics" | "/status" | "/history" | "/events" | "/healthz" | "/readyz" => {
             &[Method::GET, Method::HEAD]
         }
         "/reload" => &[Method::POST],
@@ -318,7 +351,7 @@ async fn route(shared: &Shared, peer: Peer, req: Request<Incoming>) -> Response<
         "/" => with_type(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            Bytes::from(page(&status::status(&shared.view))),
+            Bytes::from(page(&status::status(&shared.view), &history_json(shared))),
         ),
         "/metrics" => with_type(
             StatusCode::OK,
@@ -326,6 +359,13 @@ async fn route(shared: &Shared, peer: Peer, req: Request<Incoming>) -> Response<
             Bytes::from(shared.view.render_metrics()),
         ),
         "/status" => json(StatusCode::OK, &status::status(&shared.view)),
+        // Compact: pretty-printing puts each of the series' numbers on a line of its own,
+        // which triples the document for no reader's benefit.
+        "/history" => with_type(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(history_json(shared).to_string()),
+        ),
         "/events" => events(shared),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if shared.view.ready() => text(StatusCode::OK, "ready\n"),
@@ -502,11 +542,34 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Res
 /// The status page: one self-contained file (no external assets, for air-gapped networks).
 const PAGE: &str = include_str!("page.html");
 
-/// The page with the current status embedded, so it renders complete on load. `</` is escaped
-/// so no value (a member's check reason, say) can close the script element.
-fn page(status: &serde_json::Value) -> String {
-    let json = status.to_string().replace("</", "<\\/");
-    PAGE.replacen("/*STATUS*/null", &json, 1)
+/// The page with the current status and history embedded, so it renders complete on load.
+/// `</` is escaped so no value (a member's check reason, say) can close the script element.
+/// Each placeholder is replaced in the template itself, so text inside one document (a check
+/// reason quoting a member's reply, say) is never taken for the other's placeholder.
+fn page(status: &serde_json::Value, history: &serde_json::Value) -> String {
+    let embed = |v: &serde_json::Value| v.to_string().replace("</", "<\\/");
+    let mut out = String::with_capacity(PAGE.len() + 64 * 1024);
+    let mut rest = PAGE;
+    for (placeholder, value) in [("/*STATUS*/null", status), ("/*HISTORY*/null", history)] {
+        if let Some((before, after)) = rest.split_once(placeholder) {
+            out.push_str(before);
+            out.push_str(&embed(value));
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The `/history` document (see [`History::to_json`]).
+fn history_json(shared: &Shared) -> serde_json::Value {
+    let now = tokio::time::Instant::now();
+    let wall = std::time::SystemTime::now();
+    shared
+        .history
+        .lock()
+        .map(|h| h.to_json(now, wall))
+        .unwrap_or(serde_json::Value::Null)
 }
 
 #[cfg(test)]
@@ -558,7 +621,7 @@ mod tests {
                 // Unreadable on purpose: reaching the token check answers 500.
                 token_file: Some(PathBuf::from("/nonexistent/tandem-token")),
                 allow_plain_post,
-                tls: None,
+                ..Options::default()
             };
             let shared = Shared::new(
                 view(),

@@ -18,8 +18,10 @@
 //!   applies reloads with one snapshot swap, shuts down gracefully.
 //! - [`events`] broadcasts health, failover and reload transitions; [`stats`] holds the
 //!   counters the data path bumps; [`metrics`] renders them for Prometheus.
+//! - [`access_log`] writes one line per connection and UDP session on its own thread, fed by a
+//!   bounded queue the data path never waits on.
 //! - [`admin`] is the HTTP admin API and status page, and the `tandem status` client;
-//!   [`signals`] turns SIGTERM/SIGINT/SIGHUP/SIGUSR2 into requests; [`notify`] tells systemd when
+//!   [`signals`] turns SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 into requests; [`notify`] tells systemd when
 //!   tandem is ready, reloading or stopping.
 //! - [`upgrade`] hands the listening sockets to a new tandem process (binary upgrades).
 //! - [`server`] is `tandem run` around the app: the start-up order (config checked before any
@@ -34,6 +36,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod config;

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::parse;
+pub use validate::{PathKind, parse, parse_with};
 
 /// Default `[admin] listen`: loopback, so the admin API is never exposed by accident.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9900";
@@ -49,6 +49,8 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// Services in file order; names and listen addresses are unique.
     pub services: Vec<Service>,
+    /// One line per connection or session; `None` when the file has no `[access_log]`.
+    pub access_log: Option<AccessLog>,
 }
 
 impl Config {
@@ -76,6 +78,36 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// File holding the bearer token required for POST requests, if any.
     pub token_file: Option<PathBuf>,
+}
+
+/// `[access_log]`: one line per TCP connection and UDP session when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// Where lines go (default stderr).
+    pub target: LogTarget,
+    /// How a line is written (default JSON).
+    pub format: LogFormat,
+    /// `Some(d)`: a progress line for connections open `d`, and every `d` after; `None` (the
+    /// file's `"0s"`, the default): lines at the end only.
+    pub interval: Option<Duration>,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// `path = "-"`: standard error (the journal under systemd).
+    Stderr,
+    /// An absolute file path, opened for append and reopened on SIGUSR1.
+    File(PathBuf),
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Space-separated fields in a fixed order (README "Access log").
+    Text,
 }
 
 /// A named set of members in one site.
@@ -419,5 +451,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: name.clone(),
         source,
     })?;
-    parse(&text, &name).map_err(ConfigError::Invalid)
+    parse_with(&text, &name, Some(&path_kind)).map_err(ConfigError::Invalid)
+}
+
+/// What is at `path` on this machine, for the checks of paths tandem will write to.
+fn path_kind(path: &Path) -> PathKind {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => PathKind::Directory,
+        Ok(_) => PathKind::Other,
+        Err(_) => PathKind::Missing,
+    }
 }

@@ -387,6 +387,7 @@ impl App {
                     force_close: self.force_close.clone(),
                     removed: removed.clone(),
                     access_log: self.access_log.clone(),
+                    local_addr,
                 },
             )),
             // UDP sessions end with their service (shutdown or removal): there is no

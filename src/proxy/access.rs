@@ -12,7 +12,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::relay::{RelayEnd, Side, Transferred};
-use crate::access_log::{AccessLog, ConnectFailure, Cut, Outcome, Peer, Record};
+use super::tcp::ServiceContext;
+use crate::access_log::{ConnectFailure, Cut, Outcome, Peer, Record};
 use crate::config::Protocol;
 use crate::pool::PoolState;
 
@@ -43,38 +44,46 @@ pub(super) fn connect_failure(e: Option<&io::Error>) -> ConnectFailure {
     }
 }
 
+/// The address `client` connected to: the listener's, unless that is a wildcard (then one
+/// system call asks the kernel).
+fn frontend(cx: &ServiceContext, client: &TcpStream) -> Option<SocketAddr> {
+    if cx.local_addr.ip().is_unspecified() {
+        client.local_addr().ok()
+    } else {
+        Some(cx.local_addr)
+    }
+}
+
 /// A client closed at accept (`max_connections`), before it had a task.
-pub(super) fn rejected(log: &AccessLog, service: &Arc<str>, client: &TcpStream, peer: SocketAddr) {
-    let mut r = Record::new(Protocol::Tcp, service.clone(), peer);
-    r.frontend = client.local_addr().ok();
+pub(super) fn rejected(cx: &ServiceContext, client: &TcpStream, peer: SocketAddr) {
+    let mut r = Record::new(Protocol::Tcp, cx.name.clone(), peer);
+    r.frontend = frontend(cx, client);
     r.outcome = Outcome::Rejected(crate::access_log::Rejection::MaxConnections);
     r.lasted(Duration::ZERO);
-    log.log(r);
+    cx.access_log.log(r);
 }
 
 /// A client that got no member (or lost it before the relay began).
 pub(super) fn failed(
-    log: &AccessLog,
-    service: &Arc<str>,
+    cx: &ServiceContext,
     client: &TcpStream,
     peer: SocketAddr,
     started: Instant,
     failed: Failed,
 ) {
-    let mut r = Record::new(Protocol::Tcp, service.clone(), peer);
-    r.frontend = client.local_addr().ok();
+    let mut r = Record::new(Protocol::Tcp, cx.name.clone(), peer);
+    r.frontend = frontend(cx, client);
     r.member = failed.member;
     r.pool = failed.pool;
     r.outcome = failed.outcome;
     r.lasted(started.elapsed());
-    log.log(r);
+    cx.access_log.log(r);
 }
 
 /// The connection being relayed, as its lines describe it. Borrowed from the connection's
 /// task, so it adds a few pointers to a held connection, not the addresses themselves.
 pub(super) struct Line<'a> {
-    pub log: &'a AccessLog,
-    pub service: &'a Arc<str>,
+    pub cx: &'a ServiceContext,
     pub peer: &'a SocketAddr,
     pub pool: &'a Arc<PoolState>,
     pub member: &'a SocketAddr,
@@ -91,8 +100,8 @@ impl Line<'_> {
         moved: Transferred,
         outcome: Outcome,
     ) {
-        let mut r = Record::new(Protocol::Tcp, self.service.clone(), *self.peer);
-        r.frontend = client.local_addr().ok();
+        let mut r = Record::new(Protocol::Tcp, self.cx.name.clone(), *self.peer);
+        r.frontend = frontend(self.cx, client);
         r.pool = Some(self.pool.clone());
         r.member = Some(*self.member);
         r.source = upstream.local_addr().ok();
@@ -101,7 +110,7 @@ impl Line<'_> {
         r.bytes_to_client = moved.to_client;
         r.connect = Some(self.connect);
         r.lasted(self.started.elapsed());
-        self.log.log(r);
+        self.cx.access_log.log(r);
     }
 }
 

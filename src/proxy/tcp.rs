@@ -83,6 +83,8 @@ pub struct ServiceContext {
     pub removed: CancellationToken,
     /// The process's access log (possibly none configured).
     pub access_log: AccessLog,
+    /// The listener's bound address: the access log's `frontend` unless it is a wildcard.
+    pub local_addr: SocketAddr,
 }
 
 /// Accepts until `stop_accepting` fires; then drops the listener, which closes it.
@@ -107,7 +109,7 @@ pub async fn serve(listener: TcpListener, cx: ServiceContext) {
                     bump(&cx.stats.rejected_limit);
                     debug!(service = %cx.name, %peer, "max_connections reached; connection closed");
                     if cx.access_log.enabled() {
-                        access::rejected(&cx.access_log, &cx.name, &stream, peer);
+                        access::rejected(&cx, &stream, peer);
                     }
                     drop(stream);
                     continue;
@@ -172,7 +174,7 @@ async fn connection(
     let started = cx.access_log.enabled().then(Instant::now);
     let log_failed = |client: &TcpStream, failed: Failed| {
         if let Some(started) = started {
-            access::failed(&cx.access_log, &cx.name, client, peer, started, failed);
+            access::failed(&cx, client, peer, started, failed);
         }
     };
     let snapshot = cx.routes.load();
@@ -266,8 +268,7 @@ async fn connection(
     let line = started
         .zip(connect_time)
         .map(|(started, connect)| access::Line {
-            log: &cx.access_log,
-            service: &cx.name,
+            cx: &cx,
             peer: &peer,
             pool: &pool,
             member: &member_addr,

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::access_log::{self, AccessLog, WriterControl};
 use crate::config::{self, Config, ConfigError, Protocol, Service};
 use crate::events::{self, Event, EventSender, ReloadEvent};
 use crate::health::checker::{self, FirstRound};
@@ -66,6 +67,13 @@ pub enum ServeError {
     },
     #[error("health check: {0}")]
     Check(#[from] ProbeSetupError),
+    /// The access log file cannot be opened (or, for a FIFO, has no reader).
+    #[error("access log: cannot open {path}: {source}")]
+    AccessLog {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Why a reload was rejected. The running config keeps serving, unchanged.
@@ -120,6 +128,7 @@ pub struct AppView {
     recent: Arc<Mutex<VecDeque<Event>>>,
     events: EventSender,
     ready: Arc<AtomicBool>,
+    access_log: AccessLog,
 }
 
 impl AppView {
@@ -165,6 +174,7 @@ impl AppView {
             recent: Arc::new(Mutex::new(VecDeque::new())),
             events,
             ready: Arc::new(AtomicBool::new(true)),
+            access_log: AccessLog::new(),
         })
     }
 
@@ -185,7 +195,9 @@ impl AppView {
                 stats: &s.stats,
             })
             .collect();
-        self.metrics.render(&snapshot, &samples, &self.reloads)
+        let mut out = self.metrics.render(&snapshot, &samples, &self.reloads);
+        crate::metrics::render_access_log(&mut out, self.access_log.counters());
+        out
     }
 }
 
@@ -210,7 +222,15 @@ pub struct App {
     recent: Arc<Mutex<VecDeque<Event>>>,
     service_views: Arc<ArcSwap<Vec<ServiceView>>>,
     ready: Arc<AtomicBool>,
+    /// The access log the data path writes to, and the control of its writer (none when the
+    /// config has no `[access_log]`).
+    access_log: AccessLog,
+    access_writer: Option<WriterControl>,
 }
+
+/// How long shutdown waits for the access log to write what is queued; longer means its sink
+/// is stalled, and the lines are lost with the process.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(5);
 
 struct RunningService {
     config: Service,
@@ -237,6 +257,8 @@ impl App {
     pub async fn start_with(config: Config, inherited: &mut Inherited) -> Result<App, ServeError> {
         let events = events::channel();
         let snapshot = Snapshot::build(&config, 1, &events, None)?;
+        let access_log = AccessLog::new();
+        let writer = start_access_log(&config, &access_log)?;
         // Bind everything first: a port already taken must fail the start, not half of it.
         let mut listeners = Vec::new();
         for service in &config.services {
@@ -293,6 +315,8 @@ impl App {
             recent,
             service_views: Arc::new(ArcSwap::from_pointee(Vec::new())),
             ready: Arc::new(AtomicBool::new(false)),
+            access_writer: access_log.install(writer),
+            access_log,
         };
         for bound in listeners {
             app.serve(bound, Arc::new(ServiceStats::default()));
@@ -315,6 +339,7 @@ impl App {
             recent: self.recent.clone(),
             events: self.events.clone(),
             ready: self.ready.clone(),
+            access_log: self.access_log.clone(),
         }
     }
 
@@ -361,6 +386,8 @@ impl App {
                     stop_accepting: stop_accepting.clone(),
                     force_close: self.force_close.clone(),
                     removed: removed.clone(),
+                    access_log: self.access_log.clone(),
+                    local_addr,
                 },
             )),
             // UDP sessions end with their service (shutdown or removal): there is no
@@ -374,6 +401,7 @@ impl App {
                     limiter: limiter.clone(),
                     tracker: self.tracker.clone(),
                     stop: stop_accepting.clone(),
+                    access_log: self.access_log.clone(),
                 },
             )),
         };
@@ -492,6 +520,14 @@ impl App {
             }
         }
 
+        // 1b. The access log's new writer, when `[access_log]` changed (its file opened).
+        let access_changed = self.config.access_log != new.access_log;
+        let writer = if access_changed {
+            start_access_log(&new, &self.access_log)?
+        } else {
+            None
+        };
+
         // 2. The new snapshot, carrying over what the plan keeps.
         let snapshot = Snapshot::build(&new, generation, &self.events, Some((&old, &plan)))
             .map_err(ServeError::from)?;
@@ -516,6 +552,11 @@ impl App {
         let took = started.elapsed();
 
         // 5. The rest of the plan, on what lives outside the snapshot.
+        if access_changed {
+            // The old writer writes what was queued for it and stops on its own.
+            self.access_writer = self.access_log.install(writer);
+            info!(access_log = ?new.access_log, "access log changed");
+        }
         for (name, pool) in &plan.pools {
             if pool.stops_checks()
                 && let Some(stop) = self.pool_checks.remove(name)
@@ -607,6 +648,7 @@ impl App {
             .await
             .is_ok()
         {
+            self.close_access_log().await;
             return ShutdownReport { forced: 0 };
         }
         let forced = self.tracker.len();
@@ -616,7 +658,32 @@ impl App {
         );
         self.force_close.cancel();
         self.tracker.wait().await;
+        self.close_access_log().await;
         ShutdownReport { forced }
+    }
+
+    /// Opens the access log file anew (SIGUSR1, after logrotate renamed it). On error the log
+    /// keeps writing to the file it has.
+    pub fn reopen_access_log(&self) {
+        let Some(control) = &self.access_writer else {
+            return;
+        };
+        let path = control.path().map(|p| p.display().to_string());
+        match control.reopen() {
+            Ok(()) => info!(path = path.as_deref().unwrap_or("-"), "access log reopened"),
+            Err(e) => warn!(path = path.as_deref().unwrap_or("-"), error = %e,
+                            "access log: cannot reopen; still writing to the file it had"),
+        }
+    }
+
+    /// Lets the access log write what is queued, then stops it.
+    async fn close_access_log(&mut self) {
+        self.access_log.install(None);
+        if let Some(control) = self.access_writer.take()
+            && !control.finish(ACCESS_LOG_FLUSH).await
+        {
+            warn!("access log: its sink is stalled; queued lines are lost");
+        }
     }
 }
 
@@ -738,6 +805,26 @@ fn adopt(service: &Service, fd: OwnedFd) -> Result<Listener, ServeError> {
     })?;
     info!(service = %service.name, listen = %service.listen, "upgrade: listener inherited");
     Ok(adopted)
+}
+
+/// Opens the access log `config` asks for (none without `[access_log]`), counting into `log`'s
+/// counters; not installed yet.
+fn start_access_log(
+    config: &Config,
+    log: &AccessLog,
+) -> Result<Option<access_log::Writer>, ServeError> {
+    let Some(cfg) = &config.access_log else {
+        return Ok(None);
+    };
+    access_log::Writer::start(cfg, log.counters_arc())
+        .map(Some)
+        .map_err(|source| ServeError::AccessLog {
+            path: match &cfg.target {
+                config::LogTarget::File(p) => p.display().to_string(),
+                config::LogTarget::Stderr => "-".to_string(),
+            },
+            source,
+        })
 }
 
 /// Binds the listener (TCP) or listening socket (UDP) of a service.

@@ -287,6 +287,10 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
                     println!("the demo does not do binary upgrades; use tandem run");
                     continue;
                 }
+                Request::ReopenLogs => {
+                    app.reopen_access_log();
+                    continue;
+                }
             },
             command = admin_server.next_command() => match command {
                 admin::Command::Reload { reply } => Some(reply),

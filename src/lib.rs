@@ -25,11 +25,13 @@
 //!   applies reloads with one snapshot swap, shuts down gracefully.
 //! - [`events`] broadcasts health, failover and reload transitions; [`stats`] holds the
 //!   counters the data path bumps; [`metrics`] renders them for Prometheus.
+//! - [`access_log`] writes one line per connection and UDP session on its own thread, fed by a
+//!   bounded queue the data path never waits on.
 //! - [`admin`] is the HTTP admin API and status page, and the `tandem status` client;
 //!   [`tls`] builds its TLS (and `tandem status`'s) from PEM files, checked when the config loads;
 //!   it runs [`history`], the bounded recent past (counters sampled, transitions at their time)
 //!   that the page charts;
-//!   [`signals`] turns SIGTERM/SIGINT/SIGHUP/SIGUSR2 into requests; [`notify`] tells systemd when
+//!   [`signals`] turns SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 into requests; [`notify`] tells systemd when
 //!   tandem is ready, reloading or stopping.
 //! - [`member`] is `tandem member set/list`: edits a member's state in the config file (comments
 //!   kept), writes it atomically, and asks the running tandem to reload through the admin API
@@ -47,6 +49,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod config;

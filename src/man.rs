@@ -149,6 +149,10 @@ const SECTIONS: &[Section] = &[
                 "Stop accepting, let open connections finish for up to --shutdown-grace, close the rest, exit 0.",
             ),
             (
+                "SIGUSR1",
+                "Reopen the access log file ([access_log] path), as logrotate expects after renaming it; lines already queued go to the new file.",
+            ),
+            (
                 "SIGUSR2",
                 "Binary upgrade: start the tandem binary anew; the new process takes over the listening sockets, and once it serves this one stops accepting and drains.",
             ),

@@ -287,6 +287,27 @@ impl Metrics {
     }
 }
 
+/// Appends the access log's two counters (zero without a log, so alerts on them need no
+/// `absent()`). Process-wide and unlabelled, outside the recorder like the process metrics.
+pub fn render_access_log(out: &mut String, counters: &crate::access_log::Counters) {
+    for (name, help, value) in [
+        (
+            "tandem_access_log_lines_total",
+            "Access log lines written.",
+            &counters.lines,
+        ),
+        (
+            "tandem_access_log_dropped_total",
+            "Access log lines dropped: the queue was full (the sink stalled) or a write failed.",
+            &counters.dropped,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+    }
+}
+
 fn metrics_util_mask() -> metrics_util::MetricKindMask {
     metrics_util::MetricKindMask::ALL
 }

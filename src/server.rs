@@ -287,6 +287,7 @@ impl Server {
         match request {
             Request::Stop => return ControlFlow::Break(End::Stopped),
             Request::Upgrade => self.start_successor(),
+            Request::ReopenLogs => self.app.reopen_access_log(),
             // A rejected reload is logged (with every problem) by the app; the running config
             // keeps serving.
             Request::Reload => {

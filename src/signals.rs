@@ -1,7 +1,8 @@
 //! Process signals as requests: SIGTERM and SIGINT ask to stop, SIGHUP to reload the config,
-//! SIGUSR2 to start a new tandem process (a binary upgrade) that takes over.
+//! SIGUSR1 to reopen the access log file (logrotate's convention), SIGUSR2 to start a new tandem
+//! process (a binary upgrade) that takes over.
 //! Handlers are installed before any listener is bound, so an early signal is never lost and
-//! SIGHUP's default action (exit) can never take the balancer down.
+//! SIGHUP's and SIGUSR1's default action (exit) can never take the balancer down.
 
 use std::io;
 
@@ -17,6 +18,8 @@ pub enum Request {
     Reload,
     /// SIGUSR2: start the tandem binary anew and hand it the listeners (binary upgrade).
     Upgrade,
+    /// SIGUSR1: reopen the access log file (it was renamed by logrotate).
+    ReopenLogs,
 }
 
 /// The signals tandem listens to.
@@ -24,6 +27,7 @@ pub struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    usr1: Signal,
     usr2: Signal,
 }
 
@@ -34,6 +38,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
             usr2: signal(SignalKind::user_defined2())?,
         })
     }
@@ -44,6 +49,7 @@ impl Signals {
             _ = self.term.recv() => { info!("SIGTERM: shutting down"); Request::Stop }
             _ = self.int.recv() => { info!("SIGINT: shutting down"); Request::Stop }
             _ = self.hup.recv() => { info!("SIGHUP: reloading the config"); Request::Reload }
+            _ = self.usr1.recv() => { info!("SIGUSR1: reopening the access log"); Request::ReopenLogs }
             _ = self.usr2.recv() => { info!("SIGUSR2: starting a new process to take over"); Request::Upgrade }
         }
     }

@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::parse;
+pub use validate::{PathKind, parse, parse_with};
 
 /// Default `[admin] listen`: loopback, so the admin API is never exposed by accident.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9900";
@@ -50,6 +50,8 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// Services in file order; names and listen addresses are unique.
     pub services: Vec<Service>,
+    /// One line per connection or session; `None` when the file has no `[access_log]`.
+    pub access_log: Option<AccessLog>,
 }
 
 impl Config {
@@ -117,6 +119,36 @@ pub struct AdminTls {
     pub key: PathBuf,
     /// PEM CA(s) client certificates must chain to; `None`: no client certificate asked for.
     pub client_ca: Option<PathBuf>,
+}
+
+/// `[access_log]`: one line per TCP connection and UDP session when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// Where lines go (default stderr).
+    pub target: LogTarget,
+    /// How a line is written (default JSON).
+    pub format: LogFormat,
+    /// `Some(d)`: a progress line for connections open `d`, and every `d` after; `None` (the
+    /// file's `"0s"`, the default): lines at the end only.
+    pub interval: Option<Duration>,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// `path = "-"`: standard error (the journal under systemd).
+    Stderr,
+    /// An absolute file path, opened for append and reopened on SIGUSR1.
+    File(PathBuf),
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Space-separated fields in a fixed order (README "Access log").
+    Text,
 }
 
 /// A named set of members in one site.
@@ -489,18 +521,28 @@ pub enum ConfigError {
 }
 
 /// Reads and validates a config file, then the files it names (the admin TLS certificate, key
-/// and client CA), which [`parse`] leaves alone as it performs no I/O.
+/// and client CA; the access log's directory), which [`parse`] leaves alone as it performs no
+/// I/O.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: name.clone(),
         source,
     })?;
-    let config = parse(&text, &name).map_err(ConfigError::Invalid)?;
+    let config = parse_with(&text, &name, Some(&path_kind)).map_err(ConfigError::Invalid)?;
     let problems = files::check(&text, &name, &config);
     if problems.is_empty() {
         Ok(config)
     } else {
         Err(ConfigError::Invalid(ConfigProblems(problems)))
+    }
+}
+
+/// What is at `path` on this machine, for the checks of paths tandem will write to.
+fn path_kind(path: &Path) -> PathKind {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => PathKind::Directory,
+        Ok(_) => PathKind::Other,
+        Err(_) => PathKind::Missing,
     }
 }

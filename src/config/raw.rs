@@ -381,6 +381,25 @@ pub enum RawMinHealthy {
     Text(String),
 }
 
+/// The `[access_log]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `"-"` (stderr) or a file path.
+    pub path: Option<Spanned<String>>,
+    pub format: Option<RawLogFormat>,
+    /// Progress line interval; `"0s"` is off.
+    pub interval: Option<Spanned<String>>,
+}
+
+/// `format = "json" | "text"` of `[access_log]`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawLogFormat {
+    Json,
+    Text,
+}
+
 /// The names serde's derive hands the deserializer for `T`: a struct's keys, or an enum's
 /// variants (renamed as in the file). Asked of a deserializer that only listens and then stops,
 /// so the lists are the very ones serde enforces and nothing in this module repeats them.

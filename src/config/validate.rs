@@ -5,14 +5,16 @@
 //! problems of the others. Semantic checks (references, duplicates, ranges) run on whatever
 //! entries deserialized. Pure: no I/O.
 //!
-//! `[[pool.check]]` tables are read and validated in `checks`, one by one and by kind.
+//! `[[pool.check]]` tables are read and validated in `checks`, one by one and by kind;
+//! `[access_log]` in `access_log`.
 
+mod access_log;
 mod checks;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -26,7 +28,27 @@ use crate::hash::maglev;
 
 /// Parses and validates a whole config. `file` names the source in problem messages.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigProblems> {
+    parse_with(text, file, None)
+}
+
+/// What is at a path tandem will write to, as [`parse_with`]'s caller finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    Missing,
+    Directory,
+    /// A file, a FIFO, a device: something that can be opened for writing.
+    Other,
+}
+
+/// [`parse`], also checking paths tandem will write to (the access log's) with `probe`, which
+/// says what is at a path. The file system stays the caller's: validation itself does no I/O.
+pub fn parse_with(
+    text: &str,
+    file: &str,
+    probe: Option<&dyn Fn(&Path) -> PathKind>,
+) -> Result<Config, ConfigProblems> {
     let mut cx = Cx::new(text, file);
+    cx.probe = probe;
     let config = cx.config();
     if cx.problems.is_empty() {
         Ok(config)
@@ -41,6 +63,8 @@ struct Cx<'a> {
     text: &'a str,
     file: &'a str,
     problems: Vec<ConfigProblem>,
+    /// What is at a path on this machine; `None`: paths are not looked at.
+    probe: Option<&'a dyn Fn(&Path) -> PathKind>,
 }
 
 impl<'a> Cx<'a> {
@@ -49,6 +73,7 @@ impl<'a> Cx<'a> {
             text,
             file,
             problems: Vec::new(),
+            probe: None,
         }
     }
 
@@ -75,6 +100,7 @@ impl<'a> Cx<'a> {
         }
 
         let mut admin = None;
+        let mut access_log = None;
         let mut raw_pools = Vec::new();
         let mut raw_services = Vec::new();
         // Names of every pool entry, valid or not, so a service naming a broken pool is not
@@ -86,6 +112,11 @@ impl<'a> Cx<'a> {
                     admin = self
                         .entry::<RawAdmin>(value, "admin")
                         .map(|a| self.admin(a));
+                }
+                "access_log" => {
+                    access_log = self
+                        .entry::<RawAccessLog>(value, "access_log")
+                        .and_then(|a| self.access_log(a));
                 }
                 "pool" => {
                     for (i, entry) in self.entries(value, "pool", "pool").into_iter().enumerate() {
@@ -126,7 +157,7 @@ impl<'a> Cx<'a> {
                 other => self.problem(
                     key.span(),
                     "",
-                    format!("unknown key `{other}`, expected one of `admin`, `pool`, `service`"),
+                    format!("unknown key `{other}`, expected one of `access_log`, `admin`, `pool`, `service`"),
                 ),
             }
         }
@@ -137,6 +168,7 @@ impl<'a> Cx<'a> {
             admin: admin.flatten(),
             pools,
             services,
+            access_log,
         }
     }
 
@@ -801,6 +833,7 @@ fn empty_config() -> Config {
         admin: None,
         pools: Vec::new(),
         services: Vec::new(),
+        access_log: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! Reads the routing snapshot; never builds tables or parses config.
 
+mod access;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod tcp;

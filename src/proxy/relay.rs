@@ -10,6 +10,10 @@
 //! moved in either direction for the idle timeout, or when the caller's `stop` future completes
 //! (shutdown grace over, or a drain period after a reload ended).
 //!
+//! With a progress interval (the access log's `interval`), the relay reports the bytes moved so
+//! far every interval, from the same timer as the idle timeout: no timer of its own, and a
+//! connection costs one more wake-up per interval.
+//!
 //! An idle connection holds no buffer: each direction waits for readiness first, then borrows a
 //! buffer from a small per-thread pool only while bytes are in flight, and gives it back as soon
 //! as a read would block. Memory per held idle connection is then the task and two sockets.
@@ -43,11 +47,22 @@ pub enum RelayEnd {
     Forced,
 }
 
-/// Byte counts of one relayed connection, whatever ended it.
+/// Byte counts of one relayed connection, whatever ended it, and which side ended it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Transferred {
     pub to_member: u64,
     pub to_client: u64,
+    /// The side that finished sending (FIN) first, if either did.
+    pub first_fin: Option<Side>,
+    /// The side whose socket failed (a reset or another error), when the relay ended with one.
+    pub failed: Option<Side>,
+}
+
+/// A progress report every `every` while the relay runs, given the two sockets (client, member)
+/// and the bytes moved so far.
+pub struct Progress<'a> {
+    pub every: Duration,
+    pub report: &'a mut (dyn FnMut(&TcpStream, &TcpStream, Transferred) + Send),
 }
 
 /// Relays until both directions end, the connection idles out, or `stop` completes.
@@ -66,14 +81,32 @@ pub async fn relay(
     client: &mut TcpStream,
     member: &mut TcpStream,
     idle_timeout: Duration,
+    stop: impl Future<Output = ()> + Unpin,
+) -> (io::Result<RelayEnd>, Transferred) {
+    relay_reporting(client, member, idle_timeout, stop, None).await
+}
+
+/// [`relay`], with a progress report every `progress.every` (the first one `every` after the
+/// relay starts).
+pub async fn relay_reporting(
+    client: &mut TcpStream,
+    member: &mut TcpStream,
+    idle_timeout: Duration,
     mut stop: impl Future<Output = ()> + Unpin,
+    mut progress: Option<Progress<'_>>,
 ) -> (io::Result<RelayEnd>, Transferred) {
     let mut up = Direction::default();
     let mut down = Direction::default();
     // The timer is re-armed only when it fires: activity just records when it happened, so a
     // busy connection costs no timer operations.
     let mut last_activity = Instant::now();
-    let mut idle = pin!(tokio::time::sleep_until(last_activity + idle_timeout));
+    // The next progress report shares the idle timer: it sleeps until whichever comes first.
+    let mut next_report = progress.as_ref().map(|p| last_activity + p.every);
+    let first_wake = next_report.map_or(last_activity + idle_timeout, |r| {
+        r.min(last_activity + idle_timeout)
+    });
+    let mut idle = pin!(tokio::time::sleep_until(first_wake));
+    let mut first_fin = None;
     // Which direction goes first alternates between polls, as in `tokio::join!`: a direction
     // that always has bytes could otherwise spend the task's whole cooperative budget on every
     // poll and starve the other.
@@ -104,6 +137,15 @@ pub async fn relay(
                 down_done,
             )
         };
+        if first_fin.is_none() {
+            first_fin = if up.eof {
+                Some(Side::Client)
+            } else if down.eof {
+                Some(Side::Member)
+            } else {
+                None
+            };
+        }
         if up_done && down_done {
             return Poll::Ready(Ok(RelayEnd::Closed));
         }
@@ -113,16 +155,35 @@ pub async fn relay(
         // Only a full quiet period ends the connection; a timer that fires early (activity
         // moved the deadline while it slept) is re-armed and polled once more to register.
         while idle.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if let (Some(at), Some(p)) = (next_report.as_mut(), progress.as_mut())
+                && *at <= now
+            {
+                let so_far = Transferred {
+                    to_member: up.count,
+                    to_client: down.count,
+                    first_fin,
+                    failed: None,
+                };
+                (p.report)(client, member, so_far);
+                // Reports missed while the task was not polled are not made up for.
+                while *at <= now {
+                    *at += p.every;
+                }
+            }
             let deadline = last_activity + idle_timeout;
-            if deadline <= Instant::now() {
+            if deadline <= now {
                 return Poll::Ready(Ok(RelayEnd::Idle));
             }
-            idle.as_mut().reset(deadline);
+            idle.as_mut()
+                .reset(next_report.map_or(deadline, |r| r.min(deadline)));
         }
         Poll::Pending
     })
     .await;
+    let mut failed = None;
     let result = result.map_err(|(side, e)| {
+        failed = Some(side);
         // `done`: that side's FIN was passed on. A reset after it ends a finished stream
         // rather than aborting one, and passing it on would only discard data still queued
         // for the other side.
@@ -139,6 +200,8 @@ pub async fn relay(
     let moved = Transferred {
         to_member: up.count,
         to_client: down.count,
+        first_fin,
+        failed,
     };
     (result, moved)
 }
@@ -255,7 +318,7 @@ impl Direction {
 
 /// The two sides of a relayed connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
+pub enum Side {
     Client,
     Member,
 }

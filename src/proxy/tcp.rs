@@ -16,15 +16,18 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::access::{self, Failed};
 use super::proxy_protocol;
-use super::relay::{RelayEnd, relay};
+use super::relay::{Progress, RelayEnd, relay_reporting};
+use crate::access_log::{AccessLog, Cut, Outcome, Rejection};
 use crate::config::{FailoverMode, ProxyProtocol};
 use crate::health::cell::MemberHealth;
-use crate::pool::{ClientKey, MAX_CONNECT_TRIES, Route, Snapshot};
+use crate::pool::{ClientKey, MAX_CONNECT_TRIES, PoolState, Route, Snapshot};
 use crate::stats::{ServiceStats, bump};
 
 /// Kernel accept queue length per listener (the kernel caps it at `net.core.somaxconn`).
@@ -78,6 +81,10 @@ pub struct ServiceContext {
     /// Fires when a reload removes the service: its connections then live on for the
     /// service's `drain_timeout`.
     pub removed: CancellationToken,
+    /// The process's access log (possibly none configured).
+    pub access_log: AccessLog,
+    /// The listener's bound address: the access log's `frontend` unless it is a wildcard.
+    pub local_addr: SocketAddr,
 }
 
 /// Accepts until `stop_accepting` fires; then drops the listener, which closes it.
@@ -101,6 +108,9 @@ pub async fn serve(listener: TcpListener, cx: ServiceContext) {
                     // a descriptor for a connection we cannot serve.
                     bump(&cx.stats.rejected_limit);
                     debug!(service = %cx.name, %peer, "max_connections reached; connection closed");
+                    if cx.access_log.enabled() {
+                        access::rejected(&cx, &stream, peer);
+                    }
                     drop(stream);
                     continue;
                 };
@@ -160,9 +170,20 @@ async fn connection(
     cx: Arc<ServiceContext>,
     _permit: OwnedSemaphorePermit,
 ) {
+    // When the access log is on: the start of the connection, for its connect time and duration.
+    let started = cx.access_log.enabled().then(Instant::now);
+    let log_failed = |client: &TcpStream, failed: Failed| {
+        if let Some(started) = started {
+            access::failed(&cx, client, peer, started, failed);
+        }
+    };
     let snapshot = cx.routes.load();
     let Some(route) = snapshot.route(&cx.name).cloned() else {
         // The service was removed between accept and here; its listener is closing.
+        log_failed(
+            &client,
+            Failed::new(Outcome::Rejected(Rejection::ServiceRemoved)),
+        );
         return;
     };
     drop(snapshot);
@@ -172,15 +193,20 @@ async fn connection(
     // the part of its state that rustc does not overlap with the relay's would be reserved for
     // the connection's whole life (136 bytes per connection when measured), against one
     // short-lived allocation per connection.
-    let Some(Connected {
+    let Connected {
         stream: mut upstream,
         addr: member_addr,
         retired,
         health: member_health,
-    }) = Box::pin(connect_member(&route, &cx, peer)).await
-    else {
-        return;
+        pool,
+    } = match Box::pin(connect_member(&route, &cx, peer)).await {
+        Ok(connected) => connected,
+        Err(failed) => {
+            log_failed(&client, failed);
+            return;
+        }
     };
+    let connect_time = started.map(|s| s.elapsed());
     tune(&upstream);
 
     if service.proxy_protocol != ProxyProtocol::Off {
@@ -196,6 +222,14 @@ async fn connection(
         if let Err(e) = sent {
             bump(&cx.stats.connect_failures);
             debug!(service = %cx.name, member = %member_addr, error = %e, "sending PROXY header failed");
+            log_failed(
+                &client,
+                Failed {
+                    outcome: Outcome::ConnectFailed(crate::access_log::ConnectFailure::ProxyHeader),
+                    member: Some(member_addr),
+                    pool: Some(pool),
+                },
+            );
             return;
         }
     }
@@ -209,6 +243,7 @@ async fn connection(
     // starts rather than reserved inline.
     let drain = service.drain_timeout;
     let (force_close, removed) = (&cx.force_close, &cx.removed);
+    let retired = &*retired;
     let stop = pin!(async move {
         let drain_starts = tokio::select! {
             _ = force_close.cancelled() => false,
@@ -229,7 +264,37 @@ async fn connection(
     traffic.connections.fetch_add(1, Relaxed);
     traffic.active.fetch_add(1, Relaxed);
     cx.stats.active.fetch_add(1, Relaxed);
-    let (end, moved) = relay(&mut client, &mut upstream, service.idle_timeout, stop).await;
+    // The access log's view of the connection, and its progress lines every `interval`.
+    let line = started
+        .zip(connect_time)
+        .map(|(started, connect)| access::Line {
+            cx: &cx,
+            peer: &peer,
+            pool: &pool,
+            member: &member_addr,
+            started,
+            connect,
+        });
+    let mut report = |c: &TcpStream, m: &TcpStream, so_far| {
+        if let Some(line) = &line {
+            line.write(c, m, so_far, Outcome::Open);
+        }
+    };
+    let progress = line
+        .as_ref()
+        .and_then(|_| cx.access_log.interval())
+        .map(|every| Progress {
+            every,
+            report: &mut report,
+        });
+    let (end, moved) = relay_reporting(
+        &mut client,
+        &mut upstream,
+        service.idle_timeout,
+        stop,
+        progress,
+    )
+    .await;
     cx.stats.active.fetch_sub(1, Relaxed);
     traffic.active.fetch_sub(1, Relaxed);
     // Byte counts are added once per connection, not per read: the hot loop stays free of
@@ -242,6 +307,17 @@ async fn connection(
         .fetch_add(moved.to_client, Relaxed);
     traffic.bytes_to_member.fetch_add(moved.to_member, Relaxed);
     traffic.bytes_to_client.fetch_add(moved.to_client, Relaxed);
+    if let Some(line) = &line {
+        let cut = if cx.force_close.is_cancelled() {
+            Cut::Shutdown
+        } else if retired.is_cancelled() {
+            Cut::MemberRetired
+        } else {
+            Cut::ServiceRemoved
+        };
+        let outcome = access::relay_outcome(&end, &moved, cut);
+        line.write(&client, &upstream, moved, outcome);
+    }
     match end {
         Ok(RelayEnd::Closed) => {}
         Ok(RelayEnd::Idle) => {
@@ -262,13 +338,19 @@ struct Connected {
     addr: SocketAddr,
     retired: Arc<CancellationToken>,
     health: Arc<MemberHealth>,
+    /// The pool the member was picked from.
+    pool: Arc<PoolState>,
 }
 
 /// Connects to the client's member: along its preference order in the active pool, up to
-/// `MAX_CONNECT_TRIES`, then under `auto` in the paired pool. `None` when the client is to be
-/// closed (no member reachable, out of local resources, or forced close during the attempt);
-/// the reason has been counted and logged.
-async fn connect_member(route: &Route, cx: &ServiceContext, peer: SocketAddr) -> Option<Connected> {
+/// `MAX_CONNECT_TRIES`, then under `auto` in the paired pool. An error when the client is to
+/// be closed (no member reachable, out of local resources, or forced close during the attempt);
+/// the reason has been counted and logged, and is returned for the access log.
+async fn connect_member(
+    route: &Route,
+    cx: &ServiceContext,
+    peer: SocketAddr,
+) -> Result<Connected, Failed> {
     let service = &route.service;
     let key = ClientKey::new(peer, service.hash);
     // The active pool first. Under `auto`, when none of its members can be reached (the
@@ -285,6 +367,8 @@ async fn connect_member(route: &Route, cx: &ServiceContext, peer: SocketAddr) ->
     };
 
     let mut attempts = 0;
+    // The last member tried and how it failed, for the access log.
+    let mut last = None;
     for pool in std::iter::once(&active).chain(spill.as_ref()) {
         let mut tried = [usize::MAX; MAX_CONNECT_TRIES];
         for attempt in 0..MAX_CONNECT_TRIES {
@@ -302,17 +386,24 @@ async fn connect_member(route: &Route, cx: &ServiceContext, peer: SocketAddr) ->
             let addr = target.addr.socket_addr(service.port);
             let outcome = tokio::select! {
                 r = tokio::time::timeout(service.connect_timeout, TcpStream::connect(addr)) => r,
-                _ = cx.force_close.cancelled() => return None,
+                _ = cx.force_close.cancelled() => {
+                    return Err(Failed {
+                        outcome: Outcome::DrainDeadline(Cut::Shutdown),
+                        member: Some(addr),
+                        pool: Some(pool.clone()),
+                    });
+                }
             };
             let health = &target.health;
             match outcome {
                 Ok(Ok(stream)) => {
                     health.connect_succeeded();
-                    return Some(Connected {
+                    return Ok(Connected {
                         stream,
                         addr,
                         retired: target.retired.clone(),
                         health: target.health.clone(),
+                        pool: pool.clone(),
                     });
                 }
                 Ok(Err(e)) if is_local_exhaustion(&e) => {
@@ -320,17 +411,23 @@ async fn connect_member(route: &Route, cx: &ServiceContext, peer: SocketAddr) ->
                     // do better, so the member's health is left alone and the client closed.
                     bump(&cx.stats.rejected_resources);
                     warn!(service = %cx.name, error = %e, "cannot open a connection to a member; client closed");
-                    return None;
+                    return Err(Failed {
+                        outcome: Outcome::Rejected(Rejection::LocalResources),
+                        member: Some(addr),
+                        pool: Some(pool.clone()),
+                    });
                 }
                 Ok(Err(e)) => {
                     health.connect_failed();
                     bump(&cx.stats.connect_failures);
                     debug!(service = %cx.name, member = %addr, error = %e, "connect to member failed");
+                    last = Some((addr, pool, access::connect_failure(Some(&e))));
                 }
                 Err(_) => {
                     health.connect_failed();
                     bump(&cx.stats.connect_failures);
                     debug!(service = %cx.name, member = %addr, "connect to member timed out");
+                    last = Some((addr, pool, access::connect_failure(None)));
                 }
             }
         }
@@ -338,7 +435,16 @@ async fn connect_member(route: &Route, cx: &ServiceContext, peer: SocketAddr) ->
     bump(&cx.stats.rejected_no_member);
     info!(service = %cx.name, pool = %active.name, client = %peer, tried = attempts,
           "no member reachable; client connection closed");
-    None
+    Err(match last {
+        Some((addr, pool, failure)) => Failed {
+            outcome: Outcome::ConnectFailed(failure),
+            member: Some(addr),
+            pool: Some(pool.clone()),
+        },
+        None => Failed::new(Outcome::ConnectFailed(
+            crate::access_log::ConnectFailure::NoMember,
+        )),
+    })
 }
 
 #[cfg(test)]

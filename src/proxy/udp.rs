@@ -43,7 +43,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::config::FailoverMode;
+use crate::access_log::{AccessLog, Outcome, Record};
+use crate::config::{FailoverMode, Protocol};
 use crate::pool::{ClientKey, MemberState, PoolState, Route, Snapshot};
 use crate::stats::ServiceStats;
 
@@ -92,6 +93,8 @@ pub struct UdpContext {
     /// Fires when the service stops (shutdown, or removed by a reload): the receive loop and
     /// every session end at once, and the listening socket closes.
     pub stop: CancellationToken,
+    /// The process's access log (possibly none configured): a line per session when it ends.
+    pub access_log: AccessLog,
 }
 
 /// The client-facing side of one running UDP service: the listening socket and the session
@@ -104,6 +107,8 @@ struct Frontend {
     sessions: DashMap<SocketAddr, Session>,
     /// Time origin of `last_seen` stamps (milliseconds since it).
     base: Instant,
+    /// The listening socket's address, for the access log.
+    local: Option<SocketAddr>,
 }
 
 impl Frontend {
@@ -131,15 +136,45 @@ struct Session {
 struct SessionIo {
     socket: UdpSocket,
     replaced: CancellationToken,
+    /// The member and its pool, for the access log.
+    member: SocketAddr,
+    pool: Arc<PoolState>,
+    /// Bytes sent to the member. Written by the receive loop only (a load and a store, no
+    /// locked instruction), read by the session's task when it logs.
+    to_member: AtomicU64,
+}
+
+impl SessionIo {
+    fn new(socket: UdpSocket, member: SocketAddr, pool: Arc<PoolState>) -> SessionIo {
+        SessionIo {
+            socket,
+            replaced: CancellationToken::new(),
+            member,
+            pool,
+            to_member: AtomicU64::new(0),
+        }
+    }
+
+    /// Sends one datagram (see [`send`]) and counts it for the access log.
+    fn forward(&self, datagram: &[u8]) -> Forward {
+        let sent = send(self, datagram);
+        if let Forward::Sent = sent {
+            let n = self.to_member.load(Relaxed);
+            self.to_member.store(n + datagram.len() as u64, Relaxed);
+        }
+        sent
+    }
 }
 
 /// Receives until `service.stop` fires; then ends every session and closes the socket.
 pub async fn serve(listen: UdpSocket, service: UdpContext) {
+    let local = listen.local_addr().ok();
     let frontend = Arc::new(Frontend {
         service,
         listen,
         sessions: DashMap::new(),
         base: Instant::now(),
+        local,
     });
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let stop = frontend.service.stop.clone();
@@ -257,7 +292,7 @@ fn forward(frontend: &Arc<Frontend>, peer: SocketAddr, datagram: &[u8]) -> Forwa
             let io = session.io.clone();
             vacant.insert(session);
             frontend.service.stats.sessions_active.fetch_add(1, Relaxed);
-            return send(&io, datagram);
+            return io.forward(datagram);
         }
     };
     let session = entry.get_mut();
@@ -290,7 +325,7 @@ fn forward(frontend: &Arc<Frontend>, peer: SocketAddr, datagram: &[u8]) -> Forwa
         let old = std::mem::replace(session, new);
         old.io.replaced.cancel();
     }
-    send(&session.io, datagram)
+    session.io.forward(datagram)
 }
 
 /// Sends one datagram on the session's upstream socket, without waiting.
@@ -370,10 +405,7 @@ fn open(
             return None;
         }
     };
-    let io = Arc::new(SessionIo {
-        socket,
-        replaced: CancellationToken::new(),
-    });
+    let io = Arc::new(SessionIo::new(socket, addr, pool.clone()));
     stats.sessions_created.fetch_add(1, Relaxed);
     frontend.service.tracker.spawn(relay_replies(
         frontend.clone(),
@@ -425,7 +457,8 @@ fn connect(member: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// A session's task: relays the member's replies to the client from the listening socket, and
-/// ends the session after `idle` without traffic either way.
+/// ends the session after `idle` without traffic either way. Writes the session's access log
+/// line when it ends (and progress lines every `interval` of the log, if it has one).
 async fn relay_replies(
     frontend: Arc<Frontend>,
     peer: SocketAddr,
@@ -433,23 +466,70 @@ async fn relay_replies(
     idle: Duration,
     opened: u64,
 ) {
+    let log = &frontend.service.access_log;
+    let mut to_client = 0;
+    let outcome = session(&frontend, peer, &io, idle, opened, &mut to_client).await;
+    if log.enabled() {
+        log.log(session_record(
+            &frontend, peer, &io, opened, to_client, outcome,
+        ));
+    }
+}
+
+/// The access log line of a UDP session: `outcome` [`Outcome::Open`] for a progress line.
+fn session_record(
+    frontend: &Frontend,
+    peer: SocketAddr,
+    io: &SessionIo,
+    opened: u64,
+    to_client: u64,
+    outcome: Outcome,
+) -> Record {
+    let mut r = Record::new(Protocol::Udp, frontend.service.name.clone(), peer);
+    r.frontend = frontend.local;
+    r.pool = Some(io.pool.clone());
+    r.member = Some(io.member);
+    r.source = io.socket.local_addr().ok();
+    r.outcome = outcome;
+    r.bytes_to_member = io.to_member.load(Relaxed);
+    r.bytes_to_client = to_client;
+    r.lasted(Duration::from_millis(
+        frontend.now_ms().saturating_sub(opened),
+    ));
+    r
+}
+
+/// [`relay_replies`] until the session ends; returns how it ended, and adds the bytes relayed
+/// to the client to `to_client`.
+async fn session(
+    frontend: &Frontend,
+    peer: SocketAddr,
+    io: &Arc<SessionIo>,
+    idle: Duration,
+    opened: u64,
+    to_client: &mut u64,
+) -> Outcome {
     let stats = &frontend.service.stats;
     let idle_ms = idle.as_millis() as u64;
     let mut last_reply = opened;
-    let timer = tokio::time::sleep(idle);
+    // Progress lines share the idle timer: it sleeps until whichever comes first.
+    let every = frontend.service.access_log.interval();
+    let mut next_report = every.map(|every| Instant::now() + every);
+    let first = Instant::now() + idle;
+    let timer = tokio::time::sleep_until(next_report.map_or(first, |r| r.min(first)));
     tokio::pin!(timer);
     loop {
         tokio::select! {
             biased;
-            _ = frontend.service.stop.cancelled() => return,
-            _ = io.replaced.cancelled() => return,
+            _ = frontend.service.stop.cancelled() => return Outcome::Stopped,
+            _ = io.replaced.cancelled() => return Outcome::MemberUnavailable,
             r = io.socket.readable() => {
                 if r.is_err() {
                     // Only when the runtime's I/O driver is gone: nothing more will come.
-                    return;
+                    return Outcome::Stopped;
                 }
                 let mut tally = Tally::default();
-                let pending = relay_ready(&frontend, &io, peer, &mut tally);
+                let pending = relay_ready(frontend, io, peer, &mut tally);
                 if let Some(datagram) = pending {
                     // The listening socket's send buffer is full: wait for room (rare).
                     match frontend.listen.send_to(&datagram, peer).await {
@@ -463,16 +543,31 @@ async fn relay_replies(
                 if tally.datagrams > 0 {
                     last_reply = frontend.now_ms();
                 }
+                *to_client += tally.bytes;
                 tally.flush(&stats.datagrams_to_clients, &stats.bytes_to_clients, &stats.datagrams_dropped);
             }
             _ = &mut timer => {
+                if let (Some(at), Some(every)) = (next_report.as_mut(), every)
+                    && *at <= Instant::now()
+                {
+                    let line = session_record(frontend, peer, io, opened, *to_client, Outcome::Open);
+                    frontend.service.access_log.log(line);
+                    while *at <= Instant::now() {
+                        *at += every;
+                    }
+                }
                 let Some(last_seen) = frontend
                     .sessions
                     .get(&peer)
-                    .filter(|s| Arc::ptr_eq(&s.io, &io))
+                    .filter(|s| Arc::ptr_eq(&s.io, io))
                     .map(|s| s.last_seen)
                 else {
-                    return; // no longer in the table
+                    // No longer in the table: replaced, or the service stopped.
+                    return if io.replaced.is_cancelled() {
+                        Outcome::MemberUnavailable
+                    } else {
+                        Outcome::Stopped
+                    };
                 };
                 let last = last_seen.max(last_reply);
                 let now = frontend.now_ms();
@@ -480,18 +575,20 @@ async fn relay_replies(
                     // Remove only if the client has not sent meanwhile (checked under the
                     // shard lock the receive loop also takes).
                     let removed = frontend.sessions.remove_if(&peer, |_, s| {
-                        Arc::ptr_eq(&s.io, &io) && s.last_seen == last_seen
+                        Arc::ptr_eq(&s.io, io) && s.last_seen == last_seen
                     });
                     if removed.is_some() {
                         stats.sessions_expired.fetch_add(1, Relaxed);
                         stats.sessions_active.fetch_sub(1, Relaxed);
                         debug!(service = %frontend.service.name, client = %peer, "udp session idle; closed");
-                        return;
+                        return Outcome::IdleTimeout;
                     }
-                    timer.as_mut().reset(Instant::now() + idle);
+                    let deadline = Instant::now() + idle;
+                    timer.as_mut().reset(next_report.map_or(deadline, |r| r.min(deadline)));
                 } else {
                     let left = idle_ms - (now - last);
-                    timer.as_mut().reset(Instant::now() + Duration::from_millis(left));
+                    let deadline = Instant::now() + Duration::from_millis(left);
+                    timer.as_mut().reset(next_report.map_or(deadline, |r| r.min(deadline)));
                 }
             }
         }
@@ -544,10 +641,17 @@ mod tests {
         member
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("read timeout");
-        let io = SessionIo {
-            socket: connect(member.local_addr().expect("member addr")).expect("connect"),
-            replaced: CancellationToken::new(),
-        };
+        let member_addr = member.local_addr().expect("member addr");
+        let socket = connect(member_addr).expect("connect");
+        let config = crate::config::parse(
+            &format!("[[pool]]\nname = \"p\"\nmembers = [{{ addr = \"{member_addr}\" }}]\n"),
+            "t.toml",
+        )
+        .expect("valid");
+        let snapshot =
+            Snapshot::build(&config, 1, &crate::events::channel(), None).expect("snapshot");
+        let pool = snapshot.pools().next().expect("a pool").clone();
+        let io = SessionIo::new(socket, member_addr, pool);
         assert!(matches!(send(&io, b"first"), Forward::Sent));
         let mut buf = [0u8; 16];
         let n = member.recv(&mut buf).expect("the member receives it");

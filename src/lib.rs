@@ -46,6 +46,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bgp;
 pub mod config;
 pub mod demo;
 pub mod events;

@@ -1,0 +1,3 @@
+//! BGP announcements of service addresses: a built-in, announce-only speaker.
+pub mod codec;
+pub mod session;

@@ -7,6 +7,7 @@
 //!
 //! `[[pool.check]]` tables are read and validated in `checks`, one by one and by kind.
 
+mod bgp;
 mod checks;
 
 use std::collections::{HashMap, HashSet};
@@ -41,6 +42,12 @@ struct Cx<'a> {
     text: &'a str,
     file: &'a str,
     problems: Vec<ConfigProblem>,
+    /// Whether the file has a `[bgp]` table, valid or not, so a service with `announce` is
+    /// not also reported for a broken one.
+    has_bgp: bool,
+    /// Addresses of services with `announce = true`, with the span and path of their `listen`,
+    /// checked against the peers' families once both are read.
+    announced: Vec<(std::net::IpAddr, Range<usize>, String)>,
 }
 
 impl<'a> Cx<'a> {
@@ -49,6 +56,8 @@ impl<'a> Cx<'a> {
             text,
             file,
             problems: Vec::new(),
+            has_bgp: false,
+            announced: Vec::new(),
         }
     }
 
@@ -75,6 +84,7 @@ impl<'a> Cx<'a> {
         }
 
         let mut admin = None;
+        let mut raw_bgp = None;
         let mut raw_pools = Vec::new();
         let mut raw_services = Vec::new();
         // Names of every pool entry, valid or not, so a service naming a broken pool is not
@@ -86,6 +96,12 @@ impl<'a> Cx<'a> {
                     admin = self
                         .entry::<RawAdmin>(value, "admin")
                         .map(|a| self.admin(a));
+                }
+                "bgp" => {
+                    self.has_bgp = true;
+                    raw_bgp = self
+                        .entry::<RawBgp>(value, "bgp")
+                        .map(|b| (b, value.span()));
                 }
                 "pool" => {
                     for (i, entry) in self.entries(value, "pool", "pool").into_iter().enumerate() {
@@ -126,17 +142,22 @@ impl<'a> Cx<'a> {
                 other => self.problem(
                     key.span(),
                     "",
-                    format!("unknown key `{other}`, expected one of `admin`, `pool`, `service`"),
+                    format!(
+                        "unknown key `{other}`, expected one of `admin`, `bgp`, `pool`, `service`"
+                    ),
                 ),
             }
         }
 
         let pools = self.pools(raw_pools);
         let services = self.services(raw_services, &pools, &declared_pools);
+        let bgp = raw_bgp.and_then(|(b, span)| self.bgp(b, span));
+        self.announced_families(bgp.as_ref());
         Config {
             admin: admin.flatten(),
             pools,
             services,
+            bgp,
         }
     }
 
@@ -556,6 +577,10 @@ impl<'a> Cx<'a> {
             None | Some(RawHash::SourceIp) => HashMode::SourceIp,
             Some(RawHash::SourceIpPort) => HashMode::SourceIpPort,
         };
+        let announce = rs.announce.as_ref().is_some_and(|a| *a.get_ref());
+        if let Some(a) = rs.announce.as_ref().filter(|_| announce) {
+            ok &= self.announce(a, &rs.listen, listen, path);
+        }
 
         if !ok {
             return None;
@@ -576,6 +601,7 @@ impl<'a> Cx<'a> {
             max_connections: max_connections?,
             proxy_protocol,
             drain_timeout: drain_timeout?,
+            announce,
         })
     }
 
@@ -743,6 +769,7 @@ impl<'a> Cx<'a> {
 
 fn empty_config() -> Config {
     Config {
+        bgp: None,
         admin: None,
         pools: Vec::new(),
         services: Vec::new(),

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::bgp;
 use crate::config::{self, Config, ConfigError, Protocol, Service};
 use crate::events::{self, Event, EventSender, ReloadEvent};
 use crate::health::checker::{self, FirstRound};
@@ -120,6 +121,7 @@ pub struct AppView {
     recent: Arc<Mutex<VecDeque<Event>>>,
     events: EventSender,
     ready: Arc<AtomicBool>,
+    bgp: Arc<bgp::Status>,
 }
 
 impl AppView {
@@ -146,6 +148,11 @@ impl AppView {
             .unwrap_or_default()
     }
 
+    /// The BGP speaker's sessions and announcements (empty without `[bgp]`).
+    pub fn bgp(&self) -> &bgp::Status {
+        &self.bgp
+    }
+
     /// Transitions from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.events.subscribe()
@@ -165,6 +172,7 @@ impl AppView {
             recent: Arc::new(Mutex::new(VecDeque::new())),
             events,
             ready: Arc::new(AtomicBool::new(true)),
+            bgp: Arc::new(bgp::Status::default()),
         })
     }
 
@@ -185,7 +193,9 @@ impl AppView {
                 stats: &s.stats,
             })
             .collect();
-        self.metrics.render(&snapshot, &samples, &self.reloads)
+        let mut text = self.metrics.render(&snapshot, &samples, &self.reloads);
+        self.bgp.render_metrics(&mut text);
+        text
     }
 }
 
@@ -210,6 +220,9 @@ pub struct App {
     recent: Arc<Mutex<VecDeque<Event>>>,
     service_views: Arc<ArcSwap<Vec<ServiceView>>>,
     ready: Arc<AtomicBool>,
+    /// The BGP speaker, while `[bgp]` is configured and tandem has not begun to stop.
+    bgp: Option<bgp::Speaker>,
+    bgp_status: Arc<bgp::Status>,
 }
 
 struct RunningService {
@@ -269,6 +282,12 @@ impl App {
         snapshot.evaluate_failover(Instant::now());
 
         let routes = Arc::new(ArcSwap::from_pointee(snapshot));
+        // After the first health round: nothing is announced on unknown health.
+        let bgp_status = Arc::new(bgp::Status::default());
+        let speaker = config
+            .bgp
+            .as_ref()
+            .map(|b| bgp::Speaker::start(b, routes.clone(), bgp_status.clone(), events.clone()));
         let reevaluate = Arc::new(Notify::new());
         background.spawn(failover_controller(
             routes.clone(),
@@ -293,6 +312,8 @@ impl App {
             recent,
             service_views: Arc::new(ArcSwap::from_pointee(Vec::new())),
             ready: Arc::new(AtomicBool::new(false)),
+            bgp: speaker,
+            bgp_status,
         };
         for bound in listeners {
             app.serve(bound, Arc::new(ServiceStats::default()));
@@ -315,6 +336,7 @@ impl App {
             recent: self.recent.clone(),
             events: self.events.clone(),
             ready: self.ready.clone(),
+            bgp: self.bgp_status.clone(),
         }
     }
 
@@ -557,6 +579,7 @@ impl App {
                 retire(&old);
             }
         }
+        self.reconfigure_bgp(new.bgp.as_ref());
         let diff = plan.diff;
 
         self.config = new;
@@ -580,8 +603,62 @@ impl App {
         })
     }
 
-    /// Stops accepting, lets open connections finish for up to `grace`, then closes the rest.
+    /// Applies a reloaded `[bgp]` (see [`bgp::Speaker::reconfigure`]); what each session
+    /// announces follows from the new snapshot through the announcer. A removed `[bgp]` ends
+    /// every session with a Cease, and the routers drop the routes with them.
+    fn reconfigure_bgp(&mut self, new: Option<&config::Bgp>) {
+        match (&mut self.bgp, new) {
+            (Some(speaker), Some(b)) => speaker.reconfigure(b),
+            (None, Some(b)) => {
+                self.bgp = Some(bgp::Speaker::start(
+                    b,
+                    self.routes.clone(),
+                    self.bgp_status.clone(),
+                    self.events.clone(),
+                ));
+            }
+            (Some(_), None) => {
+                if let Some(speaker) = self.bgp.take() {
+                    tokio::spawn(speaker.stop());
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// For a binary upgrade: ends the BGP sessions now, without withdrawing first, so the new
+    /// process (already serving on the same listeners) can establish its own right away; a
+    /// router takes one session per peer, so the new one waits for the old one to end. What
+    /// the routers see is the old session's routes dropping when it closes and the new
+    /// session's coming back at its first retry (README, "BGP", states the gap).
+    pub async fn hand_over_bgp(&mut self) {
+        if let Some(speaker) = self.bgp.take() {
+            speaker.stop().await;
+        }
+    }
+
+    /// Withdraws every BGP announcement (waiting until the peers have been sent the
+    /// withdrawals), then stops accepting, lets open connections finish for up to `grace`, then
+    /// closes the rest.
     pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
+        // Withdraw first, then drain: routers stop sending new clients before the listeners
+        // close, so none is refused; the sessions end once the drain is over.
+        let speaker = self.bgp.take();
+        let speaker = match speaker {
+            Some(mut s) => {
+                s.withdraw().await;
+                Some(s)
+            }
+            None => None,
+        };
+        let report = self.stop_and_drain(grace).await;
+        if let Some(s) = speaker {
+            s.stop().await;
+        }
+        report
+    }
+
+    async fn stop_and_drain(mut self, grace: Duration) -> ShutdownReport {
         for s in self.services.values() {
             s.stop_accepting.cancel();
         }

@@ -33,6 +33,22 @@ pub enum Event {
     Failover(FailoverEvent),
     /// A config reload was applied or rejected.
     Reload(ReloadEvent),
+    /// A BGP session came up or went down, or a service's address was announced or withdrawn.
+    Bgp(BgpEvent),
+}
+
+/// A change of the BGP speaker ([`crate::bgp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpEvent {
+    /// `session_up`, `session_down`, `announced` or `withdrawn`.
+    pub change: &'static str,
+    /// The peer (`address:port`) of a session change.
+    pub peer: Option<String>,
+    /// The service and its prefix of an announcement change.
+    pub service: Option<String>,
+    pub prefix: Option<String>,
+    pub reason: String,
+    pub at: SystemTime,
 }
 
 /// A service changed the pool its new connections go to.
@@ -101,12 +117,13 @@ pub fn channel() -> EventSender {
 }
 
 impl Event {
-    /// The event's kind, as named in `/events` and logs: `health`, `failover`, `reload`.
+    /// The event's kind, as named in `/events` and logs: `health`, `failover`, `reload`, `bgp`.
     pub fn kind(&self) -> &'static str {
         match self {
             Event::Health(_) => "health",
             Event::Failover(_) => "failover",
             Event::Reload(_) => "reload",
+            Event::Bgp(_) => "bgp",
         }
     }
 
@@ -128,6 +145,10 @@ impl Event {
             Event::Reload(e) => json!({
                 "kind": "reload", "at": at(&e.at), "applied": e.applied,
                 "generation": e.generation, "message": e.message,
+            }),
+            Event::Bgp(e) => json!({
+                "kind": "bgp", "at": at(&e.at), "change": e.change, "peer": e.peer,
+                "service": e.service, "prefix": e.prefix, "reason": e.reason,
             }),
         }
     }

@@ -87,7 +87,8 @@ impl Speaker {
             status,
             events,
         };
-        speaker.status.set_services(list);
+        // The announcer reports each service's first state (an `announced` event for each that
+        // can serve) and fills the status.
         speaker.start_announcer();
         speaker.start_peers(config.peers.iter());
         speaker

@@ -517,3 +517,34 @@ async fn a_reload_toggling_announce_changes_routes_not_the_session() {
     tandem.signal("KILL");
     let _ = tandem.exit(Duration::from_secs(5)).await;
 }
+
+/// A binary upgrade is a known gap, measured here so the README's figure stays true: the old
+/// process ends its session when the new one serves, the router drops the route with it, and
+/// the new process's session (refused while the old one was up: one session per peer) comes
+/// back at its next connection attempt.
+#[tokio::test]
+#[ignore = "needs root, ip netns and bird2 (CI runs it: cargo test -- --include-ignored)"]
+async fn a_binary_upgrade_loses_the_route_only_until_the_new_session_is_up() {
+    let mut lab = Lab::create("a_binary_upgrade_loses_the_route_only_until_the_new_session_is_up");
+    lab.start_member(MEMBER_PORT);
+    let cfg = config("9s", &[(VIP1, true)]);
+    let mut old = lab.tandem(&cfg, "");
+    old.expect_log("bgp: session established").await;
+    lab.wait_route(VIP1, true, Duration::from_secs(10)).await;
+    let sock = lab.path("upgrade.sock");
+    let mut new = lab.tandem(&cfg, &format!("--upgrade-from {}", sock.display()));
+    // From the handover on: how long the router goes without the route.
+    let _ = old.expect_log("upgrade: listening sockets handed over; waiting for the new process").await;
+    let gone = lab.wait_route(VIP1, false, Duration::from_secs(10)).await;
+    let gap = lab.wait_route(VIP1, true, Duration::from_secs(35)).await;
+    println!(
+        "measured: binary upgrade: route withdrawn {} ms after the handover, back {} ms later",
+        gone.as_millis(),
+        gap.as_millis()
+    );
+    assert!(gap < Duration::from_secs(3), "the route was gone for {gap:?}");
+    assert_eq!(lab.session().0, "Established");
+    let _ = old.exit(Duration::from_secs(10)).await;
+    new.signal("KILL");
+    let _ = new.exit(Duration::from_secs(5)).await;
+}

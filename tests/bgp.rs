@@ -534,7 +534,9 @@ async fn a_binary_upgrade_loses_the_route_only_until_the_new_session_is_up() {
     let sock = lab.path("upgrade.sock");
     let mut new = lab.tandem(&cfg, &format!("--upgrade-from {}", sock.display()));
     // From the handover on: how long the router goes without the route.
-    let _ = old.expect_log("upgrade: listening sockets handed over; waiting for the new process").await;
+    let _ = old
+        .expect_log("upgrade: listening sockets handed over; waiting for the new process")
+        .await;
     let gone = lab.wait_route(VIP1, false, Duration::from_secs(10)).await;
     let gap = lab.wait_route(VIP1, true, Duration::from_secs(35)).await;
     println!(
@@ -542,7 +544,10 @@ async fn a_binary_upgrade_loses_the_route_only_until_the_new_session_is_up() {
         gone.as_millis(),
         gap.as_millis()
     );
-    assert!(gap < Duration::from_secs(3), "the route was gone for {gap:?}");
+    assert!(
+        gap < Duration::from_secs(3),
+        "the route was gone for {gap:?}"
+    );
     assert_eq!(lab.session().0, "Established");
     let _ = old.exit(Duration::from_secs(10)).await;
     new.signal("KILL");

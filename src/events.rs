@@ -2,7 +2,8 @@
 //! blocks: a slow listener misses events (it sees `Lagged`), the data path never waits for it.
 //!
 //! Who sends: the health cells (a member's verdict changed), each service's route in
-//! [`crate::pool`] (it failed over or back) and the app (a reload applied or rejected).
+//! [`crate::pool`] (it failed over or back), the app (a reload applied or rejected) and the BGP
+//! speaker ([`crate::bgp`]: a session up or down, a service's address announced or withdrawn).
 //!
 //! Who listens:
 //! - the failover controller in [`crate::app`], for which any event (its own failover events and

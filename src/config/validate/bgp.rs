@@ -218,3 +218,54 @@ impl Cx<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{DEFAULT_BGP_HOLD_TIME, parse};
+
+    #[test]
+    fn defaults_are_filled_and_announce_is_read() {
+        let text = r#"
+[bgp]
+asn = 4200000000
+router_id = "192.0.2.1"
+  [[bgp.peer]]
+  address = "192.0.2.254"
+  asn = 65000
+  [[bgp.peer]]
+  address = "2001:db8::fe"
+  asn = 65000
+  port = 1179
+[[pool]]
+name = "p"
+members = [{ addr = "127.0.1.1:80" }]
+[[service]]
+name = "s"
+listen = "198.51.100.10:80"
+pool = "p"
+announce = true
+[[service]]
+name = "t"
+listen = "[2001:db8::10]:80"
+pool = "p"
+"#;
+        let c = parse(text, "t.toml").expect("valid");
+        let bgp = c.bgp.expect("[bgp]");
+        assert_eq!(bgp.asn, 4_200_000_000);
+        assert_eq!(bgp.hold_time, DEFAULT_BGP_HOLD_TIME);
+        assert_eq!(bgp.peers[0].port, 179);
+        assert_eq!(
+            bgp.peers[1].socket_addr().to_string(),
+            "[2001:db8::fe]:1179"
+        );
+        assert!(c.services[0].announce);
+        assert!(!c.services[1].announce);
+    }
+
+    #[test]
+    fn hold_time_zero_is_allowed() {
+        let text = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nhold_time = \"0s\"\n[[bgp.peer]]\naddress = \"192.0.2.254\"\nasn = 65000\n";
+        let c = parse(text, "t.toml").expect("valid");
+        assert!(c.bgp.expect("[bgp]").hold_time.is_zero());
+    }
+}

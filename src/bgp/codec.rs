@@ -575,6 +575,11 @@ fn as_path(value: &[u8], four_octet: bool) -> Result<Vec<(u8, Vec<u32>)>, Decode
     while !r.is_empty() {
         let kind = r.u8().ok_or_else(malformed)?;
         let count = r.u8().ok_or_else(malformed)?;
+        // Segment types are AS_SET, AS_SEQUENCE and the two confederation ones (RFC 5065); an
+        // empty segment is malformed too (RFC 7606 7.2).
+        if !(1..=4).contains(&kind) || count == 0 {
+            return Err(malformed());
+        }
         let mut asns = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
             let asn = if four_octet {

@@ -145,6 +145,37 @@ fn a_prefix_longer_than_its_family_is_an_invalid_network_field() {
     assert_eq!(e.notification.subcode, error::UPDATE_BAD_NETWORK_FIELD);
 }
 
+/// Found by the `bgp_message` fuzz target: empty AS_PATH segments of type 0 were read, and
+/// then lost on the way back out.
+#[test]
+fn as_path_segments_of_no_known_type_or_no_length_are_malformed() {
+    for segment in [vec![0u8, 0], vec![2, 0], vec![5, 1, 0xfd, 0xf2]] {
+        let mut attrs = vec![
+            0x40,
+            1,
+            1,
+            0,
+            0x40,
+            2,
+            u8::try_from(segment.len()).expect("small"),
+        ];
+        attrs.extend_from_slice(&segment);
+        let mut body = vec![0, 0, 0, u8::try_from(attrs.len()).expect("small")];
+        body.extend_from_slice(&attrs);
+        let mut bytes = vec![0xff; 16];
+        let len = u16::try_from(HEADER_LEN + body.len()).expect("small");
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.push(2);
+        bytes.extend_from_slice(&body);
+        let e = decode(&bytes, false).expect_err("a malformed AS_PATH");
+        assert_eq!(
+            (e.notification.code, e.notification.subcode),
+            (error::UPDATE, error::UPDATE_MALFORMED_AS_PATH),
+            "segment {segment:?}"
+        );
+    }
+}
+
 #[test]
 fn prefixes_clear_their_host_bits() {
     let p = Prefix::new("198.51.100.77".parse().expect("ip"), 24).expect("a /24");
@@ -168,7 +199,7 @@ fn prefix_of(afi: u16) -> BoxedStrategy<Prefix> {
 }
 
 fn segments() -> impl Strategy<Value = Vec<(u8, Vec<u32>)>> {
-    prop::collection::vec((1u8..=2, prop::collection::vec(any::<u32>(), 1..6)), 0..3)
+    prop::collection::vec((1u8..=4, prop::collection::vec(any::<u32>(), 1..6)), 0..3)
 }
 
 fn attribute(four_octet: bool) -> impl Strategy<Value = Attribute> {

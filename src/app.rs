@@ -40,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::access_log::{self, AccessLog, WriterControl};
+use crate::bgp;
 use crate::config::{self, Config, ConfigError, Protocol, Service};
 use crate::events::{self, Event, EventSender, ReloadEvent};
 use crate::health::checker::{self, FirstRound};
@@ -129,6 +130,7 @@ pub struct AppView {
     events: EventSender,
     ready: Arc<AtomicBool>,
     access_log: AccessLog,
+    bgp: Arc<bgp::Status>,
 }
 
 impl AppView {
@@ -155,6 +157,11 @@ impl AppView {
             .unwrap_or_default()
     }
 
+    /// The BGP speaker's sessions and announcements (empty without `[bgp]`).
+    pub fn bgp(&self) -> &bgp::Status {
+        &self.bgp
+    }
+
     /// Transitions from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.events.subscribe()
@@ -175,6 +182,7 @@ impl AppView {
             events,
             ready: Arc::new(AtomicBool::new(true)),
             access_log: AccessLog::new(),
+            bgp: Arc::new(bgp::Status::default()),
         })
     }
 
@@ -197,6 +205,7 @@ impl AppView {
             .collect();
         let mut out = self.metrics.render(&snapshot, &samples, &self.reloads);
         crate::metrics::render_access_log(&mut out, self.access_log.counters());
+        self.bgp.render_metrics(&mut out);
         out
     }
 }
@@ -226,6 +235,9 @@ pub struct App {
     /// config has no `[access_log]`).
     access_log: AccessLog,
     access_writer: Option<WriterControl>,
+    /// The BGP speaker, while `[bgp]` is configured and tandem has not begun to stop.
+    bgp: Option<bgp::Speaker>,
+    bgp_status: Arc<bgp::Status>,
 }
 
 /// How long shutdown waits for the access log to write what is queued; longer means its sink
@@ -291,6 +303,12 @@ impl App {
         snapshot.evaluate_failover(Instant::now());
 
         let routes = Arc::new(ArcSwap::from_pointee(snapshot));
+        // After the first health round: nothing is announced on unknown health.
+        let bgp_status = Arc::new(bgp::Status::default());
+        let speaker = config
+            .bgp
+            .as_ref()
+            .map(|b| bgp::Speaker::start(b, routes.clone(), bgp_status.clone(), events.clone()));
         let reevaluate = Arc::new(Notify::new());
         background.spawn(failover_controller(
             routes.clone(),
@@ -317,6 +335,8 @@ impl App {
             ready: Arc::new(AtomicBool::new(false)),
             access_writer: access_log.install(writer),
             access_log,
+            bgp: speaker,
+            bgp_status,
         };
         for bound in listeners {
             app.serve(bound, Arc::new(ServiceStats::default()));
@@ -340,6 +360,7 @@ impl App {
             events: self.events.clone(),
             ready: self.ready.clone(),
             access_log: self.access_log.clone(),
+            bgp: self.bgp_status.clone(),
         }
     }
 
@@ -601,6 +622,7 @@ impl App {
                 retire(&old);
             }
         }
+        self.reconfigure_bgp(new.bgp.as_ref());
         let diff = plan.diff;
 
         self.config = new;
@@ -624,8 +646,62 @@ impl App {
         })
     }
 
-    /// Stops accepting, lets open connections finish for up to `grace`, then closes the rest.
+    /// Applies a reloaded `[bgp]` (see [`bgp::Speaker::reconfigure`]); what each session
+    /// announces follows from the new snapshot through the announcer. A removed `[bgp]` ends
+    /// every session with a Cease, and the routers drop the routes with them.
+    fn reconfigure_bgp(&mut self, new: Option<&config::Bgp>) {
+        match (&mut self.bgp, new) {
+            (Some(speaker), Some(b)) => speaker.reconfigure(b),
+            (None, Some(b)) => {
+                self.bgp = Some(bgp::Speaker::start(
+                    b,
+                    self.routes.clone(),
+                    self.bgp_status.clone(),
+                    self.events.clone(),
+                ));
+            }
+            (Some(_), None) => {
+                if let Some(speaker) = self.bgp.take() {
+                    tokio::spawn(speaker.stop());
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// For a binary upgrade: ends the BGP sessions now, without withdrawing first, so the new
+    /// process (already serving on the same listeners) can establish its own right away; a
+    /// router takes one session per peer, so the new one waits for the old one to end. What
+    /// the routers see is the old session's routes dropping when it closes and the new
+    /// session's coming back at its first retry (README, "BGP", states the gap).
+    pub async fn hand_over_bgp(&mut self) {
+        if let Some(speaker) = self.bgp.take() {
+            speaker.stop().await;
+        }
+    }
+
+    /// Withdraws every BGP announcement (waiting until the peers have been sent the
+    /// withdrawals), then stops accepting, lets open connections finish for up to `grace`, then
+    /// closes the rest.
     pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
+        // Withdraw first, then drain: routers stop sending new clients before the listeners
+        // close, so none is refused; the sessions end once the drain is over.
+        let speaker = self.bgp.take();
+        let speaker = match speaker {
+            Some(mut s) => {
+                s.withdraw().await;
+                Some(s)
+            }
+            None => None,
+        };
+        let report = self.stop_and_drain(grace).await;
+        if let Some(s) = speaker {
+            s.stop().await;
+        }
+        report
+    }
+
+    async fn stop_and_drain(mut self, grace: Duration) -> ShutdownReport {
         for s in self.services.values() {
             s.stop_accepting.cancel();
         }

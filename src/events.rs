@@ -2,7 +2,8 @@
 //! blocks: a slow listener misses events (it sees `Lagged`), the data path never waits for it.
 //!
 //! Who sends: the health cells (a member's verdict changed), each service's route in
-//! [`crate::pool`] (it failed over or back) and the app (a reload applied or rejected).
+//! [`crate::pool`] (it failed over or back), the app (a reload applied or rejected) and the BGP
+//! speaker ([`crate::bgp`]: a session up or down, a service's address announced or withdrawn).
 //!
 //! Who listens:
 //! - the failover controller in [`crate::app`], for which any event (its own failover events and
@@ -33,6 +34,22 @@ pub enum Event {
     Failover(FailoverEvent),
     /// A config reload was applied or rejected.
     Reload(ReloadEvent),
+    /// A BGP session came up or went down, or a service's address was announced or withdrawn.
+    Bgp(BgpEvent),
+}
+
+/// A change of the BGP speaker ([`crate::bgp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpEvent {
+    /// `session_up`, `session_down`, `announced` or `withdrawn`.
+    pub change: &'static str,
+    /// The peer (`address:port`) of a session change.
+    pub peer: Option<String>,
+    /// The service and its prefix of an announcement change.
+    pub service: Option<String>,
+    pub prefix: Option<String>,
+    pub reason: String,
+    pub at: SystemTime,
 }
 
 /// A service changed the pool its new connections go to.
@@ -101,12 +118,13 @@ pub fn channel() -> EventSender {
 }
 
 impl Event {
-    /// The event's kind, as named in `/events` and logs: `health`, `failover`, `reload`.
+    /// The event's kind, as named in `/events` and logs: `health`, `failover`, `reload`, `bgp`.
     pub fn kind(&self) -> &'static str {
         match self {
             Event::Health(_) => "health",
             Event::Failover(_) => "failover",
             Event::Reload(_) => "reload",
+            Event::Bgp(_) => "bgp",
         }
     }
 
@@ -128,6 +146,10 @@ impl Event {
             Event::Reload(e) => json!({
                 "kind": "reload", "at": at(&e.at), "applied": e.applied,
                 "generation": e.generation, "message": e.message,
+            }),
+            Event::Bgp(e) => json!({
+                "kind": "bgp", "at": at(&e.at), "change": e.change, "peer": e.peer,
+                "service": e.service, "prefix": e.prefix, "reason": e.reason,
             }),
         }
     }

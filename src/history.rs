@@ -436,7 +436,8 @@ impl History {
                     }
                 }
             }
-            Event::Reload(_) => {}
+            // Routes come and go with health and failover, which are charted already.
+            Event::Reload(_) | Event::Bgp(_) => {}
         }
     }
 
@@ -606,6 +607,7 @@ fn event_time(event: &Event) -> SystemTime {
         Event::Health(e) => e.at,
         Event::Failover(e) => e.at,
         Event::Reload(e) => e.at,
+        Event::Bgp(e) => e.at,
     }
 }
 

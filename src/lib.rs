@@ -36,6 +36,9 @@
 //! - [`member`] is `tandem member set/list`: edits a member's state in the config file (comments
 //!   kept), writes it atomically, and asks the running tandem to reload through the admin API
 //!   or a SIGHUP.
+//! - [`bgp`] announces the addresses of services that can serve to routers: a built-in,
+//!   announce-only speaker (message codec and session state machine pure, a task per peer),
+//!   fed from the snapshot on every health, failover and reload event.
 //! - [`upgrade`] hands the listening sockets to a new tandem process (binary upgrades).
 //! - [`server`] is `tandem run` around the app: the start-up order (config checked before any
 //!   port is bound, sockets received first when upgrading), the admin API, systemd
@@ -52,6 +55,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod bgp;
 pub mod config;
 pub mod demo;
 pub mod events;

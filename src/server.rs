@@ -405,7 +405,12 @@ impl Server {
         if let Some(admin) = &self.admin {
             admin.stop();
         }
-        let report = self.app.shutdown(self.shutdown_grace).await;
+        let mut app = self.app;
+        // After an upgrade the new process announces: no withdrawal (see App::hand_over_bgp).
+        if end == End::HandedOver {
+            app.hand_over_bgp().await;
+        }
+        let report = app.shutdown(self.shutdown_grace).await;
         // Pings go on through the drain, which may take the whole grace period.
         self.watchdog.stop().await;
         info!(forced = report.forced, "stopped");

@@ -138,6 +138,7 @@ pub fn status(view: &AppView) -> Value {
         },
         "services": services_json,
         "pools": pools_json,
+        "bgp": view.bgp().to_json(),
         "recent_events": events,
     })
 }

@@ -52,6 +52,8 @@ pub struct Config {
     pub services: Vec<Service>,
     /// One line per connection or session; `None` when the file has no `[access_log]`.
     pub access_log: Option<AccessLog>,
+    /// The BGP speaker; `None` when the file has no `[bgp]` table.
+    pub bgp: Option<Bgp>,
 }
 
 impl Config {
@@ -411,6 +413,44 @@ pub struct Service {
     pub max_connections: usize,
     pub proxy_protocol: ProxyProtocol,
     pub drain_timeout: Duration,
+    /// Announce the listen address (/32 or /128) over BGP while the active pool has a member
+    /// up (default off). Validation ensures `[bgp]` exists and the address is not a wildcard.
+    pub announce: bool,
+}
+
+/// Default `[bgp] hold_time`: short enough that a hung tandem loses its routes within seconds
+/// (the RFC's suggested 90 s would keep a black hole that long), long enough to ride out a
+/// scheduling hiccup.
+pub const DEFAULT_BGP_HOLD_TIME: Duration = Duration::from_secs(9);
+/// Default `[[bgp.peer]] port`.
+pub const DEFAULT_BGP_PORT: u16 = 179;
+
+/// `[bgp]`: the announce-only speaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bgp {
+    /// Our AS number (1..=4294967295, not 23456).
+    pub asn: u32,
+    /// Our BGP identifier.
+    pub router_id: std::net::Ipv4Addr,
+    /// Proposed hold time, whole seconds: 0 (no keepalives) or 3..=65535 s (default 9 s).
+    pub hold_time: Duration,
+    /// At least one; addresses are unique.
+    pub peers: Vec<BgpPeer>,
+}
+
+/// One `[[bgp.peer]]`: a router tandem connects to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpPeer {
+    pub address: IpAddr,
+    pub asn: u32,
+    /// TCP port (default 179).
+    pub port: u16,
+}
+
+impl BgpPeer {
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
 }
 
 /// Transport of a service.

@@ -334,6 +334,28 @@ pub struct RawService {
     pub max_connections: Option<Spanned<i64>>,
     pub proxy_protocol: Option<RawProxyProtocol>,
     pub drain_timeout: Option<Spanned<String>>,
+    /// Announce the listen address over BGP while the service can serve.
+    pub announce: Option<Spanned<bool>>,
+}
+
+/// The `[bgp]` table: the built-in announce-only speaker.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBgp {
+    pub asn: Spanned<i64>,
+    pub router_id: Spanned<String>,
+    pub hold_time: Option<Spanned<String>>,
+    /// The `[[bgp.peer]]` tables.
+    pub peer: Option<Spanned<Vec<Spanned<RawBgpPeer>>>>,
+}
+
+/// One `[[bgp.peer]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBgpPeer {
+    pub address: Spanned<String>,
+    pub asn: Spanned<i64>,
+    pub port: Option<Spanned<i64>>,
 }
 
 /// `protocol = "tcp" | "udp"`.

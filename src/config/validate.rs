@@ -9,6 +9,7 @@
 //! `[access_log]` in `access_log`.
 
 mod access_log;
+mod bgp;
 mod checks;
 
 use std::collections::{HashMap, HashSet};
@@ -65,6 +66,12 @@ struct Cx<'a> {
     problems: Vec<ConfigProblem>,
     /// What is at a path on this machine; `None`: paths are not looked at.
     probe: Option<&'a dyn Fn(&Path) -> PathKind>,
+    /// Whether the file has a `[bgp]` table, valid or not, so a service with `announce` is
+    /// not also reported for a broken one.
+    has_bgp: bool,
+    /// Addresses of services with `announce = true`, with the span and path of their `listen`,
+    /// checked against the peers' families once both are read.
+    announced: Vec<(std::net::IpAddr, Range<usize>, String)>,
 }
 
 impl<'a> Cx<'a> {
@@ -74,6 +81,8 @@ impl<'a> Cx<'a> {
             file,
             problems: Vec::new(),
             probe: None,
+            has_bgp: false,
+            announced: Vec::new(),
         }
     }
 
@@ -101,6 +110,7 @@ impl<'a> Cx<'a> {
 
         let mut admin = None;
         let mut access_log = None;
+        let mut raw_bgp = None;
         let mut raw_pools = Vec::new();
         let mut raw_services = Vec::new();
         // Names of every pool entry, valid or not, so a service naming a broken pool is not
@@ -117,6 +127,12 @@ impl<'a> Cx<'a> {
                     access_log = self
                         .entry::<RawAccessLog>(value, "access_log")
                         .and_then(|a| self.access_log(a));
+                }
+                "bgp" => {
+                    self.has_bgp = true;
+                    raw_bgp = self
+                        .entry::<RawBgp>(value, "bgp")
+                        .map(|b| (b, value.span()));
                 }
                 "pool" => {
                     for (i, entry) in self.entries(value, "pool", "pool").into_iter().enumerate() {
@@ -157,18 +173,23 @@ impl<'a> Cx<'a> {
                 other => self.problem(
                     key.span(),
                     "",
-                    format!("unknown key `{other}`, expected one of `access_log`, `admin`, `pool`, `service`"),
+                    format!(
+                        "unknown key `{other}`, expected one of `access_log`, `admin`, `bgp`, `pool`, `service`"
+                    ),
                 ),
             }
         }
 
         let pools = self.pools(raw_pools);
         let services = self.services(raw_services, &pools, &declared_pools);
+        let bgp = raw_bgp.and_then(|(b, span)| self.bgp(b, span));
+        self.announced_families(bgp.as_ref());
         Config {
             admin: admin.flatten(),
             pools,
             services,
             access_log,
+            bgp,
         }
     }
 
@@ -643,6 +664,10 @@ impl<'a> Cx<'a> {
             None | Some(RawHash::SourceIp) => HashMode::SourceIp,
             Some(RawHash::SourceIpPort) => HashMode::SourceIpPort,
         };
+        let announce = rs.announce.as_ref().is_some_and(|a| *a.get_ref());
+        if let Some(a) = rs.announce.as_ref().filter(|_| announce) {
+            ok &= self.announce(a, &rs.listen, listen, path);
+        }
 
         if !ok {
             return None;
@@ -663,6 +688,7 @@ impl<'a> Cx<'a> {
             max_connections: max_connections?,
             proxy_protocol,
             drain_timeout: drain_timeout?,
+            announce,
         })
     }
 
@@ -830,6 +856,7 @@ impl<'a> Cx<'a> {
 
 fn empty_config() -> Config {
     Config {
+        bgp: None,
         admin: None,
         pools: Vec::new(),
         services: Vec::new(),

@@ -171,6 +171,21 @@ impl Scenario {
         serde_json::from_str(&status).expect("json")
     }
 
+    /// `/status` once its recent events hold `events` entries. The ring is filled by its own
+    /// subscriber task, so an event sent just before a reply (the rejected reload's) can reach
+    /// it a moment after the reply: polled, bounded, rather than assumed.
+    async fn status_with_events(&self, events: usize) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = self.status().await;
+            let seen = status["recent_events"].as_array().map_or(0, Vec::len);
+            if seen >= events || std::time::Instant::now() > deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn reload(&self, headers: &str) -> (u16, String) {
         http(self.admin, "POST", "/reload", headers).await
     }
@@ -317,7 +332,8 @@ async fn reload_of_a_broken_file_is_rejected_with_where_and_why() {
 async fn status_reflects_the_failover_the_reloads_and_member_health() {
     let mut s = Scenario::start().await;
     s.scripted().await;
-    let status = s.status().await;
+    // Six first-round verdicts, two members down, the failover, two reloads.
+    let status = s.status_with_events(11).await;
     assert_eq!(status["generation"], 2);
     assert_eq!(
         (

@@ -8,6 +8,7 @@
 //! `[[pool.check]]` tables are read and validated in `checks`, one by one and by kind.
 
 mod checks;
+mod routes;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -568,6 +569,13 @@ impl<'a> Cx<'a> {
             None | Some(RawHash::SourceIp) => HashMode::SourceIp,
             Some(RawHash::SourceIpPort) => HashMode::SourceIpPort,
         };
+        let inherited = routes::Inherited {
+            protocol,
+            failover,
+            failback_after: failback_after.unwrap_or(DEFAULT_FAILBACK_AFTER),
+        };
+        let sni = self.sni_routing(rs, path, pools, declared, &inherited);
+        let per_source = self.source_limits(rs, path, protocol);
 
         if !ok {
             return None;
@@ -588,6 +596,8 @@ impl<'a> Cx<'a> {
             max_connections: max_connections?,
             proxy_protocol,
             drain_timeout: drain_timeout?,
+            sni: sni?,
+            per_source: per_source?,
         })
     }
 

@@ -5,5 +5,6 @@
 
 pub mod proxy_protocol;
 pub mod relay;
+pub mod sni;
 pub mod tcp;
 pub mod udp;

@@ -22,9 +22,11 @@ use tracing::{debug, info, warn};
 
 use super::proxy_protocol;
 use super::relay::{RelayEnd, relay};
+use super::sni::{self, Choice};
 use crate::config::{FailoverMode, ProxyProtocol};
 use crate::health::cell::MemberHealth;
-use crate::pool::{ClientKey, MAX_CONNECT_TRIES, Route, Snapshot};
+use crate::limits::Rejection;
+use crate::pool::{ClientKey, MAX_CONNECT_TRIES, Route, Snapshot, Target};
 use crate::stats::{ServiceStats, bump};
 
 /// Kernel accept queue length per listener (the kernel caps it at `net.core.somaxconn`).
@@ -167,6 +169,75 @@ async fn connection(
     };
     drop(snapshot);
     let service = &route.service;
+    // Limits per client address come first: a refused source costs no read and no connect.
+    let _source = if service.per_source.is_active() {
+        match cx
+            .stats
+            .sources
+            .admit(peer.ip(), &service.per_source, tokio::time::Instant::now())
+        {
+            Ok(guard) => guard,
+            Err(why) => {
+                let (counter, reason) = match why {
+                    Rejection::Connections => (
+                        &cx.stats.rejected_per_source_connections,
+                        "max_connections_per_source",
+                    ),
+                    Rejection::Rate => (&cx.stats.rejected_per_source_rate, "max_rate_per_source"),
+                };
+                bump(counter);
+                debug!(service = %cx.name, %peer, limit = reason, "source over its limit; connection closed");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    // With server-name routes, the ClientHello decides the pools; its bytes go to the member
+    // first. Boxed like the connect phase: its buffer and timer are gone once it is decided.
+    let (early, target) = if service.sni.reads_hello() {
+        match Box::pin(sni::read_hello(
+            &mut client,
+            &route,
+            service.connect_timeout,
+        ))
+        .await
+        {
+            Err(e) => {
+                debug!(service = %cx.name, client = %peer, error = %e, "client gone before its ClientHello");
+                return;
+            }
+            Ok((bytes, choice)) => {
+                let readable = !matches!(
+                    choice,
+                    Choice::Default { readable: false } | Choice::Refuse { readable: false }
+                );
+                if !readable {
+                    bump(&cx.stats.sni_unreadable);
+                }
+                match choice {
+                    Choice::Route(i) => match route.sni.get(i) {
+                        Some(r) => {
+                            r.connections.fetch_add(1, Relaxed);
+                            (bytes, r.target())
+                        }
+                        None => (bytes, route.target()),
+                    },
+                    Choice::Default { .. } => {
+                        bump(&cx.stats.sni_default);
+                        (bytes, route.target())
+                    }
+                    Choice::Refuse { .. } => {
+                        bump(&cx.stats.rejected_sni_required);
+                        debug!(service = %cx.name, client = %peer, "no server name and sni_required; connection closed");
+                        return;
+                    }
+                }
+            }
+        }
+    } else {
+        (Vec::new(), route.target())
+    };
     // The connect phase (timeouts, connect futures, the retry loop) is boxed: it is freed when
     // a member answers, so the task of a held connection is sized for the relay phase. Inline,
     // the part of its state that rustc does not overlap with the relay's would be reserved for
@@ -177,7 +248,7 @@ async fn connection(
         addr: member_addr,
         retired,
         health: member_health,
-    }) = Box::pin(connect_member(&route, &cx, peer)).await
+    }) = Box::pin(connect_member(&route, target, &cx, peer)).await
     else {
         return;
     };
@@ -199,6 +270,23 @@ async fn connection(
             return;
         }
     }
+
+    if !early.is_empty() {
+        // The ClientHello read to choose the route, unchanged, before anything else the
+        // client sends.
+        if let Err(e) = upstream.write_all(&early).await {
+            debug!(service = %cx.name, member = %member_addr, error = %e, "sending the ClientHello failed");
+            return;
+        }
+        cx.stats
+            .bytes_to_members
+            .fetch_add(early.len() as u64, Relaxed);
+        member_health
+            .traffic
+            .bytes_to_member
+            .fetch_add(early.len() as u64, Relaxed);
+    }
+    drop(early);
 
     // The connection ends early when shutdown runs out of grace, or `drain_timeout` after a
     // reload retired its member or removed its service.
@@ -268,16 +356,21 @@ struct Connected {
 /// `MAX_CONNECT_TRIES`, then under `auto` in the paired pool. `None` when the client is to be
 /// closed (no member reachable, out of local resources, or forced close during the attempt);
 /// the reason has been counted and logged.
-async fn connect_member(route: &Route, cx: &ServiceContext, peer: SocketAddr) -> Option<Connected> {
+async fn connect_member(
+    route: &Route,
+    target: Target<'_>,
+    cx: &ServiceContext,
+    peer: SocketAddr,
+) -> Option<Connected> {
     let service = &route.service;
     let key = ClientKey::new(peer, service.hash);
     // The active pool first. Under `auto`, when none of its members can be reached (the
     // moments between a whole pool dying and the health checks noticing), the paired pool is
     // tried too rather than turning the client away; pinned modes never spill over.
-    let active = route.active_pool().clone();
-    let spill = match (&route.backup, service.failover) {
+    let active = target.active_pool().clone();
+    let spill = match (target.backup, target.mode) {
         (Some(backup), FailoverMode::Auto) => Some(if Arc::ptr_eq(&active, backup) {
-            route.local.clone()
+            target.local.clone()
         } else {
             backup.clone()
         }),

@@ -425,7 +425,7 @@ impl Rate {
         if count == 0 {
             return match burst {
                 None => Ok(None),
-                Some(_) => Err("a burst needs a rate above 0".to_string()),
+                Some(_) => Err("has a burst but a rate of 0 (no limit)".to_string()),
             };
         }
         Ok(Some(Rate {

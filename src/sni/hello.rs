@@ -73,6 +73,9 @@ impl HelloReader {
         if let Some(done) = self.done {
             return done;
         }
+        // Only the first MAX_BUFFERED bytes count, so the verdict depends on the bytes alone,
+        // never on how they were cut into reads.
+        let buffer = buffer.get(..MAX_BUFFERED).unwrap_or(buffer);
         let status = self.advance(buffer);
         if status != Status::Incomplete {
             self.done = Some(status);

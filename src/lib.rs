@@ -11,8 +11,12 @@
 //! - [`pool`] turns a config into the immutable routing [`pool::Snapshot`]: pools, members with
 //!   their health, tables, and each service's route with its failover state; `pick` walks a
 //!   client's preference order.
-//! - [`proxy`] is the data path: accept, pick, connect with retries, PROXY header, relay (TCP);
-//!   sessions per client address with replies from the listening socket (UDP).
+//! - [`sni`] reads the server name of a TLS ClientHello and matches it against a service's
+//!   `[[service.route]]` patterns (pure); [`limits`] keeps the table of client sources behind
+//!   `max_connections_per_source` and `max_rate_per_source` (clock passed in).
+//! - [`proxy`] is the data path: accept, per-source limits, ClientHello (with routes), pick,
+//!   connect with retries, PROXY header, relay (TCP); sessions per client address with replies
+//!   from the listening socket (UDP).
 //! - [`reload`] diffs two configs (pure); [`watch`] notices the file changing.
 //! - [`app`] wires it together: binds listeners, runs the checks and the failover controller,
 //!   applies reloads with one snapshot swap, shuts down gracefully.

@@ -1,7 +1,7 @@
 //! Property tests over the parsers that take hostile input: the config parser (text an operator
 //! or a config tool wrote, possibly broken), the SIP response reader (bytes a member sent) and
 //! the TLS ClientHello reader (bytes any client sent).
-//! Neither may panic, whatever it is given; the config parser's problems must point inside the
+//! None may panic, whatever it is given; the config parser's problems must point inside the
 //! text. Case counts are bounded so the file runs in a few seconds in a debug build.
 
 use proptest::prelude::*;

@@ -173,7 +173,7 @@ mod tests {
             Err(PatternError::LongLabel)
         );
         assert_eq!(
-            Pattern::parse(&"a.".repeat(128).trim_end_matches('.').to_string()),
+            Pattern::parse("a.".repeat(128).trim_end_matches('.')),
             Err(PatternError::TooLong)
         );
     }

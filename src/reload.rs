@@ -747,4 +747,22 @@ pool = "a"
             assert_consistent(&v, &base);
         }
     }
+
+    #[test]
+    fn a_route_keeps_its_failover_state_while_its_pools_stay() {
+        let routed = BASE.replace(
+            "backup_pool = \"b\"\n",
+            "backup_pool = \"b\"\n  [[service.route]]\n  name = \"r\"\n  sni = [\"x.example\"]\n  \
+             pool = \"b\"\n  backup_pool = \"a\"\n",
+        );
+        let old = cfg(&routed);
+        let same = plan(&old, &cfg(&routed.replace("x.example", "y.example")));
+        assert!(same.keeps_route_failover("s", "r"));
+        assert_eq!(same.diff.services_changed[0].keys, vec!["route"]);
+        let swapped = plan(&old, &cfg(&routed.replace("backup_pool = \"a\"", "")));
+        assert!(!swapped.keeps_route_failover("s", "r"));
+        let renamed = plan(&old, &cfg(&routed.replace("name = \"r\"", "name = \"q\"")));
+        assert!(!renamed.keeps_route_failover("s", "q"));
+        assert!(same.service("s").is_some_and(ServicePlan::keeps_failover));
+    }
 }

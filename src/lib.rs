@@ -14,8 +14,12 @@
 //! - [`pool`] turns a config into the immutable routing [`pool::Snapshot`]: pools, members with
 //!   their health, tables, and each service's route with its failover state; `pick` walks a
 //!   client's preference order.
-//! - [`proxy`] is the data path: accept, pick, connect with retries, PROXY header, relay (TCP);
-//!   sessions per client address with replies from the listening socket (UDP).
+//! - [`sni`] reads the server name of a TLS ClientHello and matches it against a service's
+//!   `[[service.route]]` patterns (pure); [`limits`] keeps the table of client sources behind
+//!   `max_connections_per_source` and `max_rate_per_source` (clock passed in).
+//! - [`proxy`] is the data path: accept, per-source limits, ClientHello (with routes), pick,
+//!   connect with retries, PROXY header, relay (TCP); sessions per client address with replies
+//!   from the listening socket (UDP).
 //! - [`reload`] compares two configs into one pure [`reload::Plan`]: per pool what is added,
 //!   kept, rebuilt or removed (and per member whether its health and connections carry over),
 //!   per service whether it is new, kept, rebound or removed. [`pool::Snapshot::build`] carries
@@ -65,6 +69,7 @@ pub mod fuzzing;
 pub mod hash;
 pub mod health;
 pub mod history;
+pub mod limits;
 pub mod member;
 pub mod metrics;
 pub mod notify;
@@ -73,6 +78,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod signals;
+pub mod sni;
 pub mod stats;
 pub mod tls;
 pub mod upgrade;

@@ -175,8 +175,19 @@ impl Metrics {
                     ("max_connections", st.rejected_limit),
                     ("no_member", st.rejected_no_member),
                     ("resources", st.rejected_resources),
+                    ("per_source_connections", st.rejected_per_source_connections),
+                    ("per_source_rate", st.rejected_per_source_rate),
+                    ("sni_required", st.rejected_sni_required),
                 ],
             );
+            if !s.udp {
+                gauge("tandem_sources_tracked", svc(), st.sources_tracked as f64);
+                counter(
+                    "tandem_sources_untracked_total",
+                    svc(),
+                    st.sources_untracked,
+                );
+            }
             counter("tandem_connect_failures_total", svc(), st.connect_failures);
             counter("tandem_connect_retries_total", svc(), st.retries);
             per(
@@ -251,6 +262,56 @@ impl Metrics {
                 vec![l("service", name)],
                 route.failover.failbacks.load(Relaxed),
             );
+            // Server-name routes: one series per route, named in the config, so the label's
+            // values are as bounded as the config is.
+            if route.service.sni.reads_hello() {
+                let st = services
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map(|s| s.stats.snapshot());
+                let by = |r: &str| vec![l("service", name), l("route", r)];
+                counter(
+                    "tandem_route_connections_total",
+                    by("default"),
+                    st.map_or(0, |st| st.sni_default),
+                );
+                counter(
+                    "tandem_sni_unreadable_total",
+                    vec![l("service", name)],
+                    st.map_or(0, |st| st.sni_unreadable),
+                );
+            }
+            for r in &route.sni {
+                let rname = r.config.name.as_str();
+                let by = || vec![l("service", name), l("route", rname)];
+                counter(
+                    "tandem_route_connections_total",
+                    by(),
+                    r.connections.load(Relaxed),
+                );
+                let active = r.failover.side();
+                let sides = std::iter::once((&r.local, Side::Local))
+                    .chain(r.backup.as_ref().map(|b| (b, Side::Backup)));
+                for (pool, side) in sides {
+                    let mut labels = by();
+                    labels.push(l("pool", &pool.name));
+                    gauge(
+                        "tandem_route_active_pool",
+                        labels,
+                        if active == side { 1.0 } else { 0.0 },
+                    );
+                }
+                counter(
+                    "tandem_route_failovers_total",
+                    by(),
+                    r.failover.failovers.load(Relaxed),
+                );
+                counter(
+                    "tandem_route_failbacks_total",
+                    by(),
+                    r.failover.failbacks.load(Relaxed),
+                );
+            }
         }
 
         for pool in snapshot.pools() {
@@ -393,6 +454,48 @@ fn describe(r: &PrometheusRecorder) {
         "tandem_failbacks_total",
         None,
         "Moves of a service back to its local pool.",
+        0,
+    );
+    d(
+        "tandem_route_connections_total",
+        None,
+        "Connections of a service with server-name routes, per route (\"default\": the service's own pools).",
+        0,
+    );
+    d(
+        "tandem_route_active_pool",
+        None,
+        "1 for the pool a server-name route sends new connections to, else 0.",
+        1,
+    );
+    d(
+        "tandem_route_failovers_total",
+        None,
+        "Moves of a server-name route to its backup pool.",
+        0,
+    );
+    d(
+        "tandem_route_failbacks_total",
+        None,
+        "Moves of a server-name route back to its local pool.",
+        0,
+    );
+    d(
+        "tandem_sni_unreadable_total",
+        None,
+        "Connections whose first bytes were no readable TLS ClientHello in time.",
+        0,
+    );
+    d(
+        "tandem_sources_tracked",
+        None,
+        "Client sources tracked for the limits per source.",
+        1,
+    );
+    d(
+        "tandem_sources_untracked_total",
+        None,
+        "Connections let through untracked because the table of sources was full.",
         0,
     );
     d(

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::{
-    Check, Config, DEFAULT_FALL, HashMode, MemberAddr, OperatorState, Pool, Service,
+    Check, Config, DEFAULT_FALL, FailoverMode, HashMode, MemberAddr, OperatorState, Pool, Service,
+    SniRoute,
 };
 use crate::events::{Event, EventSender, FailoverEvent};
 use crate::failover::{Failover, Inputs, Side};
@@ -26,6 +27,7 @@ use crate::health::cell::MemberHealth;
 use crate::health::checker::{CheckedMember, PoolChecks};
 use crate::health::state::Verdict;
 use crate::reload::{Plan, PoolCarry, PoolPlan, ServicePlan};
+use crate::sni::names::NameTable;
 
 /// How many members one new connection may try before the client is turned away.
 pub const MAX_CONNECT_TRIES: usize = 3;
@@ -107,6 +109,26 @@ impl Snapshot {
                         events.clone(),
                     ))
                 });
+            let old_route = previous.and_then(|(snap, _)| snap.routes.get(&service.name));
+            let mut sni = Vec::with_capacity(service.sni.routes.len());
+            for r in &service.sni.routes {
+                sni.push(SniRouteState::build(
+                    service,
+                    r,
+                    &find,
+                    old_route,
+                    previous.map(|(_, plan)| plan),
+                    events,
+                )?);
+            }
+            let names = NameTable::new(
+                service
+                    .sni
+                    .routes
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, r)| r.patterns.iter().map(move |p| (p, i))),
+            );
             routes.insert(
                 service.name.clone(),
                 Arc::new(Route {
@@ -114,6 +136,8 @@ impl Snapshot {
                     local,
                     backup,
                     failover,
+                    sni,
+                    names,
                 }),
             );
         }
@@ -153,6 +177,12 @@ impl Snapshot {
             if let Some(at) = route.failover.update(&inputs, now, self.generation) {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
+            // Each server-name route fails over on its own pools, like a service.
+            for r in &route.sni {
+                if let Some(at) = r.failover.update(&r.inputs(), now, self.generation) {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
         }
         next
     }
@@ -166,9 +196,117 @@ pub struct Route {
     pub backup: Option<Arc<PoolState>>,
     /// Which of the two gets new connections; survives reloads that keep the service's pools.
     pub failover: Arc<FailoverCell>,
+    /// The service's `[[service.route]]` entries, in config order, each with its own pools
+    /// and failover state.
+    pub sni: Vec<SniRouteState>,
+    /// Server names to indices of `sni`.
+    pub names: NameTable,
+}
+
+/// Where one connection goes: a pool pair and its failover state (a service's own pools, or
+/// one of its server-name routes).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub local: &'a Arc<PoolState>,
+    pub backup: Option<&'a Arc<PoolState>>,
+    pub failover: &'a FailoverCell,
+    pub mode: FailoverMode,
+}
+
+impl<'a> Target<'a> {
+    /// The pool new connections go to now (one atomic load).
+    pub fn active_pool(&self) -> &'a Arc<PoolState> {
+        match (self.failover.side(), self.backup) {
+            (Side::Backup, Some(backup)) => backup,
+            _ => self.local,
+        }
+    }
+}
+
+/// One `[[service.route]]` as routed.
+#[derive(Debug)]
+pub struct SniRouteState {
+    pub config: SniRoute,
+    pub local: Arc<PoolState>,
+    pub backup: Option<Arc<PoolState>>,
+    /// Survives reloads that keep the route (by name) with the same pools.
+    pub failover: Arc<FailoverCell>,
+    /// Connections routed here; kept across reloads while the route's name stays.
+    pub connections: Arc<AtomicU64>,
+}
+
+impl SniRouteState {
+    fn build(
+        service: &Service,
+        route: &SniRoute,
+        find: &dyn Fn(&str) -> Result<Arc<PoolState>, SnapshotError>,
+        old_route: Option<&Arc<Route>>,
+        plan: Option<&Plan>,
+        events: &EventSender,
+    ) -> Result<SniRouteState, SnapshotError> {
+        let local = find(&route.pool)?;
+        let backup = match &route.backup_pool {
+            Some(b) => Some(find(b)?),
+            None => None,
+        };
+        let old = old_route.and_then(|r| r.sni.iter().find(|o| o.config.name == route.name));
+        let failover = old
+            .filter(|_| plan.is_some_and(|p| p.keeps_route_failover(&service.name, &route.name)))
+            .map(|o| o.failover.clone())
+            .unwrap_or_else(|| {
+                Arc::new(FailoverCell::new(
+                    Arc::from(format!("{}/{}", service.name, route.name)),
+                    events.clone(),
+                ))
+            });
+        Ok(SniRouteState {
+            config: route.clone(),
+            local,
+            backup,
+            failover,
+            connections: old.map(|o| o.connections.clone()).unwrap_or_default(),
+        })
+    }
+
+    /// The pools and failover state connections of this route use.
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            local: &self.local,
+            backup: self.backup.as_ref(),
+            failover: &self.failover,
+            mode: self.config.failover,
+        }
+    }
+
+    /// The pool new connections of this route go to now.
+    pub fn active_pool(&self) -> &Arc<PoolState> {
+        self.target().active_pool()
+    }
+
+    /// What this route's failover decision looks at now.
+    pub fn inputs(&self) -> Inputs {
+        Inputs {
+            mode: self.config.failover,
+            has_backup: self.backup.is_some(),
+            local_healthy: self.local.healthy_count(),
+            backup_healthy: self.backup.as_ref().map_or(0, |b| b.healthy_count()),
+            min_healthy: self.config.min_healthy,
+            failback_after: self.config.failback_after,
+        }
+    }
 }
 
 impl Route {
+    /// The service's own pools: the target of connections no server-name route takes.
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            local: &self.local,
+            backup: self.backup.as_ref(),
+            failover: &self.failover,
+            mode: self.service.failover,
+        }
+    }
+
     /// The pool new connections go to now (one atomic load).
     pub fn active_pool(&self) -> &Arc<PoolState> {
         match (self.failover.side(), &self.backup) {

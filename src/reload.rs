@@ -21,6 +21,9 @@ pub struct Plan {
     pub pools: BTreeMap<String, PoolPlan>,
     /// Every service of either config, by name.
     pub services: BTreeMap<String, ServicePlan>,
+    /// Server-name routes (service, route name) that keep their failover state: in both
+    /// configs, of a service that stays, with the same pool and backup pool.
+    pub route_failover: BTreeSet<(String, String)>,
 }
 
 impl Plan {
@@ -32,6 +35,12 @@ impl Plan {
     /// What becomes of the service `name` (`None`: in neither config).
     pub fn service(&self, name: &str) -> Option<&ServicePlan> {
         self.services.get(name)
+    }
+
+    /// Whether the server-name route `route` of `service` keeps its failover state.
+    pub fn keeps_route_failover(&self, service: &str, route: &str) -> bool {
+        self.route_failover
+            .contains(&(service.to_string(), route.to_string()))
     }
 }
 
@@ -248,6 +257,16 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
                 // The failover state is a decision between these two pools: with either
                 // replaced it means nothing, so it starts over.
                 let failover = o.pool == n.pool && o.backup_pool == n.backup_pool;
+                // Likewise per server-name route, matched by name.
+                for r in &n.sni.routes {
+                    let same = o.sni.routes.iter().any(|old| {
+                        old.name == r.name && old.pool == r.pool && old.backup_pool == r.backup_pool
+                    });
+                    if same {
+                        plan.route_failover
+                            .insert((name.to_string(), r.name.clone()));
+                    }
+                }
                 if rebind {
                     ServicePlan::Rebound { failover }
                 } else {
@@ -362,6 +381,20 @@ fn changed_service_keys(o: &Service, n: &Service) -> Vec<&'static str> {
     check("proxy_protocol", o.proxy_protocol != n.proxy_protocol);
     check("drain_timeout", o.drain_timeout != n.drain_timeout);
     check("announce", o.announce != n.announce);
+    check("route", o.sni.routes != n.sni.routes);
+    check("sni_required", o.sni.required != n.sni.required);
+    check(
+        "max_connections_per_source",
+        o.per_source.max_connections != n.per_source.max_connections,
+    );
+    check(
+        "max_rate_per_source",
+        o.per_source.rate != n.per_source.rate,
+    );
+    check(
+        "source_prefix_v6",
+        o.per_source.prefix_v6 != n.per_source.prefix_v6,
+    );
     keys
 }
 
@@ -714,5 +747,23 @@ pool = "a"
             assert_consistent(&base, &v);
             assert_consistent(&v, &base);
         }
+    }
+
+    #[test]
+    fn a_route_keeps_its_failover_state_while_its_pools_stay() {
+        let routed = BASE.replace(
+            "backup_pool = \"b\"\n",
+            "backup_pool = \"b\"\n  [[service.route]]\n  name = \"r\"\n  sni = [\"x.example\"]\n  \
+             pool = \"b\"\n  backup_pool = \"a\"\n",
+        );
+        let old = cfg(&routed);
+        let same = plan(&old, &cfg(&routed.replace("x.example", "y.example")));
+        assert!(same.keeps_route_failover("s", "r"));
+        assert_eq!(same.diff.services_changed[0].keys, vec!["route"]);
+        let swapped = plan(&old, &cfg(&routed.replace("backup_pool = \"a\"", "")));
+        assert!(!swapped.keeps_route_failover("s", "r"));
+        let renamed = plan(&old, &cfg(&routed.replace("name = \"r\"", "name = \"q\"")));
+        assert!(!renamed.keeps_route_failover("s", "q"));
+        assert!(same.service("s").is_some_and(ServicePlan::keeps_failover));
     }
 }

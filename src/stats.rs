@@ -44,6 +44,22 @@ pub struct ServiceStats {
     pub datagrams_dropped_send_blocked: AtomicU64,
     /// UDP: sessions moved to another member because theirs became unavailable.
     pub sessions_rehashed: AtomicU64,
+    /// Connections closed at once: their source had `max_connections_per_source` open.
+    pub rejected_per_source_connections: AtomicU64,
+    /// Connections closed at once: their source exceeded `max_rate_per_source`.
+    pub rejected_per_source_rate: AtomicU64,
+    /// Connections closed because `sni_required` and the client sent no server name (or no
+    /// TLS ClientHello in time).
+    pub rejected_sni_required: AtomicU64,
+    /// Connections of a service with routes that went to the service's own pool (no route
+    /// matched, no SNI, or not TLS).
+    pub sni_default: AtomicU64,
+    /// Connections whose first bytes were not a readable ClientHello in time (not TLS, broken,
+    /// too large, or the client stalled); also counted in `sni_default` or
+    /// `rejected_sni_required`.
+    pub sni_unreadable: AtomicU64,
+    /// The sources of this service (limits per client address).
+    pub sources: std::sync::Arc<crate::limits::SourceTable>,
 }
 
 /// A copy of [`ServiceStats`] at one moment.
@@ -66,6 +82,15 @@ pub struct StatsSnapshot {
     pub datagrams_dropped: u64,
     pub datagrams_dropped_send_blocked: u64,
     pub sessions_rehashed: u64,
+    pub rejected_per_source_connections: u64,
+    pub rejected_per_source_rate: u64,
+    pub rejected_sni_required: u64,
+    pub sni_default: u64,
+    pub sni_unreadable: u64,
+    /// Sources tracked for the limits per client address.
+    pub sources_tracked: u64,
+    /// Connections let through untracked because the source table was full.
+    pub sources_untracked: u64,
 }
 
 impl ServiceStats {
@@ -90,6 +115,13 @@ impl ServiceStats {
             datagrams_dropped: r(&self.datagrams_dropped),
             datagrams_dropped_send_blocked: r(&self.datagrams_dropped_send_blocked),
             sessions_rehashed: r(&self.sessions_rehashed),
+            rejected_per_source_connections: r(&self.rejected_per_source_connections),
+            rejected_per_source_rate: r(&self.rejected_per_source_rate),
+            rejected_sni_required: r(&self.rejected_sni_required),
+            sni_default: r(&self.sni_default),
+            sni_unreadable: r(&self.sni_unreadable),
+            sources_tracked: self.sources.len() as u64,
+            sources_untracked: r(&self.sources.untracked),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Property tests over the parsers that take hostile input: the config parser (text an operator
-//! or a config tool wrote, possibly broken) and the SIP response reader (bytes a member sent).
-//! Neither may panic, whatever it is given; the config parser's problems must point inside the
+//! or a config tool wrote, possibly broken), the SIP response reader (bytes a member sent) and
+//! the TLS ClientHello reader (bytes any client sent).
+//! None may panic, whatever it is given; the config parser's problems must point inside the
 //! text. Case counts are bounded so the file runs in a few seconds in a debug build.
 
 use proptest::prelude::*;
@@ -229,5 +230,93 @@ proptest! {
     #[test]
     fn sip_reader_answer_does_not_depend_on_read_sizes(input in sip_stream()) {
         prop_assert_eq!(whole(&input), bytewise(&input));
+    }
+}
+
+// ClientHello reader (bytes any client chose): the verdict and the name depend on the bytes
+// only, never on how they were cut into reads; a well-formed hello is read whatever its
+// framing; nothing panics.
+
+use tandem::sni::hello::{HelloReader, Status, sample_hello, split_records};
+use tandem::sni::names::{NameTable, Pattern};
+
+/// Feeds `bytes` cut at `cuts` (offsets, any order); returns the verdict and the name.
+fn hello_in_pieces(bytes: &[u8], cuts: &[usize]) -> (Status, Option<String>) {
+    let mut ends: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    ends.push(bytes.len());
+    ends.sort_unstable();
+    let mut r = HelloReader::new();
+    let mut status = Status::Incomplete;
+    for end in ends {
+        status = r.feed(&bytes[..end]);
+        if status != Status::Incomplete {
+            break;
+        }
+    }
+    (status, r.server_name().map(str::to_string))
+}
+
+fn host_label() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,20})?"
+}
+
+fn host_name() -> impl Strategy<Value = String> {
+    prop::collection::vec(host_label(), 1..6).prop_map(|l| l.join("."))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn client_hello_reader_survives_any_bytes_in_any_pieces(
+        bytes in prop::collection::vec(any::<u8>(), 0..600),
+        cuts in prop::collection::vec(any::<usize>(), 0..20),
+    ) {
+        let whole = hello_in_pieces(&bytes, &[]);
+        prop_assert_eq!(hello_in_pieces(&bytes, &cuts), whole);
+    }
+
+    #[test]
+    fn a_tls_looking_prefix_with_noise_never_panics(
+        noise in prop::collection::vec(any::<u8>(), 0..400),
+        at in any::<usize>(),
+        cuts in prop::collection::vec(any::<usize>(), 0..10),
+    ) {
+        // A real hello with bytes overwritten: mostly refused, sometimes still read.
+        let mut bytes = sample_hello(Some("owa.example.com"));
+        let at = at % bytes.len();
+        for (i, b) in noise.iter().enumerate().take(bytes.len() - at) {
+            bytes[at + i] = *b;
+        }
+        let whole = hello_in_pieces(&bytes, &[]);
+        prop_assert_eq!(hello_in_pieces(&bytes, &cuts), whole.clone());
+        if let (Status::Hello, Some(name)) = whole {
+            prop_assert!(!name.is_empty() && name.len() <= 255);
+        }
+    }
+
+    #[test]
+    fn well_formed_hellos_are_read_in_any_framing(
+        name in prop::option::of(host_name()),
+        record in 1usize..400,
+        cuts in prop::collection::vec(any::<usize>(), 0..30),
+    ) {
+        let bytes = split_records(&sample_hello(name.as_deref()), record);
+        prop_assert_eq!(hello_in_pieces(&bytes, &cuts), (Status::Hello, name));
+    }
+
+    #[test]
+    fn names_match_their_exact_pattern_and_their_wildcard_whatever_the_case(
+        first in host_label(),
+        rest in host_name(),
+    ) {
+        let exact = Pattern::parse(&format!("x.{rest}")).expect("valid");
+        let wild = Pattern::parse(&format!("*.{rest}")).expect("valid");
+        let table = NameTable::new([(&exact, 0), (&wild, 1)]);
+        prop_assert_eq!(table.lookup(&format!("X.{}", rest.to_uppercase())), Some(0));
+        let expected = if first.eq_ignore_ascii_case("x") { 0 } else { 1 };
+        prop_assert_eq!(table.lookup(&format!("{first}.{rest}")), Some(expected));
+        prop_assert_eq!(table.lookup(&rest), None);
+        prop_assert_eq!(table.lookup(&format!("a.{first}.{rest}")), None);
     }
 }

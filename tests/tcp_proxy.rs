@@ -349,8 +349,10 @@ async fn idle_connections_close_after_idle_timeout_and_activity_resets_it() {
     let mut rest = Vec::new();
     quiet.read_to_end(&mut rest).await.expect("EOF");
     let quiet_at = start.elapsed();
+    // The quiet connection's timer started on the real clock before the pause, a few real
+    // milliseconds before `start` on a loaded machine: its deadline may fall just short of 1800 s.
     assert!(
-        quiet_at >= Duration::from_secs(1800) && quiet_at < Duration::from_secs(1801),
+        quiet_at >= Duration::from_secs(1799) && quiet_at < Duration::from_secs(1801),
         "quiet connection closed after {quiet_at:?}, expected the default 1800 s"
     );
     chatty.read_to_end(&mut rest).await.expect("EOF");

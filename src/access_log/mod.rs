@@ -91,6 +91,26 @@ pub enum Rejection {
     LocalResources,
     /// The service was removed by a reload between accept and routing.
     ServiceRemoved,
+    /// The client's address had `max_connections_per_source` connections open.
+    PerSourceConnections,
+    /// The client's address was over `max_rate_per_source`.
+    PerSourceRate,
+    /// No server name (or not TLS) on a service with `sni_required`.
+    SniRequired,
+}
+
+impl Rejection {
+    /// The reason's word in both formats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::MaxConnections => "max_connections",
+            Rejection::LocalResources => "local_resources",
+            Rejection::ServiceRemoved => "service_removed",
+            Rejection::PerSourceConnections => "max_connections_per_source",
+            Rejection::PerSourceRate => "max_rate_per_source",
+            Rejection::SniRequired => "sni_required",
+        }
+    }
 }
 
 /// How a connection or session ended, or [`Outcome::Open`] for a progress line.
@@ -161,11 +181,7 @@ impl Outcome {
                 ConnectFailure::Error(kind) => Reason::Kind(kind),
                 ConnectFailure::ProxyHeader => Reason::Word("proxy_header"),
             },
-            Outcome::Rejected(rejection) => Reason::Word(match rejection {
-                Rejection::MaxConnections => "max_connections",
-                Rejection::LocalResources => "local_resources",
-                Rejection::ServiceRemoved => "service_removed",
-            }),
+            Outcome::Rejected(rejection) => Reason::Word(rejection.as_str()),
         })
     }
 }

@@ -14,6 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::sni::names::Pattern;
+
 pub use validate::{PathKind, parse, parse_with};
 
 /// Default `[admin] listen`: loopback, so the admin API is never exposed by accident.
@@ -416,6 +418,10 @@ pub struct Service {
     /// Announce the listen address (/32 or /128) over BGP while the active pool has a member
     /// up (default off). Validation ensures `[bgp]` exists and the address is not a wildcard.
     pub announce: bool,
+    /// Routing by TLS server name (TCP only; empty for UDP).
+    pub sni: SniRouting,
+    /// Limits per client address (TCP only; none for UDP).
+    pub per_source: SourceLimits,
 }
 
 /// Default `[bgp] hold_time`: short enough that a hung tandem loses its routes within seconds
@@ -450,6 +456,131 @@ pub struct BgpPeer {
 impl BgpPeer {
     pub fn socket_addr(&self) -> SocketAddr {
         SocketAddr::new(self.address, self.port)
+    }
+}
+
+/// `[[service.route]]` entries and `sni_required` of a TCP service.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SniRouting {
+    /// In file order; patterns are unique across them.
+    pub routes: Vec<SniRoute>,
+    /// Clients without SNI, or not speaking TLS, are closed rather than sent to the service's
+    /// own pool.
+    pub required: bool,
+}
+
+impl SniRouting {
+    /// Whether connections start with reading the ClientHello.
+    pub fn reads_hello(&self) -> bool {
+        self.required || !self.routes.is_empty()
+    }
+}
+
+/// One `[[service.route]]`: connections whose ClientHello names one of `patterns` go to `pool`,
+/// failing over to `backup_pool` as a service's pools do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    /// Unique in the service; the `route` label of metrics (default: the first pattern).
+    pub name: String,
+    /// At least one.
+    pub patterns: Vec<Pattern>,
+    pub pool: String,
+    pub backup_pool: Option<String>,
+    /// Default: the service's `failover` (a drill on the service moves its routes too).
+    pub failover: FailoverMode,
+    /// Default 1 (a count of the service's pool says nothing about this one).
+    pub min_healthy: usize,
+    /// Default: the service's `failback_after`.
+    pub failback_after: Duration,
+}
+
+/// Limits per client address of a TCP service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceLimits {
+    /// Open connections per source; 0 = no limit (default).
+    pub max_connections: u32,
+    /// New connections per source; `None` = no limit (default, `"0/s"`).
+    pub rate: Option<Rate>,
+    /// IPv6 clients in one prefix of this length count as one source (default 64); IPv4
+    /// clients are one source per address.
+    pub prefix_v6: u8,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        SourceLimits {
+            max_connections: 0,
+            rate: None,
+            prefix_v6: DEFAULT_SOURCE_PREFIX_V6,
+        }
+    }
+}
+
+impl SourceLimits {
+    /// Whether any limit is set (otherwise sources are not tracked at all).
+    pub fn is_active(&self) -> bool {
+        self.max_connections > 0 || self.rate.is_some()
+    }
+}
+
+/// Default `source_prefix_v6`: one customer site or host usually holds a whole /64.
+pub const DEFAULT_SOURCE_PREFIX_V6: u8 = 64;
+
+/// `max_rate_per_source`: `count` new connections per `per`, at most `burst` at once.
+/// Written `"20/s"`, `"600/m"`, `"20/s burst 40"`; the burst defaults to `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// At least 1.
+    pub count: u32,
+    /// One second or one minute.
+    pub per: Duration,
+    /// At least 1.
+    pub burst: u32,
+}
+
+impl Rate {
+    /// Reads `"N/s"`, `"N/m"`, optionally followed by `" burst B"`. `Ok(None)` for a zero
+    /// rate (no limit).
+    pub fn parse(text: &str) -> Result<Option<Rate>, String> {
+        const FORM: &str = "write it as \"N/s\" or \"N/m\", optionally with \" burst B\", e.g. \"20/s burst 40\"; \"0/s\" is no limit";
+        let mut words = text.split_whitespace();
+        let (Some(rate), burst) = (words.next(), (words.next(), words.next(), words.next())) else {
+            return Err(format!("is empty; {FORM}"));
+        };
+        let burst = match burst {
+            (None, _, _) => None,
+            (Some("burst"), Some(b), None) => Some(
+                b.parse::<u32>()
+                    .ok()
+                    .filter(|b| (1..=1_000_000).contains(b))
+                    .ok_or_else(|| format!("burst \"{b}\" is not a count from 1 to 1000000"))?,
+            ),
+            _ => return Err(format!("has unexpected words; {FORM}")),
+        };
+        let Some((count, unit)) = rate.split_once('/') else {
+            return Err(format!("has no unit; {FORM}"));
+        };
+        let per = match unit {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            _ => return Err(format!("unit \"/{unit}\" is not /s or /m; {FORM}")),
+        };
+        let count = count
+            .parse::<u32>()
+            .ok()
+            .filter(|c| *c <= 1_000_000)
+            .ok_or_else(|| format!("count \"{count}\" is not a number from 0 to 1000000"))?;
+        if count == 0 {
+            return match burst {
+                None => Ok(None),
+                Some(_) => Err("has a burst but a rate of 0 (no limit)".to_string()),
+            };
+        }
+        Ok(Some(Rate {
+            count,
+            per,
+            burst: burst.unwrap_or(count),
+        }))
     }
 }
 

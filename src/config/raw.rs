@@ -336,6 +336,17 @@ pub struct RawService {
     pub drain_timeout: Option<Spanned<String>>,
     /// Announce the listen address over BGP while the service can serve.
     pub announce: Option<Spanned<bool>>,
+    /// With routes: clients without SNI, or not speaking TLS, are closed.
+    pub sni_required: Option<Spanned<bool>>,
+    /// Open connections per client address (0: no limit).
+    pub max_connections_per_source: Option<Spanned<i64>>,
+    /// New connections per client address, e.g. `"20/s"` or `"20/s burst 40"`.
+    pub max_rate_per_source: Option<Spanned<String>>,
+    /// Prefix length that makes one IPv6 source (default 64).
+    pub source_prefix_v6: Option<Spanned<i64>>,
+    /// The `[[service.route]]` tables.
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
 }
 
 /// The `[bgp]` table: the built-in announce-only speaker.
@@ -356,6 +367,20 @@ pub struct RawBgpPeer {
     pub address: Spanned<String>,
     pub asn: Spanned<i64>,
     pub port: Option<Spanned<i64>>,
+}
+
+/// One `[[service.route]]`: server names, and the pool pair their connections go to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Name in metrics, status and logs; default: the first `sni` pattern.
+    pub name: Option<Spanned<String>>,
+    pub sni: Spanned<Vec<Spanned<String>>>,
+    pub pool: Spanned<String>,
+    pub backup_pool: Option<Spanned<String>>,
+    pub failover: Option<Spanned<RawFailover>>,
+    pub min_healthy: Option<Spanned<RawMinHealthy>>,
+    pub failback_after: Option<Spanned<String>>,
 }
 
 /// `protocol = "tcp" | "udp"`.

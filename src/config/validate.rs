@@ -11,6 +11,7 @@
 mod access_log;
 mod bgp;
 mod checks;
+mod routes;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -668,6 +669,13 @@ impl<'a> Cx<'a> {
         if let Some(a) = rs.announce.as_ref().filter(|_| announce) {
             ok &= self.announce(a, &rs.listen, listen, path);
         }
+        let inherited = routes::Inherited {
+            protocol,
+            failover,
+            failback_after: failback_after.unwrap_or(DEFAULT_FAILBACK_AFTER),
+        };
+        let sni = self.sni_routing(rs, path, pools, declared, &inherited);
+        let per_source = self.source_limits(rs, path, protocol);
 
         if !ok {
             return None;
@@ -689,6 +697,8 @@ impl<'a> Cx<'a> {
             proxy_protocol,
             drain_timeout: drain_timeout?,
             announce,
+            sni: sni?,
+            per_source: per_source?,
         })
     }
 

@@ -6,5 +6,6 @@
 mod access;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod sni;
 pub mod tcp;
 pub mod udp;

@@ -24,10 +24,12 @@ use tracing::{debug, info, warn};
 use super::access::{self, Failed};
 use super::proxy_protocol;
 use super::relay::{Progress, RelayEnd, relay_reporting};
+use super::sni::{self, Choice};
 use crate::access_log::{AccessLog, Cut, Outcome, Rejection};
 use crate::config::{FailoverMode, ProxyProtocol};
 use crate::health::cell::MemberHealth;
-use crate::pool::{ClientKey, MAX_CONNECT_TRIES, PoolState, Route, Snapshot};
+use crate::limits;
+use crate::pool::{ClientKey, MAX_CONNECT_TRIES, PoolState, Route, Snapshot, Target};
 use crate::stats::{ServiceStats, bump};
 
 /// Kernel accept queue length per listener (the kernel caps it at `net.core.somaxconn`).
@@ -188,6 +190,86 @@ async fn connection(
     };
     drop(snapshot);
     let service = &route.service;
+    // Limits per client address come first: a refused source costs no read and no connect.
+    let _source = if service.per_source.is_active() {
+        match cx
+            .stats
+            .sources
+            .admit(peer.ip(), &service.per_source, tokio::time::Instant::now())
+        {
+            Ok(guard) => guard,
+            Err(why) => {
+                let (counter, rejection) = match why {
+                    limits::Rejection::Connections => (
+                        &cx.stats.rejected_per_source_connections,
+                        Rejection::PerSourceConnections,
+                    ),
+                    limits::Rejection::Rate => {
+                        (&cx.stats.rejected_per_source_rate, Rejection::PerSourceRate)
+                    }
+                };
+                bump(counter);
+                debug!(service = %cx.name, %peer, limit = rejection.as_str(), "source over its limit; connection closed");
+                log_failed(&client, Failed::new(Outcome::Rejected(rejection)));
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    // With server-name routes, the ClientHello decides the pools; its bytes go to the member
+    // first. Boxed like the connect phase: its buffer and timer are gone once it is decided.
+    let (early, target) = if service.sni.reads_hello() {
+        match Box::pin(sni::read_hello(
+            &mut client,
+            &route,
+            service.connect_timeout,
+        ))
+        .await
+        {
+            Err(e) => {
+                debug!(service = %cx.name, client = %peer, error = %e, "client gone before its ClientHello");
+                log_failed(
+                    &client,
+                    Failed::new(Outcome::Error(crate::access_log::Peer::Client, e.kind())),
+                );
+                return;
+            }
+            Ok((bytes, choice)) => {
+                let readable = !matches!(
+                    choice,
+                    Choice::Default { readable: false } | Choice::Refuse { readable: false }
+                );
+                if !readable {
+                    bump(&cx.stats.sni_unreadable);
+                }
+                match choice {
+                    Choice::Route(i) => match route.sni.get(i) {
+                        Some(r) => {
+                            r.connections.fetch_add(1, Relaxed);
+                            (bytes, r.target())
+                        }
+                        None => (bytes, route.target()),
+                    },
+                    Choice::Default { .. } => {
+                        bump(&cx.stats.sni_default);
+                        (bytes, route.target())
+                    }
+                    Choice::Refuse { .. } => {
+                        bump(&cx.stats.rejected_sni_required);
+                        debug!(service = %cx.name, client = %peer, "no server name and sni_required; connection closed");
+                        log_failed(
+                            &client,
+                            Failed::new(Outcome::Rejected(Rejection::SniRequired)),
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+    } else {
+        (Vec::new(), route.target())
+    };
     // The connect phase (timeouts, connect futures, the retry loop) is boxed: it is freed when
     // a member answers, so the task of a held connection is sized for the relay phase. Inline,
     // the part of its state that rustc does not overlap with the relay's would be reserved for
@@ -199,7 +281,7 @@ async fn connection(
         retired,
         health: member_health,
         pool,
-    } = match Box::pin(connect_member(&route, &cx, peer)).await {
+    } = match Box::pin(connect_member(&route, target, &cx, peer)).await {
         Ok(connected) => connected,
         Err(failed) => {
             log_failed(&client, failed);
@@ -233,6 +315,25 @@ async fn connection(
             return;
         }
     }
+
+    // The ClientHello read to choose the route goes first, unchanged, before anything else the
+    // client sends; its bytes count with the relay's.
+    let early_bytes = early.len() as u64;
+    if !early.is_empty()
+        && let Err(e) = upstream.write_all(&early).await
+    {
+        debug!(service = %cx.name, member = %member_addr, error = %e, "sending the ClientHello failed");
+        log_failed(
+            &client,
+            Failed {
+                outcome: Outcome::Error(crate::access_log::Peer::Member, e.kind()),
+                member: Some(member_addr),
+                pool: Some(pool),
+            },
+        );
+        return;
+    }
+    drop(early);
 
     // The connection ends early when shutdown runs out of grace, or `drain_timeout` after a
     // reload retired its member or removed its service.
@@ -287,7 +388,7 @@ async fn connection(
             every,
             report: &mut report,
         });
-    let (end, moved) = relay_reporting(
+    let (end, mut moved) = relay_reporting(
         &mut client,
         &mut upstream,
         service.idle_timeout,
@@ -295,6 +396,7 @@ async fn connection(
         progress,
     )
     .await;
+    moved.to_member += early_bytes;
     cx.stats.active.fetch_sub(1, Relaxed);
     traffic.active.fetch_sub(1, Relaxed);
     // Byte counts are added once per connection, not per read: the hot loop stays free of
@@ -348,6 +450,7 @@ struct Connected {
 /// the reason has been counted and logged, and is returned for the access log.
 async fn connect_member(
     route: &Route,
+    target: Target<'_>,
     cx: &ServiceContext,
     peer: SocketAddr,
 ) -> Result<Connected, Failed> {
@@ -356,10 +459,10 @@ async fn connect_member(
     // The active pool first. Under `auto`, when none of its members can be reached (the
     // moments between a whole pool dying and the health checks noticing), the paired pool is
     // tried too rather than turning the client away; pinned modes never spill over.
-    let active = route.active_pool().clone();
-    let spill = match (&route.backup, service.failover) {
+    let active = target.active_pool().clone();
+    let spill = match (target.backup, target.mode) {
         (Some(backup), FailoverMode::Auto) => Some(if Arc::ptr_eq(&active, backup) {
-            route.local.clone()
+            target.local.clone()
         } else {
             backup.clone()
         }),

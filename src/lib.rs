@@ -18,6 +18,8 @@
 //!   applies reloads with one snapshot swap, shuts down gracefully.
 //! - [`events`] broadcasts health, failover and reload transitions; [`stats`] holds the
 //!   counters the data path bumps; [`metrics`] renders them for Prometheus.
+//! - [`local_error`] tells this machine's exhaustion (ports, descriptors, memory) from a
+//!   member's failure, so neither the data path nor the checks blame a member for it.
 //! - [`admin`] is the HTTP admin API and status page, and the `tandem status` client;
 //!   [`signals`] turns SIGTERM/SIGINT/SIGHUP/SIGUSR2 into requests; [`notify`] tells systemd when
 //!   tandem is ready, reloading or stopping.
@@ -44,6 +46,7 @@ pub mod failover;
 pub mod fuzzing;
 pub mod hash;
 pub mod health;
+pub mod local_error;
 pub mod metrics;
 pub mod notify;
 pub mod pool;

@@ -24,6 +24,7 @@ use super::proxy_protocol;
 use super::relay::{RelayEnd, relay};
 use crate::config::{FailoverMode, ProxyProtocol};
 use crate::health::cell::MemberHealth;
+use crate::local_error;
 use crate::pool::{ClientKey, MAX_CONNECT_TRIES, Route, Snapshot};
 use crate::stats::{ServiceStats, bump};
 
@@ -121,12 +122,6 @@ pub async fn serve(listener: TcpListener, cx: ServiceContext) {
         }
     }
     debug!(service = %cx.name, "listener closed");
-}
-
-/// Errors that say this process is out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
-/// ENOMEM), not that the peer failed.
-fn is_local_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
 }
 
 /// Errors about one pending connection (it died in the queue), not about the listener.
@@ -315,14 +310,19 @@ async fn connect_member(route: &Route, cx: &ServiceContext, peer: SocketAddr) ->
                         health: target.health.clone(),
                     });
                 }
-                Ok(Err(e)) if is_local_exhaustion(&e) => {
-                    // Out of descriptors or memory here: no member is to blame and none would
-                    // do better, so the member's health is left alone and the client closed.
-                    bump(&cx.stats.rejected_resources);
-                    warn!(service = %cx.name, error = %e, "cannot open a connection to a member; client closed");
-                    return None;
-                }
                 Ok(Err(e)) => {
+                    if let Some(reason) = local_error::classify(&e) {
+                        // Out of ports, descriptors or memory here: no member is to blame and
+                        // none would do better, so the member's health is left alone and the
+                        // client closed at once.
+                        bump(&cx.stats.rejected_resources);
+                        if let Some(suppressed) = cx.stats.local_errors.record(reason) {
+                            warn!(service = %cx.name, member = %addr, reason = %reason, error = %e,
+                                  suppressed, remedy = reason.remedy(),
+                                  "cannot open a connection to a member; client closed");
+                        }
+                        return None;
+                    }
                     health.connect_failed();
                     bump(&cx.stats.connect_failures);
                     debug!(service = %cx.name, member = %addr, error = %e, "connect to member failed");

@@ -44,6 +44,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::FailoverMode;
+use crate::local_error;
 use crate::pool::{ClientKey, MemberState, PoolState, Route, Snapshot};
 use crate::stats::ServiceStats;
 
@@ -365,8 +366,18 @@ fn open(
     let socket = match connect(addr) {
         Ok(s) => s,
         Err(e) => {
-            stats.connect_failures.fetch_add(1, Relaxed);
-            debug!(service = %frontend.service.name, member = %addr, error = %e, "upstream socket failed");
+            if let Some(reason) = local_error::classify(&e) {
+                // This machine's exhaustion, not the member's: counted apart, logged sparingly.
+                stats.rejected_resources.fetch_add(1, Relaxed);
+                if let Some(suppressed) = stats.local_errors.record(reason) {
+                    warn!(service = %frontend.service.name, member = %addr, reason = %reason,
+                          error = %e, suppressed, remedy = reason.remedy(),
+                          "cannot open a socket to a member; datagram dropped");
+                }
+            } else {
+                stats.connect_failures.fetch_add(1, Relaxed);
+                debug!(service = %frontend.service.name, member = %addr, error = %e, "upstream socket failed");
+            }
             return None;
         }
     };

@@ -7,3 +7,4 @@ pub mod proxy_protocol;
 pub mod relay;
 pub mod tcp;
 pub mod udp;
+pub mod udp_vip;

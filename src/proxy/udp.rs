@@ -8,7 +8,8 @@
 //! ephemeral port connected to that member. The datagram goes out on that socket.
 //!
 //! Each session has one task, which relays the member's replies back to the client *from the
-//! listening socket* (so the client sees answers from the address it wrote to) and owns the
+//! listening socket* (so the client sees answers from the address it wrote to; on a wildcard
+//! listener each reply names that address as its source, see [`super::udp_vip`]) and owns the
 //! session's idle timer: nothing scans the table. A session ends after `idle_timeout` without a
 //! datagram in either direction, when the service stops (shutdown, or removed by a reload), or
 //! when a re-hash replaces it. Ending drops its upstream socket, closing it.
@@ -28,7 +29,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -43,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::udp_vip;
 use crate::config::FailoverMode;
 use crate::local_error;
 use crate::pool::{ClientKey, MemberState, PoolState, Route, Snapshot};
@@ -102,7 +104,9 @@ struct Frontend {
     /// The service's name, routes, counters and stop signal, as the app handed them over.
     service: UdpContext,
     listen: UdpSocket,
-    sessions: DashMap<SocketAddr, Session>,
+    /// A wildcard listener: replies name their source address (see [`udp_vip`]).
+    wildcard: bool,
+    sessions: DashMap<Flow, Session>,
     /// Time origin of `last_seen` stamps (milliseconds since it).
     base: Instant,
 }
@@ -111,6 +115,15 @@ impl Frontend {
     fn now_ms(&self) -> u64 {
         self.base.elapsed().as_millis() as u64
     }
+}
+
+/// What a session is keyed by: the client's address, and on a wildcard listener the local
+/// address it wrote to (its replies leave from there; the same client port writing to two VIPs
+/// of one service is two sessions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Flow {
+    peer: SocketAddr,
+    local: Option<IpAddr>,
 }
 
 /// One client's session, as the receive loop sees it.
@@ -136,13 +149,27 @@ struct SessionIo {
 
 /// Receives until `service.stop` fires; then ends every session and closes the socket.
 pub async fn serve(listen: UdpSocket, service: UdpContext) {
+    // Here rather than at bind, so a socket inherited in a binary upgrade gets it too.
+    let wildcard = match listen
+        .local_addr()
+        .and_then(|l| udp_vip::enable(&listen, l))
+    {
+        Ok(on) => on,
+        Err(e) => {
+            warn!(service = %service.name, error = %e,
+                  "cannot learn the destination of datagrams; replies leave from the routed address");
+            false
+        }
+    };
     let frontend = Arc::new(Frontend {
         service,
         listen,
+        wildcard,
         sessions: DashMap::new(),
         base: Instant::now(),
     });
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut control = [0u8; udp_vip::CONTROL_SPACE];
     let stop = frontend.service.stop.clone();
     loop {
         tokio::select! {
@@ -156,7 +183,7 @@ pub async fn serve(listen: UdpSocket, service: UdpContext) {
                 }
             }
         }
-        receive_batch(&frontend, &mut buf).await;
+        receive_batch(&frontend, &mut buf, &mut control).await;
         // Let session tasks and others run between batches under a flood.
         tokio::task::yield_now().await;
     }
@@ -196,18 +223,26 @@ impl Tally {
 }
 
 /// Reads datagrams until the socket is empty (or a batch is done) and forwards each.
-async fn receive_batch(frontend: &Arc<Frontend>, buf: &mut [u8]) {
+async fn receive_batch(frontend: &Arc<Frontend>, buf: &mut [u8], control: &mut [u8]) {
     let stats = &frontend.service.stats;
     let mut tally = Tally::default();
     let mut blocked = 0;
     for _ in 0..BATCH {
-        let (n, peer) = match frontend.listen.try_recv_from(buf) {
-            Ok(r) => r,
+        let received = if frontend.wildcard {
+            udp_vip::try_recv(&frontend.listen, buf, control)
+        } else {
+            frontend
+                .listen
+                .try_recv_from(buf)
+                .map(|(n, peer)| (n, peer, None))
+        };
+        let (n, flow) = match received {
+            Ok((n, peer, local)) => (n, Flow { peer, local }),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             // An error about one datagram (e.g. a pending ICMP error): go on with the next.
             Err(_) => continue,
         };
-        match forward(frontend, peer, &buf[..n]) {
+        match forward(frontend, flow, &buf[..n]) {
             Forward::Sent => {
                 tally.datagrams += 1;
                 tally.bytes += n as u64;
@@ -246,13 +281,14 @@ enum Forward {
 
 /// Sends one client datagram to its session's member, opening or re-hashing the session first
 /// when needed. Never awaits: table shards are locked only inside.
-fn forward(frontend: &Arc<Frontend>, peer: SocketAddr, datagram: &[u8]) -> Forward {
+fn forward(frontend: &Arc<Frontend>, flow: Flow, datagram: &[u8]) -> Forward {
+    let peer = flow.peer;
     let now = frontend.now_ms();
     let snapshot = frontend.service.routes.load();
-    let mut entry = match frontend.sessions.entry(peer) {
+    let mut entry = match frontend.sessions.entry(flow) {
         dashmap::Entry::Occupied(entry) => entry,
         dashmap::Entry::Vacant(vacant) => {
-            let Some(session) = open(frontend, &snapshot, peer, now, None) else {
+            let Some(session) = open(frontend, &snapshot, flow, now, None) else {
                 return Forward::Dropped;
             };
             let io = session.io.clone();
@@ -274,7 +310,7 @@ fn forward(frontend: &Arc<Frontend>, peer: SocketAddr, datagram: &[u8]) -> Forwa
         // The member cannot serve: move the client to the member its key picks now. The new
         // session takes over the old one's permit, so a full table never blocks a re-hash.
         let permit = session.permit.take();
-        let Some(new) = open(frontend, &snapshot, peer, now, permit) else {
+        let Some(new) = open(frontend, &snapshot, flow, now, permit) else {
             // Nobody to move to: the session ends and the datagram is dropped; the client's
             // next datagram starts afresh.
             let (_, old) = entry.remove_entry();
@@ -340,10 +376,11 @@ fn refresh(session: &mut Session, snapshot: &Snapshot, name: &str) {
 fn open(
     frontend: &Arc<Frontend>,
     snapshot: &Snapshot,
-    peer: SocketAddr,
+    flow: Flow,
     now: u64,
     permit: Option<OwnedSemaphorePermit>,
 ) -> Option<Session> {
+    let peer = flow.peer;
     let stats = &frontend.service.stats;
     let route = snapshot.route(&frontend.service.name)?;
     let permit = match permit {
@@ -388,7 +425,7 @@ fn open(
     stats.sessions_created.fetch_add(1, Relaxed);
     frontend.service.tracker.spawn(relay_replies(
         frontend.clone(),
-        peer,
+        flow,
         io.clone(),
         route.service.idle_timeout,
         now,
@@ -439,11 +476,12 @@ fn connect(member: SocketAddr) -> io::Result<UdpSocket> {
 /// ends the session after `idle` without traffic either way.
 async fn relay_replies(
     frontend: Arc<Frontend>,
-    peer: SocketAddr,
+    flow: Flow,
     io: Arc<SessionIo>,
     idle: Duration,
     opened: u64,
 ) {
+    let peer = flow.peer;
     let stats = &frontend.service.stats;
     let idle_ms = idle.as_millis() as u64;
     let mut last_reply = opened;
@@ -460,10 +498,14 @@ async fn relay_replies(
                     return;
                 }
                 let mut tally = Tally::default();
-                let pending = relay_ready(&frontend, &io, peer, &mut tally);
+                let pending = relay_ready(&frontend, &io, flow, &mut tally);
                 if let Some(datagram) = pending {
                     // The listening socket's send buffer is full: wait for room (rare).
-                    match frontend.listen.send_to(&datagram, peer).await {
+                    let sent = match flow.local {
+                        Some(from) => udp_vip::send_from(&frontend.listen, &datagram, peer, from).await,
+                        None => frontend.listen.send_to(&datagram, peer).await,
+                    };
+                    match sent {
                         Ok(_) => {
                             tally.datagrams += 1;
                             tally.bytes += datagram.len() as u64;
@@ -479,7 +521,7 @@ async fn relay_replies(
             _ = &mut timer => {
                 let Some(last_seen) = frontend
                     .sessions
-                    .get(&peer)
+                    .get(&flow)
                     .filter(|s| Arc::ptr_eq(&s.io, &io))
                     .map(|s| s.last_seen)
                 else {
@@ -490,7 +532,7 @@ async fn relay_replies(
                 if now.saturating_sub(last) >= idle_ms {
                     // Remove only if the client has not sent meanwhile (checked under the
                     // shard lock the receive loop also takes).
-                    let removed = frontend.sessions.remove_if(&peer, |_, s| {
+                    let removed = frontend.sessions.remove_if(&flow, |_, s| {
                         Arc::ptr_eq(&s.io, &io) && s.last_seen == last_seen
                     });
                     if removed.is_some() {
@@ -514,7 +556,7 @@ async fn relay_replies(
 fn relay_ready(
     frontend: &Frontend,
     io: &SessionIo,
-    peer: SocketAddr,
+    flow: Flow,
     tally: &mut Tally,
 ) -> Option<Vec<u8>> {
     REPLY_BUF.with_borrow_mut(|buf| {
@@ -529,7 +571,11 @@ fn relay_ready(
                     continue;
                 }
             };
-            match frontend.listen.try_send_to(&buf[..n], peer) {
+            let sent = match flow.local {
+                Some(from) => udp_vip::try_send_from(&frontend.listen, &buf[..n], flow.peer, from),
+                None => frontend.listen.try_send_to(&buf[..n], flow.peer),
+            };
+            match sent {
                 Ok(_) => {
                     tally.datagrams += 1;
                     tally.bytes += n as u64;

@@ -361,6 +361,7 @@ fn changed_service_keys(o: &Service, n: &Service) -> Vec<&'static str> {
     check("max_connections", o.max_connections != n.max_connections);
     check("proxy_protocol", o.proxy_protocol != n.proxy_protocol);
     check("drain_timeout", o.drain_timeout != n.drain_timeout);
+    check("source", o.source != n.source);
     keys
 }
 

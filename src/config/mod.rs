@@ -303,6 +303,43 @@ pub struct Service {
     pub max_connections: usize,
     pub proxy_protocol: ProxyProtocol,
     pub drain_timeout: Duration,
+    /// Source address of the connections (TCP) and sockets (UDP) to members.
+    pub source: Source,
+}
+
+/// `source`: where the member side of a service's connections comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Source {
+    /// tandem's own address, as the route to the member picks it (the default).
+    #[default]
+    Auto,
+    /// The client's address (transparent proxying, IP_TRANSPARENT): members see the client.
+    /// Needs CAP_NET_ADMIN and the routing of README "Edge A/V without SNAT".
+    Client,
+    /// A pool of local addresses (SNAT pool): each client takes one by the hash of its IP, so
+    /// it keeps its source while that address has ports; each address brings a whole ephemeral
+    /// port range per member. Unique, none unspecified, at least one per member family.
+    Pool(Vec<IpAddr>),
+}
+
+impl fmt::Display for Source {
+    /// As written in the config.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Auto => f.write_str("auto"),
+            Source::Client => f.write_str("client"),
+            Source::Pool(addrs) => {
+                f.write_str("[")?;
+                for (i, a) in addrs.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                f.write_str("]")
+            }
+        }
+    }
 }
 
 /// Transport of a service.

@@ -326,6 +326,9 @@ pub struct RawService {
     pub max_connections: Option<Spanned<i64>>,
     pub proxy_protocol: Option<RawProxyProtocol>,
     pub drain_timeout: Option<Spanned<String>>,
+    /// `source = "auto" | "client" | ["10.1.0.5", ...]`: a string or a list, told apart in
+    /// validation (an untagged enum would lose the spans).
+    pub source: Option<Spanned<toml::Value>>,
 }
 
 /// `protocol = "tcp" | "udp"`.

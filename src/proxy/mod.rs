@@ -5,6 +5,7 @@
 
 pub mod proxy_protocol;
 pub mod relay;
+pub mod source;
 pub mod tcp;
 pub mod udp;
 pub mod udp_vip;

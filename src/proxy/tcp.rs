@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::proxy_protocol;
 use super::relay::{RelayEnd, relay};
+use super::source;
 use crate::config::{FailoverMode, ProxyProtocol};
 use crate::health::cell::MemberHealth;
 use crate::local_error;
@@ -296,7 +297,10 @@ async fn connect_member(route: &Route, cx: &ServiceContext, peer: SocketAddr) ->
             }
             let addr = target.addr.socket_addr(service.port);
             let outcome = tokio::select! {
-                r = tokio::time::timeout(service.connect_timeout, TcpStream::connect(addr)) => r,
+                r = tokio::time::timeout(
+                    service.connect_timeout,
+                    source::connect_tcp(&service.source, peer.ip(), addr),
+                ) => r,
                 _ = cx.force_close.cancelled() => return None,
             };
             let health = &target.health;

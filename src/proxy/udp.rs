@@ -29,7 +29,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -44,8 +44,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::udp_vip;
-use crate::config::FailoverMode;
+use super::{source, udp_vip};
+use crate::config::{FailoverMode, Source};
 use crate::local_error;
 use crate::pool::{ClientKey, MemberState, PoolState, Route, Snapshot};
 use crate::stats::ServiceStats;
@@ -400,7 +400,7 @@ fn open(
         return None;
     };
     let addr = member.addr.socket_addr(route.service.port);
-    let socket = match connect(addr) {
+    let socket = match connect(&route.service.source, peer.ip(), addr) {
         Ok(s) => s,
         Err(e) => {
             if let Some(reason) = local_error::classify(&e) {
@@ -460,13 +460,10 @@ fn choose(route: &Route, peer: SocketAddr) -> Option<(Arc<PoolState>, MemberStat
     })
 }
 
-/// A socket on an ephemeral port connected to `member` (synchronous: a few syscalls, no wait).
-fn connect(member: SocketAddr) -> io::Result<UdpSocket> {
-    let local: SocketAddr = match member {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = std::net::UdpSocket::bind(local)?;
+/// A socket on an ephemeral port connected to `member`, its address as the service's `source`
+/// says for `client` (synchronous: a few syscalls, no wait).
+fn connect(source: &Source, client: IpAddr, member: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = source::udp_socket(source, client, member)?;
     socket.connect(member)?;
     socket.set_nonblocking(true)?;
     UdpSocket::from_std(socket)
@@ -602,7 +599,12 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("read timeout");
         let io = SessionIo {
-            socket: connect(member.local_addr().expect("member addr")).expect("connect"),
+            socket: connect(
+                &Source::Auto,
+                IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                member.local_addr().expect("member addr"),
+            )
+            .expect("connect"),
             replaced: CancellationToken::new(),
         };
         assert!(matches!(send(&io, b"first"), Forward::Sent));

@@ -63,7 +63,7 @@ IPTABLES=iptables-legacy ip netns exec $L sh examples/transparent-routing.sh
 # The member: nginx (tiny responses, many connections) and iperf3.
 cat >"$work/nginx.conf" <<EOF
 worker_processes 1;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile 20000;
 pid $work/nginx.pid;
 error_log $work/nginx.err;
 events { worker_connections 16384; }
@@ -73,7 +73,7 @@ http {
   server { listen $MEMBER:8080 backlog=4096; location / { return 200 "ok\n"; } }
 }
 EOF
-ip netns exec $M sh -c "ulimit -n 65536; exec nginx -c $work/nginx.conf -g 'daemon off;'" & pids+=($!)
+ip netns exec $M sh -c "exec nginx -c $work/nginx.conf -g 'daemon off;'" & pids+=($!)
 ip netns exec $M iperf3 -s -B $MEMBER -p 5201 >/dev/null & pids+=($!)
 ip netns exec $L sysctl -qw net.core.somaxconn=4096
 
@@ -100,7 +100,7 @@ listen = "$VIP:5201"
 pool = "m"
 $1
 EOF
-  ip netns exec $L sh -c "ulimit -n 65536; exec $TANDEM run --no-watch -c $work/tandem.toml" \
+  ip netns exec $L sh -c "exec $TANDEM run --no-watch -c $work/tandem.toml" \
     2>"$work/tandem.log" & tandem_pid=$!
   for _ in $(seq 200); do
     ip netns exec $L curl -fs http://127.0.0.1:9900/readyz >/dev/null 2>&1 && return 0
@@ -122,6 +122,7 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1
 
 declare -A cps gbs
 for run in $(seq "$RUNS"); do
+  [[ -n ${ONLY_HELD:-} ]] && break
   for mode in auto client; do
     start_tandem "source = \"$mode\""
     cps[$mode]+="$(conns_per_s) "
@@ -151,8 +152,10 @@ time.sleep(3600)
 EOF
   for _ in $(seq 600); do [[ -e $work/held.ready ]] && break; sleep 0.1; done
   sleep 1
-  ip netns exec $L curl -fs http://127.0.0.1:9900/metrics |
-    awk '/^tandem_connections_active\{service="http"\}/ {print $2}'
+  ip netns exec $L curl -fs http://127.0.0.1:9900/metrics >"$work/metrics"
+  grep -E '^tandem_(local_errors_total|connections_rejected_total)\{service="http"' "$work/metrics" |
+    grep -v ' 0$' >&2 || true
+  awk '/^tandem_connections_active\{service="http"\}/ {print $2}' "$work/metrics"
   kill $holder; wait $holder 2>/dev/null || true; rm -f "$work/held.ready"
   stop_tandem
 }

@@ -24,13 +24,15 @@ const CLIENTS: u16 = 150;
 /// namespace) take none of tandem's 100 ports.
 const CLIENT_PORTS: u16 = 20000;
 
-/// Connects from `client_ip(i)` on a fixed port; `Some(stream)` when a member greeted it, `None`
+/// Connects from `client_ip(0)` on port `CLIENT_PORTS + i`; `Some(stream)` when a member greeted it, `None`
 /// when tandem closed it.
 async fn client(i: u16, addr: SocketAddr) -> Option<TcpStream> {
     let socket = TcpSocket::new_v4().expect("socket");
     socket.set_reuseaddr(true).expect("reuseaddr");
     socket
-        .bind(SocketAddr::new(client_ip(u32::from(i)), CLIENT_PORTS + i))
+        // One client IP for all: it hashes to one source address of a pool, so holding them
+        // all needs the pool to fall back to its other address when that one is out of ports.
+        .bind(SocketAddr::new(client_ip(0), CLIENT_PORTS + i))
         .expect("bind client");
     let stream = socket.connect(addr).await.expect("tandem accepts");
     let mut reader = BufReader::new(stream);

@@ -47,6 +47,7 @@ use crate::health::checker::{self, FirstRound};
 use crate::health::probe::ProbeSetupError;
 use crate::metrics::{Metrics, ReloadCounters, ServiceSample};
 use crate::pool::{PoolState, Snapshot, SnapshotError};
+use crate::proxy::source::{self, SourceError};
 use crate::proxy::tcp::{self, ServiceContext};
 use crate::proxy::udp::{self, UdpContext};
 use crate::reload::{self, Diff, PoolPlan, ServicePlan};
@@ -75,6 +76,9 @@ pub enum ServeError {
         #[source]
         source: io::Error,
     },
+    /// A service's `source` cannot be used here (no CAP_NET_ADMIN, an address not local).
+    #[error(transparent)]
+    Source(#[from] SourceError),
 }
 
 /// Why a reload was rejected. The running config keeps serving, unchanged.
@@ -269,6 +273,9 @@ impl App {
     pub async fn start_with(config: Config, inherited: &mut Inherited) -> Result<App, ServeError> {
         let events = events::channel();
         let snapshot = Snapshot::build(&config, 1, &events, None)?;
+        for service in &config.services {
+            source::check(service)?;
+        }
         let access_log = AccessLog::new();
         let writer = start_access_log(&config, &access_log)?;
         // Bind everything first: a port already taken must fail the start, not half of it.
@@ -533,7 +540,11 @@ impl App {
         // Everything that can fail happens before the swap; returning early drops what was
         // prepared (listeners close, new check loops are stopped), so a rejected reload leaves
         // nothing behind.
-        // 1. Listeners for services that are new or moved, bound and ready to serve.
+        // 1. Every service's `source` usable (a reload may switch it), then listeners for
+        //    services that are new or moved, bound and ready to serve.
+        for service in &new.services {
+            source::check(service).map_err(ServeError::from)?;
+        }
         let mut listeners = Vec::new();
         for service in &new.services {
             if plan.service(&service.name).is_some_and(ServicePlan::binds) {

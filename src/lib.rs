@@ -31,6 +31,8 @@
 //!   counters the data path bumps; [`metrics`] renders them for Prometheus.
 //! - [`access_log`] writes one line per connection and UDP session on its own thread, fed by a
 //!   bounded queue the data path never waits on.
+//! - [`local_error`] tells this machine's exhaustion (ports, descriptors, memory) from a
+//!   member's failure, so neither the data path nor the checks blame a member for it.
 //! - [`admin`] is the HTTP admin API and status page, and the `tandem status` client;
 //!   [`tls`] builds its TLS (and `tandem status`'s) from PEM files, checked when the config loads;
 //!   it runs [`history`], the bounded recent past (counters sampled, transitions at their time)
@@ -70,6 +72,7 @@ pub mod hash;
 pub mod health;
 pub mod history;
 pub mod limits;
+pub mod local_error;
 pub mod member;
 pub mod metrics;
 pub mod notify;

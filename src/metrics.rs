@@ -100,10 +100,18 @@ impl Metrics {
                 ),
                 &METADATA,
             ),
+            local_errors: self.recorder.register_counter(
+                &Key::from_parts(
+                    "tandem_check_results_total",
+                    vec![p.clone(), Label::new("result", "local_error")],
+                ),
+                &METADATA,
+            ),
             duration: self.recorder.register_histogram(
                 &Key::from_parts("tandem_check_duration_seconds", vec![p]),
                 &METADATA,
             ),
+            local_log: Default::default(),
         }
     }
 
@@ -186,6 +194,13 @@ impl Metrics {
                     "tandem_sources_untracked_total",
                     svc(),
                     st.sources_untracked,
+                );
+            }
+            for (reason, n) in s.stats.local_errors.counts() {
+                counter(
+                    "tandem_local_errors_total",
+                    vec![l("service", s.name), l("reason", reason.as_str())],
+                    n,
                 );
             }
             counter("tandem_connect_failures_total", svc(), st.connect_failures);
@@ -412,6 +427,13 @@ fn describe(r: &PrometheusRecorder) {
         "tandem_connections_rejected_total",
         None,
         "Client connections closed without a member, by reason.",
+        0,
+    );
+    d(
+        "tandem_local_errors_total",
+        None,
+        "Connections closed or datagrams dropped because this machine had no ephemeral port, \
+         descriptor or memory to reach a member, by reason (never counted against the member).",
         0,
     );
     d(

@@ -395,6 +395,7 @@ fn changed_service_keys(o: &Service, n: &Service) -> Vec<&'static str> {
         "source_prefix_v6",
         o.per_source.prefix_v6 != n.per_source.prefix_v6,
     );
+    check("source", o.source != n.source);
     keys
 }
 

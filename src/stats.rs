@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::local_error::LocalErrors;
+
 /// Counters of one service; kept across config generations while the service exists.
 #[derive(Debug, Default)]
 pub struct ServiceStats {
@@ -13,8 +15,11 @@ pub struct ServiceStats {
     pub rejected_limit: AtomicU64,
     /// Connections closed because no member could be reached.
     pub rejected_no_member: AtomicU64,
-    /// Connections closed because this process was out of descriptors or memory.
+    /// Connections closed (UDP: datagrams dropped) because this machine was out of ports,
+    /// descriptors or memory; by reason in [`ServiceStats::local_errors`].
     pub rejected_resources: AtomicU64,
+    /// Local failures to reach a member (never counted against it), by reason.
+    pub local_errors: LocalErrors,
     /// Connects to members that were refused or timed out.
     pub connect_failures: AtomicU64,
     /// Connect attempts after the first for one client connection (next member, or the

@@ -422,6 +422,8 @@ pub struct Service {
     pub sni: SniRouting,
     /// Limits per client address (TCP only; none for UDP).
     pub per_source: SourceLimits,
+    /// Source address of the connections (TCP) and sockets (UDP) to members.
+    pub source: Source,
 }
 
 /// Default `[bgp] hold_time`: short enough that a hung tandem loses its routes within seconds
@@ -581,6 +583,41 @@ impl Rate {
             per,
             burst: burst.unwrap_or(count),
         }))
+    }
+}
+
+/// `source`: where the member side of a service's connections comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Source {
+    /// tandem's own address, as the route to the member picks it (the default).
+    #[default]
+    Auto,
+    /// The client's address (transparent proxying, IP_TRANSPARENT): members see the client.
+    /// Needs CAP_NET_ADMIN and the routing of README "Edge A/V without SNAT".
+    Client,
+    /// A pool of local addresses (SNAT pool): each client takes one by the hash of its IP, so
+    /// it keeps its source while that address has ports; each address brings a whole ephemeral
+    /// port range per member. Unique, none unspecified, at least one per member family.
+    Pool(Vec<IpAddr>),
+}
+
+impl fmt::Display for Source {
+    /// As written in the config.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Auto => f.write_str("auto"),
+            Source::Client => f.write_str("client"),
+            Source::Pool(addrs) => {
+                f.write_str("[")?;
+                for (i, a) in addrs.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                f.write_str("]")
+            }
+        }
     }
 }
 

@@ -347,6 +347,9 @@ pub struct RawService {
     /// The `[[service.route]]` tables.
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
+    /// `source = "auto" | "client" | ["10.1.0.5", ...]`: a string or a list, told apart in
+    /// validation (an untagged enum would lose the spans).
+    pub source: Option<Spanned<toml::Value>>,
 }
 
 /// The `[bgp]` table: the built-in announce-only speaker.

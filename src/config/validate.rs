@@ -676,6 +676,10 @@ impl<'a> Cx<'a> {
         };
         let sni = self.sni_routing(rs, path, pools, declared, &inherited);
         let per_source = self.source_limits(rs, path, protocol);
+        let source = match &rs.source {
+            None => Some(Source::Auto),
+            Some(raw) => self.source(raw, path, rs, pools),
+        };
 
         if !ok {
             return None;
@@ -699,7 +703,102 @@ impl<'a> Cx<'a> {
             announce,
             sni: sni?,
             per_source: per_source?,
+            source: source?,
         })
+    }
+
+    /// `source`: "auto", "client", or a list of local addresses covering every member family.
+    fn source(
+        &mut self,
+        raw: &Spanned<toml::Value>,
+        path: &str,
+        rs: &RawService,
+        pools: &[Pool],
+    ) -> Option<Source> {
+        const EXPECTED: &str =
+            "expected \"auto\", \"client\" or a list of local addresses (e.g. [\"10.1.0.5\"])";
+        let list = match raw.get_ref() {
+            toml::Value::String(s) if s == "auto" => return Some(Source::Auto),
+            toml::Value::String(s) if s == "client" => return Some(Source::Client),
+            toml::Value::String(s) => {
+                self.problem(raw.span(), path, format!("source \"{s}\": {EXPECTED}"));
+                return None;
+            }
+            toml::Value::Array(list) => list,
+            other => {
+                self.problem(
+                    raw.span(),
+                    path,
+                    format!("source is a {}: {EXPECTED}", other.type_str()),
+                );
+                return None;
+            }
+        };
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        let mut ok = true;
+        for item in list {
+            let parsed = item.as_str().and_then(|s| s.trim().parse::<IpAddr>().ok());
+            match parsed {
+                Some(ip) if ip.is_unspecified() || ip.is_multicast() => {
+                    self.problem(
+                        raw.span(),
+                        path,
+                        format!("source address {ip} cannot be a connection's source"),
+                    );
+                    ok = false;
+                }
+                Some(ip) if addrs.contains(&ip) => {
+                    self.problem(
+                        raw.span(),
+                        path,
+                        format!("source address {ip} is listed twice"),
+                    );
+                    ok = false;
+                }
+                Some(ip) => addrs.push(ip),
+                None => {
+                    self.problem(
+                        raw.span(),
+                        path,
+                        format!("source: {item} is not an IP address"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if addrs.is_empty() && ok {
+            self.problem(
+                raw.span(),
+                path,
+                format!("source is an empty list: {EXPECTED}"),
+            );
+            return None;
+        }
+        // Every member must be reachable from some source address of its family.
+        let members = [Some(&rs.pool), rs.backup_pool.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|name| pools.iter().find(|p| &p.name == name.get_ref()))
+            .flat_map(|p| p.members.iter());
+        for family_v4 in [true, false] {
+            let needed = members.clone().find(|m| m.addr.ip.is_ipv4() == family_v4);
+            if let Some(m) = needed
+                && ok
+                && !addrs.iter().any(|a| a.is_ipv4() == family_v4)
+            {
+                self.problem(
+                    raw.span(),
+                    path,
+                    format!(
+                        "source has no IPv{} address for member {}",
+                        if family_v4 { 4 } else { 6 },
+                        m.addr
+                    ),
+                );
+                ok = false;
+            }
+        }
+        ok.then_some(Source::Pool(addrs))
     }
 
     fn members_without_port(&self, rs: &RawService, pools: &[Pool]) -> bool {

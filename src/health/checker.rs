@@ -32,15 +32,24 @@ use crate::config::{
     Check, CheckKind, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FALL, DEFAULT_RISE,
     MemberAddr, OperatorState,
 };
+use crate::local_error::{LocalError, RateLimit};
 
 /// Something that can probe a member: the real [`Prober`], or a scripted one in tests.
+///
+/// `Err` is a failure of this machine to open the probe's socket: no verdict on the member.
 pub trait Probe: Send + Sync + 'static {
-    fn probe(&self, addr: SocketAddr) -> impl Future<Output = ProbeOutcome> + Send;
+    fn probe(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = Result<ProbeOutcome, LocalError>> + Send;
 }
 
 impl Probe for Prober {
-    fn probe(&self, addr: SocketAddr) -> impl Future<Output = ProbeOutcome> + Send {
-        Prober::probe(self, addr)
+    fn probe(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = Result<ProbeOutcome, LocalError>> + Send {
+        Prober::try_probe(self, addr)
     }
 }
 
@@ -80,6 +89,11 @@ pub struct CheckInstruments {
     pub failed: Counter,
     /// Probe duration, in seconds.
     pub duration: Histogram,
+    /// Probes that could not run because this machine was out of ports, descriptors or memory
+    /// (no verdict: the member keeps its state).
+    pub local_errors: Counter,
+    /// Keeps the warning about those to one line per period for the pool.
+    pub local_log: Arc<RateLimit>,
 }
 
 impl CheckInstruments {
@@ -89,6 +103,8 @@ impl CheckInstruments {
             passed: Counter::noop(),
             failed: Counter::noop(),
             duration: Histogram::noop(),
+            local_errors: Counter::noop(),
+            local_log: Arc::default(),
         }
     }
 }
@@ -248,19 +264,30 @@ pub async fn check_loop<P: Probe>(
             o = prober.probe(addr) => o,
             _ = stop.cancelled() => return,
         };
-        // Passive detection may have taken the member down since the last probe: this check
-        // must then see `rise` successes again before the member returns.
-        if machine.record_after_passive(outcome.ok, health.passive_down()) {
-            health.clear_passive();
+        let outcome = match outcome {
+            Ok(outcome) => Some(outcome),
+            Err(local) => {
+                // Tandem's own exhaustion says nothing about the member: no result is recorded,
+                // so the machine (and the verdict) stay as they were until a probe can run.
+                instruments.local_errors.increment(1);
+                if let Some(suppressed) = instruments.local_log.allow() {
+                    warn!(pool = %health.pool(), member = %health.member(), reason = %local.reason,
+                          error = %local.source, suppressed, remedy = local.reason.remedy(),
+                          "health probe could not run; member state kept");
+                }
+                None
+            }
+        };
+        if let Some(outcome) = outcome {
+            record(
+                &health,
+                index,
+                &mut machine,
+                &outcome,
+                started,
+                &instruments,
+            );
         }
-        let took = started.elapsed();
-        instruments.duration.record(took.as_secs_f64());
-        if outcome.ok {
-            instruments.passed.increment(1);
-        } else {
-            instruments.failed.increment(1);
-        }
-        health.record_check(index, machine.state(), outcome.ok, &outcome.reason, took);
         if let Some(tx) = first_round.take() {
             let _ = tx.send(());
         }
@@ -276,6 +303,30 @@ pub async fn check_loop<P: Probe>(
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// Feeds one probe result to the check's machine and publishes it.
+fn record(
+    health: &MemberHealth,
+    index: usize,
+    machine: &mut RiseFall,
+    outcome: &ProbeOutcome,
+    started: Instant,
+    instruments: &CheckInstruments,
+) {
+    // Passive detection may have taken the member down since the last probe: this check
+    // must then see `rise` successes again before the member returns.
+    if machine.record_after_passive(outcome.ok, health.passive_down()) {
+        health.clear_passive();
+    }
+    let took = started.elapsed();
+    instruments.duration.record(took.as_secs_f64());
+    if outcome.ok {
+        instruments.passed.increment(1);
+    } else {
+        instruments.failed.increment(1);
+    }
+    health.record_check(index, machine.state(), outcome.ok, &outcome.reason, took);
 }
 
 /// For a member of a pool without checks: waits for passive detection to take it down, then
@@ -302,6 +353,8 @@ async fn recovery_loop<P: Probe>(
                 o = prober.probe(addr) => o,
                 _ = stop.cancelled() => return,
             };
+            // A local failure is no answer either way: wait for the next probe.
+            let Ok(outcome) = outcome else { continue };
             if machine.record(outcome.ok) == Some(Verdict::Up) {
                 health.recovered(&format!("recovery probe: {}", outcome.reason));
             }
@@ -322,17 +375,20 @@ mod tests {
     }
 
     impl Probe for Scripted {
-        fn probe(&self, _addr: SocketAddr) -> impl Future<Output = ProbeOutcome> + Send {
+        fn probe(
+            &self,
+            _addr: SocketAddr,
+        ) -> impl Future<Output = Result<ProbeOutcome, LocalError>> + Send {
             let ok = {
                 let mut a = self.answers.lock().expect("lock");
                 if a.len() > 1 { a.remove(0) } else { a[0] }
             };
             self.times.lock().expect("lock").push(Instant::now());
             async move {
-                ProbeOutcome {
+                Ok(ProbeOutcome {
                     ok,
                     reason: if ok { "ok".into() } else { "refused".into() },
-                }
+                })
             }
         }
     }

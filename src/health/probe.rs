@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::config::{Check, CheckKind};
+use crate::local_error::LocalError;
 
 use self::http::Scheme;
 use self::tls::TlsClient;
@@ -112,23 +113,42 @@ impl Prober {
         &self.check
     }
 
-    /// Probes the member at `addr` (already the probe port), within the check's timeout.
+    /// Probes the member at `addr` (already the probe port), within the check's timeout. A
+    /// local failure (see [`Prober::try_probe`]) is reported as a failed probe.
     pub async fn probe(&self, addr: SocketAddr) -> ProbeOutcome {
-        bounded(self.check.timeout, self.run(addr)).await
+        self.try_probe(addr).await.unwrap_or_else(|local| {
+            ProbeOutcome::fail(clean_reason(&format!("local error: {local}")))
+        })
     }
 
-    async fn run(&self, addr: SocketAddr) -> ProbeOutcome {
+    /// Probes the member at `addr` as [`Prober::probe`] does, except that a failure of this
+    /// machine to open the probe's socket (no ephemeral port, descriptor or memory) is an
+    /// error rather than a verdict: it says nothing about the member.
+    pub async fn try_probe(&self, addr: SocketAddr) -> Result<ProbeOutcome, LocalError> {
+        let timeout = self.check.timeout;
+        match tokio::time::timeout(timeout, self.run(addr)).await {
+            Ok(Err(local)) => Err(local),
+            Ok(Ok(outcome)) => Ok(cleaned(outcome)),
+            Err(_) => Ok(cleaned(timed_out(timeout))),
+        }
+    }
+
+    async fn run(&self, addr: SocketAddr) -> Result<ProbeOutcome, LocalError> {
         let kind = &self.check.kind;
         if let CheckKind::Udp(exchange) = kind {
             return udp::probe(exchange, addr).await;
         }
         let tcp = match TcpStream::connect(addr).await {
             Ok(tcp) => tcp,
-            Err(e) => return ProbeOutcome::fail(format!("connect: {}", io_reason(&e))),
+            Err(e) => {
+                return LocalError::from_io(e).map(Err).unwrap_or_else(|e| {
+                    Ok(ProbeOutcome::fail(format!("connect: {}", io_reason(&e))))
+                });
+            }
         };
         // A probe is a few small writes; waiting to coalesce them only adds latency.
         let _ = tcp.set_nodelay(true);
-        match kind {
+        Ok(match kind {
             CheckKind::Tcp => {
                 // Close with a reset, as HAProxy does for connect-only checks: a plain close
                 // would leave a TIME_WAIT socket per probe (3,000 at 100 members / 2 s).
@@ -146,7 +166,7 @@ impl Prober {
             }
             // Handled above, before any TCP connect.
             CheckKind::Udp(_) => ProbeOutcome::fail("udp check over tcp"),
-        }
+        })
     }
 
     /// The kinds that speak TLS over the connected `tcp`.
@@ -183,13 +203,21 @@ pub(crate) async fn bounded(
     timeout: Duration,
     attempt: impl Future<Output = ProbeOutcome>,
 ) -> ProbeOutcome {
-    let mut outcome = match tokio::time::timeout(timeout, attempt).await {
+    let outcome = match tokio::time::timeout(timeout, attempt).await {
         Ok(outcome) => outcome,
-        Err(_) => ProbeOutcome::fail(format!(
-            "timeout after {}",
-            humantime::format_duration(timeout)
-        )),
+        Err(_) => timed_out(timeout),
     };
+    cleaned(outcome)
+}
+
+fn timed_out(timeout: Duration) -> ProbeOutcome {
+    ProbeOutcome::fail(format!(
+        "timeout after {}",
+        humantime::format_duration(timeout)
+    ))
+}
+
+fn cleaned(mut outcome: ProbeOutcome) -> ProbeOutcome {
     outcome.reason = clean_reason(&outcome.reason);
     outcome
 }

@@ -7,5 +7,7 @@ mod access;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod sni;
+pub mod source;
 pub mod tcp;
 pub mod udp;
+pub mod udp_vip;

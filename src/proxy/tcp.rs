@@ -25,10 +25,12 @@ use super::access::{self, Failed};
 use super::proxy_protocol;
 use super::relay::{Progress, RelayEnd, relay_reporting};
 use super::sni::{self, Choice};
+use super::source;
 use crate::access_log::{AccessLog, Cut, Outcome, Rejection};
 use crate::config::{FailoverMode, ProxyProtocol};
 use crate::health::cell::MemberHealth;
 use crate::limits;
+use crate::local_error;
 use crate::pool::{ClientKey, MAX_CONNECT_TRIES, PoolState, Route, Snapshot, Target};
 use crate::stats::{ServiceStats, bump};
 
@@ -133,12 +135,6 @@ pub async fn serve(listener: TcpListener, cx: ServiceContext) {
         }
     }
     debug!(service = %cx.name, "listener closed");
-}
-
-/// Errors that say this process is out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
-/// ENOMEM), not that the peer failed.
-fn is_local_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
 }
 
 /// Errors about one pending connection (it died in the queue), not about the listener.
@@ -488,7 +484,10 @@ async fn connect_member(
             }
             let addr = target.addr.socket_addr(service.port);
             let outcome = tokio::select! {
-                r = tokio::time::timeout(service.connect_timeout, TcpStream::connect(addr)) => r,
+                r = tokio::time::timeout(
+                    service.connect_timeout,
+                    source::connect_tcp(&service.source, peer.ip(), addr),
+                ) => r,
                 _ = cx.force_close.cancelled() => {
                     return Err(Failed {
                         outcome: Outcome::DrainDeadline(Cut::Shutdown),
@@ -509,18 +508,23 @@ async fn connect_member(
                         pool: pool.clone(),
                     });
                 }
-                Ok(Err(e)) if is_local_exhaustion(&e) => {
-                    // Out of descriptors or memory here: no member is to blame and none would
-                    // do better, so the member's health is left alone and the client closed.
-                    bump(&cx.stats.rejected_resources);
-                    warn!(service = %cx.name, error = %e, "cannot open a connection to a member; client closed");
-                    return Err(Failed {
-                        outcome: Outcome::Rejected(Rejection::LocalResources),
-                        member: Some(addr),
-                        pool: Some(pool.clone()),
-                    });
-                }
                 Ok(Err(e)) => {
+                    if let Some(reason) = local_error::classify(&e) {
+                        // Out of ports, descriptors or memory here: no member is to blame and
+                        // none would do better, so the member's health is left alone and the
+                        // client closed at once.
+                        bump(&cx.stats.rejected_resources);
+                        if let Some(suppressed) = cx.stats.local_errors.record(reason) {
+                            warn!(service = %cx.name, member = %addr, reason = %reason, error = %e,
+                                  suppressed, remedy = reason.remedy(),
+                                  "cannot open a connection to a member; client closed");
+                        }
+                        return Err(Failed {
+                            outcome: Outcome::Rejected(Rejection::LocalResources),
+                            member: Some(addr),
+                            pool: Some(pool.clone()),
+                        });
+                    }
                     health.connect_failed();
                     bump(&cx.stats.connect_failures);
                     debug!(service = %cx.name, member = %addr, error = %e, "connect to member failed");

@@ -8,7 +8,8 @@
 //! ephemeral port connected to that member. The datagram goes out on that socket.
 //!
 //! Each session has one task, which relays the member's replies back to the client *from the
-//! listening socket* (so the client sees answers from the address it wrote to) and owns the
+//! listening socket* (so the client sees answers from the address it wrote to; on a wildcard
+//! listener each reply names that address as its source, see [`super::udp_vip`]) and owns the
 //! session's idle timer: nothing scans the table. A session ends after `idle_timeout` without a
 //! datagram in either direction, when the service stops (shutdown, or removed by a reload), or
 //! when a re-hash replaces it. Ending drops its upstream socket, closing it.
@@ -28,7 +29,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -43,8 +44,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::{source, udp_vip};
 use crate::access_log::{AccessLog, Outcome, Record};
-use crate::config::{FailoverMode, Protocol};
+use crate::config::{FailoverMode, Protocol, Source};
+use crate::local_error;
 use crate::pool::{ClientKey, MemberState, PoolState, Route, Snapshot};
 use crate::stats::ServiceStats;
 
@@ -104,7 +107,9 @@ struct Frontend {
     /// The service's name, routes, counters and stop signal, as the app handed them over.
     service: UdpContext,
     listen: UdpSocket,
-    sessions: DashMap<SocketAddr, Session>,
+    /// A wildcard listener: replies name their source address (see [`udp_vip`]).
+    wildcard: bool,
+    sessions: DashMap<Flow, Session>,
     /// Time origin of `last_seen` stamps (milliseconds since it).
     base: Instant,
     /// The listening socket's address, for the access log.
@@ -115,6 +120,15 @@ impl Frontend {
     fn now_ms(&self) -> u64 {
         self.base.elapsed().as_millis() as u64
     }
+}
+
+/// What a session is keyed by: the client's address, and on a wildcard listener the local
+/// address it wrote to (its replies leave from there; the same client port writing to two VIPs
+/// of one service is two sessions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Flow {
+    peer: SocketAddr,
+    local: Option<IpAddr>,
 }
 
 /// One client's session, as the receive loop sees it.
@@ -169,14 +183,28 @@ impl SessionIo {
 /// Receives until `service.stop` fires; then ends every session and closes the socket.
 pub async fn serve(listen: UdpSocket, service: UdpContext) {
     let local = listen.local_addr().ok();
+    // Here rather than at bind, so a socket inherited in a binary upgrade gets it too.
+    let wildcard = match listen
+        .local_addr()
+        .and_then(|l| udp_vip::enable(&listen, l))
+    {
+        Ok(on) => on,
+        Err(e) => {
+            warn!(service = %service.name, error = %e,
+                  "cannot learn the destination of datagrams; replies leave from the routed address");
+            false
+        }
+    };
     let frontend = Arc::new(Frontend {
         service,
         listen,
+        wildcard,
         sessions: DashMap::new(),
         base: Instant::now(),
         local,
     });
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut control = [0u8; udp_vip::CONTROL_SPACE];
     let stop = frontend.service.stop.clone();
     loop {
         tokio::select! {
@@ -190,7 +218,7 @@ pub async fn serve(listen: UdpSocket, service: UdpContext) {
                 }
             }
         }
-        receive_batch(&frontend, &mut buf).await;
+        receive_batch(&frontend, &mut buf, &mut control).await;
         // Let session tasks and others run between batches under a flood.
         tokio::task::yield_now().await;
     }
@@ -230,18 +258,26 @@ impl Tally {
 }
 
 /// Reads datagrams until the socket is empty (or a batch is done) and forwards each.
-async fn receive_batch(frontend: &Arc<Frontend>, buf: &mut [u8]) {
+async fn receive_batch(frontend: &Arc<Frontend>, buf: &mut [u8], control: &mut [u8]) {
     let stats = &frontend.service.stats;
     let mut tally = Tally::default();
     let mut blocked = 0;
     for _ in 0..BATCH {
-        let (n, peer) = match frontend.listen.try_recv_from(buf) {
-            Ok(r) => r,
+        let received = if frontend.wildcard {
+            udp_vip::try_recv(&frontend.listen, buf, control)
+        } else {
+            frontend
+                .listen
+                .try_recv_from(buf)
+                .map(|(n, peer)| (n, peer, None))
+        };
+        let (n, flow) = match received {
+            Ok((n, peer, local)) => (n, Flow { peer, local }),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             // An error about one datagram (e.g. a pending ICMP error): go on with the next.
             Err(_) => continue,
         };
-        match forward(frontend, peer, &buf[..n]) {
+        match forward(frontend, flow, &buf[..n]) {
             Forward::Sent => {
                 tally.datagrams += 1;
                 tally.bytes += n as u64;
@@ -280,13 +316,14 @@ enum Forward {
 
 /// Sends one client datagram to its session's member, opening or re-hashing the session first
 /// when needed. Never awaits: table shards are locked only inside.
-fn forward(frontend: &Arc<Frontend>, peer: SocketAddr, datagram: &[u8]) -> Forward {
+fn forward(frontend: &Arc<Frontend>, flow: Flow, datagram: &[u8]) -> Forward {
+    let peer = flow.peer;
     let now = frontend.now_ms();
     let snapshot = frontend.service.routes.load();
-    let mut entry = match frontend.sessions.entry(peer) {
+    let mut entry = match frontend.sessions.entry(flow) {
         dashmap::Entry::Occupied(entry) => entry,
         dashmap::Entry::Vacant(vacant) => {
-            let Some(session) = open(frontend, &snapshot, peer, now, None) else {
+            let Some(session) = open(frontend, &snapshot, flow, now, None) else {
                 return Forward::Dropped;
             };
             let io = session.io.clone();
@@ -308,7 +345,7 @@ fn forward(frontend: &Arc<Frontend>, peer: SocketAddr, datagram: &[u8]) -> Forwa
         // The member cannot serve: move the client to the member its key picks now. The new
         // session takes over the old one's permit, so a full table never blocks a re-hash.
         let permit = session.permit.take();
-        let Some(new) = open(frontend, &snapshot, peer, now, permit) else {
+        let Some(new) = open(frontend, &snapshot, flow, now, permit) else {
             // Nobody to move to: the session ends and the datagram is dropped; the client's
             // next datagram starts afresh.
             let (_, old) = entry.remove_entry();
@@ -374,10 +411,11 @@ fn refresh(session: &mut Session, snapshot: &Snapshot, name: &str) {
 fn open(
     frontend: &Arc<Frontend>,
     snapshot: &Snapshot,
-    peer: SocketAddr,
+    flow: Flow,
     now: u64,
     permit: Option<OwnedSemaphorePermit>,
 ) -> Option<Session> {
+    let peer = flow.peer;
     let stats = &frontend.service.stats;
     let route = snapshot.route(&frontend.service.name)?;
     let permit = match permit {
@@ -397,11 +435,21 @@ fn open(
         return None;
     };
     let addr = member.addr.socket_addr(route.service.port);
-    let socket = match connect(addr) {
+    let socket = match connect(&route.service.source, peer.ip(), addr) {
         Ok(s) => s,
         Err(e) => {
-            stats.connect_failures.fetch_add(1, Relaxed);
-            debug!(service = %frontend.service.name, member = %addr, error = %e, "upstream socket failed");
+            if let Some(reason) = local_error::classify(&e) {
+                // This machine's exhaustion, not the member's: counted apart, logged sparingly.
+                stats.rejected_resources.fetch_add(1, Relaxed);
+                if let Some(suppressed) = stats.local_errors.record(reason) {
+                    warn!(service = %frontend.service.name, member = %addr, reason = %reason,
+                          error = %e, suppressed, remedy = reason.remedy(),
+                          "cannot open a socket to a member; datagram dropped");
+                }
+            } else {
+                stats.connect_failures.fetch_add(1, Relaxed);
+                debug!(service = %frontend.service.name, member = %addr, error = %e, "upstream socket failed");
+            }
             return None;
         }
     };
@@ -409,7 +457,7 @@ fn open(
     stats.sessions_created.fetch_add(1, Relaxed);
     frontend.service.tracker.spawn(relay_replies(
         frontend.clone(),
-        peer,
+        flow,
         io.clone(),
         route.service.idle_timeout,
         now,
@@ -444,13 +492,10 @@ fn choose(route: &Route, peer: SocketAddr) -> Option<(Arc<PoolState>, MemberStat
     })
 }
 
-/// A socket on an ephemeral port connected to `member` (synchronous: a few syscalls, no wait).
-fn connect(member: SocketAddr) -> io::Result<UdpSocket> {
-    let local: SocketAddr = match member {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = std::net::UdpSocket::bind(local)?;
+/// A socket on an ephemeral port connected to `member`, its address as the service's `source`
+/// says for `client` (synchronous: a few syscalls, no wait).
+fn connect(source: &Source, client: IpAddr, member: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = source::udp_socket(source, client, member)?;
     socket.connect(member)?;
     socket.set_nonblocking(true)?;
     UdpSocket::from_std(socket)
@@ -461,17 +506,17 @@ fn connect(member: SocketAddr) -> io::Result<UdpSocket> {
 /// line when it ends (and progress lines every `interval` of the log, if it has one).
 async fn relay_replies(
     frontend: Arc<Frontend>,
-    peer: SocketAddr,
+    flow: Flow,
     io: Arc<SessionIo>,
     idle: Duration,
     opened: u64,
 ) {
     let log = &frontend.service.access_log;
     let mut to_client = 0;
-    let outcome = session(&frontend, peer, &io, idle, opened, &mut to_client).await;
+    let outcome = session(&frontend, flow, &io, idle, opened, &mut to_client).await;
     if log.enabled() {
         log.log(session_record(
-            &frontend, peer, &io, opened, to_client, outcome,
+            &frontend, flow, &io, opened, to_client, outcome,
         ));
     }
 }
@@ -479,14 +524,18 @@ async fn relay_replies(
 /// The access log line of a UDP session: `outcome` [`Outcome::Open`] for a progress line.
 fn session_record(
     frontend: &Frontend,
-    peer: SocketAddr,
+    flow: Flow,
     io: &SessionIo,
     opened: u64,
     to_client: u64,
     outcome: Outcome,
 ) -> Record {
-    let mut r = Record::new(Protocol::Udp, frontend.service.name.clone(), peer);
-    r.frontend = frontend.local;
+    let mut r = Record::new(Protocol::Udp, frontend.service.name.clone(), flow.peer);
+    // On a wildcard listener, the address the client wrote to.
+    r.frontend = match (frontend.local, flow.local) {
+        (Some(listen), Some(ip)) => Some(SocketAddr::new(ip, listen.port())),
+        (listen, _) => listen,
+    };
     r.pool = Some(io.pool.clone());
     r.member = Some(io.member);
     r.source = io.socket.local_addr().ok();
@@ -503,12 +552,13 @@ fn session_record(
 /// to the client to `to_client`.
 async fn session(
     frontend: &Frontend,
-    peer: SocketAddr,
+    flow: Flow,
     io: &Arc<SessionIo>,
     idle: Duration,
     opened: u64,
     to_client: &mut u64,
 ) -> Outcome {
+    let peer = flow.peer;
     let stats = &frontend.service.stats;
     let idle_ms = idle.as_millis() as u64;
     let mut last_reply = opened;
@@ -529,10 +579,14 @@ async fn session(
                     return Outcome::Stopped;
                 }
                 let mut tally = Tally::default();
-                let pending = relay_ready(frontend, io, peer, &mut tally);
+                let pending = relay_ready(frontend, io, flow, &mut tally);
                 if let Some(datagram) = pending {
                     // The listening socket's send buffer is full: wait for room (rare).
-                    match frontend.listen.send_to(&datagram, peer).await {
+                    let sent = match flow.local {
+                        Some(from) => udp_vip::send_from(&frontend.listen, &datagram, peer, from).await,
+                        None => frontend.listen.send_to(&datagram, peer).await,
+                    };
+                    match sent {
                         Ok(_) => {
                             tally.datagrams += 1;
                             tally.bytes += datagram.len() as u64;
@@ -550,7 +604,7 @@ async fn session(
                 if let (Some(at), Some(every)) = (next_report.as_mut(), every)
                     && *at <= Instant::now()
                 {
-                    let line = session_record(frontend, peer, io, opened, *to_client, Outcome::Open);
+                    let line = session_record(frontend, flow, io, opened, *to_client, Outcome::Open);
                     frontend.service.access_log.log(line);
                     while *at <= Instant::now() {
                         *at += every;
@@ -558,7 +612,7 @@ async fn session(
                 }
                 let Some(last_seen) = frontend
                     .sessions
-                    .get(&peer)
+                    .get(&flow)
                     .filter(|s| Arc::ptr_eq(&s.io, io))
                     .map(|s| s.last_seen)
                 else {
@@ -574,7 +628,7 @@ async fn session(
                 if now.saturating_sub(last) >= idle_ms {
                     // Remove only if the client has not sent meanwhile (checked under the
                     // shard lock the receive loop also takes).
-                    let removed = frontend.sessions.remove_if(&peer, |_, s| {
+                    let removed = frontend.sessions.remove_if(&flow, |_, s| {
                         Arc::ptr_eq(&s.io, io) && s.last_seen == last_seen
                     });
                     if removed.is_some() {
@@ -600,7 +654,7 @@ async fn session(
 fn relay_ready(
     frontend: &Frontend,
     io: &SessionIo,
-    peer: SocketAddr,
+    flow: Flow,
     tally: &mut Tally,
 ) -> Option<Vec<u8>> {
     REPLY_BUF.with_borrow_mut(|buf| {
@@ -615,7 +669,11 @@ fn relay_ready(
                     continue;
                 }
             };
-            match frontend.listen.try_send_to(&buf[..n], peer) {
+            let sent = match flow.local {
+                Some(from) => udp_vip::try_send_from(&frontend.listen, &buf[..n], flow.peer, from),
+                None => frontend.listen.try_send_to(&buf[..n], flow.peer),
+            };
+            match sent {
                 Ok(_) => {
                     tally.datagrams += 1;
                     tally.bytes += n as u64;
@@ -642,7 +700,12 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("read timeout");
         let member_addr = member.local_addr().expect("member addr");
-        let socket = connect(member_addr).expect("connect");
+        let socket = connect(
+            &Source::Auto,
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            member_addr,
+        )
+        .expect("connect");
         let config = crate::config::parse(
             &format!("[[pool]]\nname = \"p\"\nmembers = [{{ addr = \"{member_addr}\" }}]\n"),
             "t.toml",

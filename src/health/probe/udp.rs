@@ -14,6 +14,7 @@ use tokio::net::UdpSocket;
 
 use super::{ProbeOutcome, io_reason, quote_bytes};
 use crate::config::Exchange;
+use crate::local_error::LocalError;
 
 /// Largest reply read: a whole UDP datagram.
 const MAX_DATAGRAM: usize = 65535;
@@ -22,31 +23,41 @@ const MAX_DATAGRAM: usize = 65535;
 const QUOTE_LEN: usize = 40;
 
 /// Sends `exchange.send` to `addr` and waits for a datagram containing `exchange.expect`.
-pub(super) async fn probe(exchange: &Exchange, addr: SocketAddr) -> ProbeOutcome {
+/// `Err` when this machine cannot open the probe's socket (see [`LocalError`]).
+pub(super) async fn probe(
+    exchange: &Exchange,
+    addr: SocketAddr,
+) -> Result<ProbeOutcome, LocalError> {
     let local: SocketAddr = match addr {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let socket = match UdpSocket::bind(local).await {
         Ok(s) => s,
-        Err(e) => return ProbeOutcome::fail(format!("bind: {}", io_reason(&e))),
+        Err(e) => {
+            return LocalError::from_io(e)
+                .map(Err)
+                .unwrap_or_else(|e| Ok(ProbeOutcome::fail(format!("bind: {}", io_reason(&e)))));
+        }
     };
     if let Err(e) = socket.connect(addr).await {
-        return ProbeOutcome::fail(format!("connect: {}", io_reason(&e)));
+        return LocalError::from_io(e)
+            .map(Err)
+            .unwrap_or_else(|e| Ok(ProbeOutcome::fail(format!("connect: {}", io_reason(&e)))));
     }
     if let Err(e) = socket.send(&exchange.send).await {
-        return ProbeOutcome::fail(format!("send: {}", io_reason(&e)));
+        return Ok(ProbeOutcome::fail(format!("send: {}", io_reason(&e))));
     }
     let expect = exchange.expect.as_slice();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let n = match socket.recv(&mut buf).await {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            return ProbeOutcome::fail("port unreachable");
+            return Ok(ProbeOutcome::fail("port unreachable"));
         }
-        Err(e) => return ProbeOutcome::fail(format!("recv: {}", io_reason(&e))),
+        Err(e) => return Ok(ProbeOutcome::fail(format!("recv: {}", io_reason(&e)))),
     };
-    judge(expect, &buf[..n])
+    Ok(judge(expect, &buf[..n]))
 }
 
 /// The verdict on one reply datagram: up when it contains `expect` (anything does when `expect`

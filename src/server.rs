@@ -404,10 +404,33 @@ impl Server {
         if let Some(admin) = &self.admin {
             admin.stop();
         }
+        let view = self.app.view();
         let report = self.app.shutdown(self.shutdown_grace).await;
         // Pings go on through the drain, which may take the whole grace period.
         self.watchdog.stop().await;
+        log_totals(&view);
         info!(forced = report.forced, "stopped");
+    }
+}
+
+/// One line per service with what this process did over its life, as HAProxy logs a proxy's
+/// cumulated connections when it stops: after an upgrade the old process's counters leave with
+/// it, and its admin API has already stopped answering, so the log is the only place left.
+fn log_totals(view: &AppView) {
+    for s in view.services().iter() {
+        let st = s.stats.snapshot();
+        info!(service = %s.name, protocol = %s.protocol, accepted = st.accepted,
+              rejected_no_member = st.rejected_no_member,
+              rejected_max_connections = st.rejected_limit,
+              rejected_resources = st.rejected_resources,
+              connect_failures = st.connect_failures, connect_retries = st.retries,
+              bytes_to_members = st.bytes_to_members, bytes_to_clients = st.bytes_to_clients,
+              udp_sessions_created = st.sessions_created,
+              udp_sessions_rehashed = st.sessions_rehashed,
+              udp_datagrams_to_members = st.datagrams_to_members,
+              udp_datagrams_to_clients = st.datagrams_to_clients,
+              udp_datagrams_dropped = st.datagrams_dropped,
+              "service totals");
     }
 }
 

@@ -61,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 
 const LOCAL_MEMBERS: u8 = 4;
 const BACKUP_MEMBERS: u8 = 2;
-const TCP_CLIENTS: u32 = 24;
+const TCP_CLIENTS: u32 = 16;
 /// Distinct source addresses the TCP clients rotate through.
 const SOURCES: u32 = 1024;
 const UDP_CLIENTS: u32 = 16;
@@ -309,6 +309,24 @@ impl Resources {
     }
 }
 
+impl Resources {
+    /// The least of a few samples over half a second: health checks open and close a socket
+    /// every few milliseconds, and a sample that catches one in flight is not the baseline.
+    async fn idle(pid: u32) -> Resources {
+        let mut least = Resources::of(pid);
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = Resources::of(pid);
+            least = Resources {
+                fds: least.fds.min(now.fds),
+                threads: least.threads.min(now.threads),
+                rss_anon_kib: least.rss_anon_kib.min(now.rss_anon_kib),
+            };
+        }
+        least
+    }
+}
+
 /// `GET path` on the admin API: the body.
 async fn admin_get(admin: SocketAddr, path: &str) -> String {
     let mut conn = tokio::net::TcpStream::connect(admin)
@@ -362,6 +380,8 @@ struct UdpTally {
     replied: u64,
     /// Answered after the client had stopped waiting.
     late: u64,
+    /// The longest a reply took (late ones included).
+    slowest: Duration,
     bytes: u64,
     /// Replies that were wrong (source, content, number): one line each.
     bad: Vec<String>,
@@ -415,18 +435,20 @@ async fn udp_client_loop(c: u32, addr: SocketAddr, stop: Arc<AtomicBool>) -> Udp
                 n: usize,
                 from: SocketAddr,
                 buf: &[u8],
-                current: u64| {
+                (current, sent): (u64, Instant)| {
         match check_reply(c, &buf[..n], from, addr) {
             Ok((name, s)) if s == current => {
                 t.replied += 1;
                 t.bytes += n as u64;
+                t.slowest = t.slowest.max(sent.elapsed());
                 *member = Some(name);
                 true
             }
             Ok((_, s)) => {
-                if waiting.remove(&s).is_some() {
+                if let Some(l) = waiting.remove(&s) {
                     t.late += 1;
                     t.bytes += n as u64;
+                    t.slowest = t.slowest.max(l.at.elapsed());
                 } else {
                     t.bad
                         .push(format!("client {c}: reply to datagram {s} not awaited"));
@@ -461,7 +483,7 @@ async fn udp_client_loop(c: u32, addr: SocketAddr, stop: Arc<AtomicBool>) -> Udp
                 }
                 Ok(Err(e)) => t.bad.push(format!("client {c}: recv: {e}")),
                 Ok(Ok((n, from))) => {
-                    if take(&mut t, &mut waiting, &mut member, n, from, &buf, seq) {
+                    if take(&mut t, &mut waiting, &mut member, n, from, &buf, (seq, at)) {
                         break;
                     }
                 }
@@ -474,7 +496,15 @@ async fn udp_client_loop(c: u32, addr: SocketAddr, stop: Arc<AtomicBool>) -> Udp
             Err(_) => break,
             Ok(Err(e)) => t.bad.push(format!("client {c}: recv: {e}")),
             Ok(Ok((n, from))) => {
-                take(&mut t, &mut waiting, &mut member, n, from, &buf, 0);
+                take(
+                    &mut t,
+                    &mut waiting,
+                    &mut member,
+                    n,
+                    from,
+                    &buf,
+                    (0, Instant::now()),
+                );
             }
         }
     }
@@ -676,7 +706,7 @@ async fn chaos_soak() {
     let (tcp_addr, udp_addr) = (services["s"], services["u"]);
     // One scrape first: rendering registers the series, which is memory the process keeps.
     let _ = admin_get(admin, "/metrics").await;
-    let baseline = Resources::of(current.pid);
+    let baseline = Resources::idle(current.pid).await;
 
     let stop = CancellationToken::new();
     let clients_stop = Arc::new(AtomicBool::new(false));
@@ -782,6 +812,11 @@ async fn chaos_soak() {
         count(|t| t.bytes),
     );
     let lost = count(|t| t.lost.len() as u64);
+    let slowest_reply = udp_tallies
+        .iter()
+        .map(|t| t.slowest)
+        .max()
+        .unwrap_or_default();
     let bad: Vec<String> = udp_tallies.iter().flat_map(|t| t.bad.clone()).collect();
     let reason = |r| losses.get(&r).copied().unwrap_or(0);
     let upgrades = upgrade_windows.len();
@@ -796,7 +831,7 @@ async fn chaos_soak() {
     println!(
         "chaos: {}s tcp connections={} ok={} cut_by_kill={} raced_kill={} (slowest {:?}) \
          broken={} unserved={} bytes={} ({} MiB) | udp datagrams={sent} replied={replied} \
-         late={late} lost={lost} (member_dead={} rehashed_onto_dead={} upgrade={} \
+         late={late} (slowest reply {slowest_reply:?}) lost={lost} (member_dead={} rehashed_onto_dead={} upgrade={} \
          unjustified={}) longest_loss_run={longest_run} bad={} bytes={udp_bytes} | \
          upgrades={upgrades} (slowest {slowest_upgrade:?}) processes={} reloads={reloads} \
          applied={applied} kills={kills} outages={} failovers={failovers} | \

@@ -11,7 +11,8 @@
 //! 3. the admin listener is bound (or adopted) before the app starts: a taken port fails the start
 //!    as a whole, as it does for a service;
 //! 4. `READY=1` once the app serves (first health round done), then our own control socket, then
-//!    "ready" to the predecessor, which stops accepting and drains;
+//!    "ready" to the predecessor, which stops accepting and drains; when it has stopped taking
+//!    requests the config file is read again, and reloaded if a reload it applied changed it;
 //! 5. the admin API and the config watcher start.
 //!
 //! Reloads and handoffs are served one at a time by the loop: a handoff requested during a reload
@@ -196,6 +197,9 @@ struct Server {
     control_path: PathBuf,
     /// The new process taking over, between the handoff and its "ready".
     successor: Option<UnixStream>,
+    /// The process we took over from, between our "ready" and its closing the stream (it then
+    /// applies no more reloads), with the config file as we read it at start.
+    predecessor: Option<(UnixStream, Option<Vec<u8>>)>,
     watcher: Option<ConfigWatcher>,
     shutdown_grace: Duration,
 }
@@ -217,6 +221,12 @@ impl Server {
             Some(from) => take_over(from).await?,
             None => (None, Inherited::default()),
         };
+        // Read before the config is loaded: if the file changes in between, the comparison
+        // after the handover sees a difference and reloads once more, never one too few.
+        let read_at_start = options
+            .upgrade_from
+            .as_ref()
+            .and_then(|_| std::fs::read(path).ok());
         let cfg = config::load(path)?;
         info!(config = %path.display(), summary = %cfg.summary(), "starting");
         let admin_listener = bind_admin(&cfg, &mut inherited).await?;
@@ -236,9 +246,12 @@ impl Server {
         notifier.ready(&serving(&app));
         let control_path = options.control_path();
         let control = bind_control(&control_path, options.upgrade_from.is_some());
-        if let Some(stream) = predecessor {
-            tell_predecessor(stream).await;
-        }
+        let predecessor = match predecessor {
+            Some(stream) => tell_predecessor(stream)
+                .await
+                .map(|stream| (stream, read_at_start)),
+            None => None,
+        };
         let admin = admin_listener
             .map(|(listener, _, options)| AdminServer::spawn(listener, app.view(), options));
         let watcher = if options.watch { watch(path) } else { None };
@@ -253,6 +266,7 @@ impl Server {
             control,
             control_path,
             successor: None,
+            predecessor,
             watcher,
             shutdown_grace: options.shutdown_grace,
         })
@@ -274,6 +288,9 @@ impl Server {
                 }
                 change = or_never(self.watcher.as_mut().map(ConfigWatcher::changed)) => {
                     self.on_config_change(change).await
+                }
+                () = or_never(self.predecessor.as_mut().map(|(s, _)| upgrade::wait_closed(s))) => {
+                    self.on_predecessor_gone().await
                 }
             };
             if let ControlFlow::Break(end) = step {
@@ -323,10 +340,27 @@ impl Server {
     fn on_successor(&mut self, ready: bool) -> ControlFlow<End> {
         if ready {
             info!("upgrade: new process serving; stopping accepting and draining");
+            // Closing tells the new process we apply no more reloads: it compares the config
+            // file with the one it started on, so a reload we applied meanwhile is not lost.
+            self.successor = None;
             return ControlFlow::Break(End::HandedOver);
         }
         warn!("upgrade: new process stopped before it was ready; still serving");
         self.successor = None;
+        ControlFlow::Continue(())
+    }
+
+    /// The process we took over from stopped taking requests. It may have applied a reload
+    /// (SIGHUP, `POST /reload`, its watcher) after we had read the config file: reload if the
+    /// file is no longer the one we started on.
+    async fn on_predecessor_gone(&mut self) -> ControlFlow<End> {
+        if let Some((_, read_at_start)) = self.predecessor.take()
+            && std::fs::read(&self.path).ok() != read_at_start
+        {
+            info!(config = %self.path.display(),
+                  "config file changed during the upgrade: reloading");
+            let _ = self.reload().await;
+        }
         ControlFlow::Continue(())
     }
 
@@ -410,10 +444,33 @@ impl Server {
         if end == End::HandedOver {
             app.hand_over_bgp().await;
         }
+        let view = app.view();
         let report = app.shutdown(self.shutdown_grace).await;
         // Pings go on through the drain, which may take the whole grace period.
         self.watchdog.stop().await;
+        log_totals(&view);
         info!(forced = report.forced, "stopped");
+    }
+}
+
+/// One line per service with what this process did over its life, as HAProxy logs a proxy's
+/// cumulated connections when it stops: after an upgrade the old process's counters leave with
+/// it, and its admin API has already stopped answering, so the log is the only place left.
+fn log_totals(view: &AppView) {
+    for s in view.services().iter() {
+        let st = s.stats.snapshot();
+        info!(service = %s.name, protocol = %s.protocol, accepted = st.accepted,
+              rejected_no_member = st.rejected_no_member,
+              rejected_max_connections = st.rejected_limit,
+              rejected_resources = st.rejected_resources,
+              connect_failures = st.connect_failures, connect_retries = st.retries,
+              bytes_to_members = st.bytes_to_members, bytes_to_clients = st.bytes_to_clients,
+              udp_sessions_created = st.sessions_created,
+              udp_sessions_rehashed = st.sessions_rehashed,
+              udp_datagrams_to_members = st.datagrams_to_members,
+              udp_datagrams_to_clients = st.datagrams_to_clients,
+              udp_datagrams_dropped = st.datagrams_dropped,
+              "service totals");
     }
 }
 
@@ -502,12 +559,17 @@ fn bind_control(path: &Path, replace: bool) -> Option<Control> {
     }
 }
 
-/// Tells the process we took over from that we serve; it stops accepting and drains.
-async fn tell_predecessor(stream: UnixStream) {
-    match upgrade::ready(stream).await {
-        Ok(()) => info!("upgrade: serving; the old process stops accepting and drains"),
+/// Tells the process we took over from that we serve; it stops accepting and drains. Returns
+/// the stream, to learn when it has stopped taking requests.
+async fn tell_predecessor(mut stream: UnixStream) -> Option<UnixStream> {
+    match upgrade::ready(&mut stream).await {
+        Ok(()) => {
+            info!("upgrade: serving; the old process stops accepting and drains");
+            Some(stream)
+        }
         Err(e) => {
-            warn!(error = %e, "upgrade: cannot tell the old process we serve; both serve until it stops")
+            warn!(error = %e, "upgrade: cannot tell the old process we serve; both serve until it stops");
+            None
         }
     }
 }

@@ -15,6 +15,9 @@
 //! 3. the new one validates its config, starts (first health round included) and writes
 //!    `ready\n`; if it fails first, the connection closes without it and the old process keeps
 //!    serving.
+//! 4. the old one closes the connection when it stops taking requests; the new one then reads
+//!    its config file again and reloads if it changed: a reload the old one applied after step 2
+//!    is one the new one, which had read the file already, has not seen.
 //!
 //! [`start_successor`] starts the new process itself (SIGUSR2), so that under systemd it runs in
 //! the unit's cgroup and systemd accepts its `MAINPID=`.
@@ -296,10 +299,23 @@ pub async fn receive(path: &Path) -> Result<(UnixStream, Inherited), UpgradeErro
     ))
 }
 
-/// New process: tells the old one it serves; the old one stops accepting and drains.
-pub async fn ready(mut stream: UnixStream) -> io::Result<()> {
+/// New process: tells the old one it serves; the old one stops accepting and drains. Keep the
+/// stream for [`wait_closed`].
+pub async fn ready(stream: &mut UnixStream) -> io::Result<()> {
     stream.write_all(READY).await?;
     stream.shutdown().await
+}
+
+/// New process, after [`ready`]: resolves once the old process has closed its end, which it
+/// does when it stops taking requests (or exits). Until then it may still apply a reload that
+/// the new process, having read the config earlier, has not seen. Cancel-safe.
+pub async fn wait_closed(stream: &mut UnixStream) {
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 /// Starts this binary again with the arguments this process got, plus `--upgrade-from socket`.
@@ -410,13 +426,15 @@ mod tests {
         let new = tokio::spawn({
             let path = path.clone();
             async move {
-                let (stream, mut inherited) = receive(&path).await.unwrap();
+                let (mut stream, mut inherited) = receive(&path).await.unwrap();
                 let fd = inherited
                     .take(Kind::Tcp, "fe", "127.0.0.1:0".parse().unwrap())
                     .unwrap();
                 let got = std::net::TcpListener::from(fd);
                 assert_eq!(got.local_addr().unwrap(), local);
-                ready(stream).await.unwrap();
+                ready(&mut stream).await.unwrap();
+                // The old process closes its end once it takes no more requests.
+                wait_closed(&mut stream).await;
             }
         });
         let mut stream = control.accept().await.unwrap();
@@ -424,6 +442,7 @@ mod tests {
             .await
             .unwrap();
         assert!(wait_ready(&mut stream).await);
+        drop(stream);
         new.await.unwrap();
         assert!(
             Control::bind(&path, false).is_err(),

@@ -23,17 +23,19 @@
 //! SOAK_SECONDS=300 cargo test --release --test soak -- --nocapture
 //! ```
 
+#[path = "common/churn.rs"]
+mod churn;
 mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use churn::{Kill, TcpVerdict, tcp_clients};
 use common::*;
 use tandem::app::App;
 use tandem::config;
 use tandem::events::Event;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 const LOCAL_MEMBERS: u8 = 4;
@@ -41,11 +43,6 @@ const BACKUP_MEMBERS: u8 = 2;
 const CLIENTS: u32 = 48;
 /// Distinct source addresses the clients rotate through (source-ip hashing spreads them).
 const SOURCES: u32 = 1024;
-/// Bytes per connection: between these, chosen by the connection's seed.
-const MIN_BYTES: usize = 64 * 1024;
-const MAX_BYTES: usize = 384 * 1024;
-/// Hang guard for one connection: a stall is a failure, not a wait.
-const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
 const CHURN_PERIOD: Duration = Duration::from_millis(1500);
 /// One churn tick in this many takes the whole local pool down.
 const OUTAGE_EVERY: u64 = 8;
@@ -90,35 +87,6 @@ fn config_text(local: &[DemoMember], backup: &[DemoMember], variant: u64) -> Str
         + &pool_toml("dc2", backup)
         + &fast_tcp_check(2, 2)
         + &service_toml("s", "dc1", &service)
-}
-
-/// One member kill: from the moment it started to the moment every socket of the member was
-/// closed.
-#[derive(Debug, Clone)]
-struct Kill {
-    member: String,
-    started: Instant,
-    done: Instant,
-}
-
-impl Kill {
-    fn overlaps(&self, start: Instant, end: Instant) -> bool {
-        self.started <= end && self.done >= start
-    }
-}
-
-/// One client connection, from its connect to its close.
-#[derive(Debug)]
-struct Attempt {
-    start: Instant,
-    end: Instant,
-    /// The member that greeted, if one did.
-    member: Option<String>,
-    /// Bytes sent, and bytes echoed back that matched, in order.
-    sent: usize,
-    verified: usize,
-    /// What went wrong, if anything.
-    error: Option<String>,
 }
 
 /// What the process holds: descriptors, live tokio tasks, resident memory.
@@ -211,84 +179,6 @@ fn status_kib(key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in /proc/self/status"))
 }
 
-/// Connects from `source`, streams `len` seeded pseudo-random bytes while reading the echo
-/// back, checks every byte in order, and closes.
-async fn one_connection(
-    source: std::net::IpAddr,
-    addr: std::net::SocketAddr,
-    seed: u64,
-    len: usize,
-) -> Attempt {
-    let start = Instant::now();
-    let mut attempt = Attempt {
-        start,
-        end: start,
-        member: None,
-        sent: 0,
-        verified: 0,
-        error: None,
-    };
-    let data = pseudo_random(seed, len);
-    let result = tokio::time::timeout(CONNECTION_LIMIT, async {
-        let (member, mut conn) = greeting_from(source, addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        attempt.member = Some(member);
-        let (mut r, mut w) = conn.split();
-        // Writes in chunks of varying size, then passes the FIN on.
-        let write = async {
-            let mut chunk = 1 + (seed as usize % 32_768);
-            while attempt.sent < len {
-                let end = (attempt.sent + chunk).min(len);
-                w.write_all(&data[attempt.sent..end])
-                    .await
-                    .map_err(|e| format!("write: {e}"))?;
-                attempt.sent = end;
-                chunk = 1 + (chunk * 7919 + 13) % 32_768;
-            }
-            w.shutdown().await.map_err(|e| format!("shutdown: {e}"))
-        };
-        let read = async {
-            let mut verified = 0;
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = match r.read(&mut buf).await {
-                    Ok(n) => n,
-                    Err(e) => return (verified, Err(format!("read: {e}"))),
-                };
-                if n == 0 {
-                    break;
-                }
-                if verified + n > len || buf[..n] != data[verified..verified + n] {
-                    let at = (0..n)
-                        .find(|&i| data.get(verified + i) != Some(&buf[i]))
-                        .map_or(verified + n, |i| verified + i);
-                    return (verified, Err(format!("corrupted echo at byte {at}")));
-                }
-                verified += n;
-            }
-            if verified < len {
-                return (
-                    verified,
-                    Err(format!("closed after {verified} of {len} bytes")),
-                );
-            }
-            (verified, Ok(()))
-        };
-        let (written, (verified, read)) = tokio::join!(write, read);
-        attempt.verified = verified;
-        written.and(read)
-    })
-    .await;
-    attempt.end = Instant::now();
-    attempt.error = match result {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e),
-        Err(_) => Some(format!("stalled for {CONNECTION_LIMIT:?}")),
-    };
-    attempt
-}
-
 /// Kills and revives local members every [`CHURN_PERIOD`]: one at a time, sometimes two, and
 /// every [`OUTAGE_EVERY`] ticks the whole pool (held until the service has failed over, bounded,
 /// then one more period). Returns the members and every kill.
@@ -326,6 +216,7 @@ async fn churn(
                 member: local[m].name().to_string(),
                 started,
                 done: Instant::now(),
+                revived: None,
             });
         }
         if victims.len() == n {
@@ -386,23 +277,7 @@ async fn churn_soak() {
         })
     };
     let clients_stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for c in 0..CLIENTS {
-        let clients_stop = clients_stop.clone();
-        clients.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            let mut k = 0u32;
-            while !clients_stop.load(Relaxed) {
-                let seed = (u64::from(c) << 32) | u64::from(k);
-                let spread = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize;
-                let len = MIN_BYTES + spread % (MAX_BYTES - MIN_BYTES);
-                let source = client_ip((c + k * CLIENTS) % SOURCES);
-                mine.push(one_connection(source, addr, seed, len).await);
-                k += 1;
-            }
-            mine
-        }));
-    }
+    let clients = tcp_clients(addr, CLIENTS, 0, SOURCES, clients_stop.clone());
     let churner = tokio::spawn(churn(local, app.events(), stop.clone()));
 
     // Reloads from this task, as the binary does on SIGHUP: rewrite the file, reload it.
@@ -442,40 +317,10 @@ async fn churn_soak() {
 
     // Judge every connection, then let the records go: they are the test's own memory, as
     // much as ~170 bytes a connection, and must not count as the balancer's.
-    let killed_during = |member: &str, a: &Attempt| {
-        kills
-            .iter()
-            .any(|k| k.member == member && k.overlaps(a.start, a.end))
-    };
-    let any_kill_during = |a: &Attempt| kills.iter().any(|k| k.overlaps(a.start, a.end));
-    let describe = |a: &Attempt| {
-        format!(
-            "\n  {:?} at +{:?} for {:?}: sent {} verified {}: {}",
-            a.member,
-            a.start - started,
-            a.end - a.start,
-            a.sent,
-            a.verified,
-            a.error.as_deref().unwrap_or("-")
-        )
-    };
-    let connections = attempts.len();
-    let (mut bytes, mut ok, mut cut, mut raced) = (0u64, 0u64, 0u64, 0u64);
-    let mut slowest_race = Duration::ZERO;
-    let (mut broken, mut unserved) = (Vec::new(), Vec::new());
-    for a in &attempts {
-        bytes += a.verified as u64;
-        match (&a.member, &a.error) {
-            (_, None) => ok += 1,
-            (Some(m), Some(_)) if killed_during(m, a) => cut += 1,
-            (Some(_), Some(_)) => broken.push(describe(a)),
-            (None, Some(_)) if any_kill_during(a) => {
-                raced += 1;
-                slowest_race = slowest_race.max(a.end - a.start);
-            }
-            (None, Some(_)) => unserved.push(describe(a)),
-        }
-    }
+    let verdict = TcpVerdict::judge(&attempts, &kills, started);
+    let connections = verdict.connections;
+    let (bytes, ok, cut, raced) = (verdict.bytes, verdict.ok, verdict.cut, verdict.raced);
+    let slowest_race = verdict.slowest_race;
     drop(attempts);
     let kill_count = kills.len();
     drop(kills);
@@ -501,8 +346,8 @@ async fn churn_soak() {
          rejected_no_member={} fds={}->{} tasks={}->{} \
          rss_anon_kib={}/peak {peak_kib}/untrimmed {untrimmed_kib}/trimmed {} heap_kib={}->{}",
         ran.as_secs(),
-        broken.len(),
-        unserved.len(),
+        verdict.broken.len(),
+        verdict.unserved.len(),
         bytes >> 20,
         stats.retries,
         stats.rejected_no_member,
@@ -516,10 +361,10 @@ async fn churn_soak() {
         after.heap_kib,
     );
     assert!(
-        broken.is_empty(),
+        verdict.broken.is_empty(),
         "{} connections lost or corrupted bytes while their member stayed up:{}",
-        broken.len(),
-        broken.iter().take(10).cloned().collect::<String>()
+        verdict.broken.len(),
+        verdict.broken.iter().take(10).cloned().collect::<String>()
     );
     // The client cannot tell a member dying before its greeting from tandem turning it away:
     // both are a close. Tandem's counters can: it must never have turned a client away, since
@@ -534,10 +379,15 @@ async fn churn_soak() {
         "tandem turned clients away (no member, limit, resources) with the backup pool up"
     );
     assert!(
-        unserved.is_empty(),
+        verdict.unserved.is_empty(),
         "{} new connections failed with no member being killed:{}",
-        unserved.len(),
-        unserved.iter().take(10).cloned().collect::<String>()
+        verdict.unserved.len(),
+        verdict
+            .unserved
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<String>()
     );
     assert!(
         ok > 0 && kill_count > 0 && reloads > 0,

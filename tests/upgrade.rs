@@ -474,3 +474,51 @@ async fn the_successor_can_be_upgraded_in_turn() {
     assert!(third.exit(Duration::from_secs(10)).await.success());
     assert!(!socket.exists(), "removed by its last owner");
 }
+
+/// A reload the old process applies after it has handed its sockets over (so after the new
+/// process read the file) must not be lost when the old one stops: the new process reads the
+/// file again once the old one has stopped taking requests, and reloads it if it changed.
+#[tokio::test]
+async fn a_reload_applied_by_the_old_process_during_the_handoff_reaches_the_new_one() {
+    let members = members("rh", 168, 3).await;
+    // Accepts no connection and answers nothing: an http check on it lasts its whole timeout,
+    // which holds the new process in its first health round, after it read its config.
+    let silent = std::net::TcpListener::bind("127.0.1.171:0").expect("bind");
+    let slow = pool_toml_of("slow", [silent.local_addr().expect("addr")], "")
+        + "  [[pool.check]]\n  kind = \"http\"\n  interval = \"2s\"\n  timeout = \"1s\"\n";
+    let config = |members: &[DemoMember]| {
+        pool_toml("dc1", members)
+            + &fast_tcp_check(1, 1)
+            + &slow
+            + &service_toml("fe", "dc1", "backup_pool = \"slow\"\n")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tandem.toml");
+    let socket = dir.path().join("upgrade.sock");
+    std::fs::write(&path, config(&members[..2])).expect("write");
+
+    let mut old = old_process(&path, &socket);
+    let addr = old.addr_of("listening").await;
+    old.expect_log("upgrade socket listening").await;
+
+    let mut new = new_process(&path, &socket);
+    new.expect_log("starting").await; // its config is read
+    std::fs::write(&path, config(&members)).expect("write");
+    old.signal("HUP");
+    old.expect_log("config reload applied").await;
+    take_over(&mut old, &mut new, addr).await;
+    assert!(old.exit(Duration::from_secs(10)).await.success());
+    new.expect_log("config file changed during the upgrade: reloading")
+        .await;
+
+    // The third member, which only the reloaded file has, gets clients from the new process.
+    eventually(
+        "the new process serves the reloaded file",
+        Duration::from_secs(10),
+        || async { placement(64, addr).await.iter().any(|m| m == "rh3") },
+    )
+    .await;
+
+    new.signal("TERM");
+    assert!(new.exit(Duration::from_secs(10)).await.success());
+}

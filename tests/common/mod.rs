@@ -420,6 +420,15 @@ impl UdpMember {
         }
     }
 
+    /// [`UdpMember::stop`], returning only once both sockets are closed (an abort takes effect
+    /// at the task's next poll), so a test knows the moment after which the member is gone.
+    pub async fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
     /// Opens both sockets again on the same address.
     pub async fn restart(&mut self) {
         if let Some(task) = self.task.take() {

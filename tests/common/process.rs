@@ -70,11 +70,22 @@ impl Tandem {
 
     /// The next log line whose message is `message` (at most 10 s away).
     pub async fn expect_log(&mut self, message: &str) -> Value {
+        self.expect_log_noting(message, |_| {}).await
+    }
+
+    /// [`Tandem::expect_log`], handing every line passed over on the way to `note`, so a test
+    /// that waits for one message can still count the others.
+    pub async fn expect_log_noting(
+        &mut self,
+        message: &str,
+        mut note: impl FnMut(&Value),
+    ) -> Value {
         let found = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(v) = self.logs.recv().await {
                 if v.get("message").and_then(Value::as_str) == Some(message) {
                     return Some(v);
                 }
+                note(&v);
             }
             None
         })

@@ -120,6 +120,7 @@ pub fn is_root() -> bool {
 
 /// Runs `f` on a thread of its own that has joined the network namespace `ns` (setns(2) moves
 /// only the calling thread), so every socket `f` makes lives in that namespace.
+#[allow(dead_code)] // the VRRP tests use it, the fault tests do not
 pub fn on_ns_thread<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {

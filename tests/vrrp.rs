@@ -17,13 +17,14 @@ mod process;
 mod netns;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use netns::lan::{self, Greeting};
 use netns::{IP, on_ns_thread, run};
 use process::Tandem;
 
@@ -37,47 +38,12 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
 /// The client's own address; the 100 client addresses follow it (.101 to .200).
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
 const CLIENTS: u8 = 100;
+/// The first of them: the one that times the move.
+const CLIENT_ONE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 101);
 const MEMBERS: [&str; 3] = ["m1", "m2", "m3"];
 const FIRST_MEMBER_PORT: u16 = 7001;
 /// The admin API of each tandem, on its namespace's loopback: what keepalived's check polls.
 const ADMIN: &str = "127.0.0.1:9901";
-
-/// The members: for each name, on port 7001, 7002, ...: over TCP a greeting line with the
-/// name, then an echo; over UDP the name, a space and the datagram back.
-const MEMBERS_PY: &str = r#"
-import socket, sys, threading
-host, port, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-def serve(c, name):
-    try:
-        c.sendall((name + "\n").encode())
-        while True:
-            d = c.recv(65536)
-            if not d:
-                break
-            c.sendall(d)
-    except OSError:
-        pass
-    c.close()
-def tcp(s, name):
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c, name), daemon=True).start()
-def udp(u, name):
-    while True:
-        d, a = u.recvfrom(65536)
-        u.sendto(name.encode() + b" " + d, a)
-for i, name in enumerate(names):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((host, port + i))
-    s.listen(512)
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind((host, port + i))
-    threading.Thread(target=tcp, args=(s, name), daemon=True).start()
-    threading.Thread(target=udp, args=(u, name), daemon=True).start()
-print("listening", flush=True)
-threading.Event().wait()
-"#;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -231,26 +197,8 @@ impl Lab {
     }
 
     fn start_members(&mut self) {
-        let mut child = Command::new(IP)
-            .args([
-                "netns",
-                "exec",
-                &self.members_ns,
-                "python3",
-                "-c",
-                MEMBERS_PY,
-            ])
-            .args([MEMBER_HOST, &FIRST_MEMBER_PORT.to_string()])
-            .args(MEMBERS)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| missing(self.test, &format!("a runnable python3 ({e})")));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .expect("the members say they listen");
-        assert_eq!(line.trim(), "listening");
+        let child = lan::start_members(&self.members_ns, MEMBER_HOST, FIRST_MEMBER_PORT, &MEMBERS)
+            .unwrap_or_else(|e| missing(self.test, &format!("running members ({e})")));
         self.members = Some(child);
     }
 
@@ -348,13 +296,13 @@ impl Lab {
             (1..=CLIENTS)
                 .map(|i| {
                     let source = Ipv4Addr::from(u32::from(CLIENT) + u32::from(i));
-                    let (name, mut conn) = connect(source, Duration::from_secs(5))
+                    let (greeting, mut conn) = connect(source, Duration::from_secs(5))
                         .unwrap_or_else(|e| panic!("client {source}: {e}"));
                     conn.write_all(b"ping\n").expect("write");
                     let mut back = [0u8; 5];
                     conn.read_exact(&mut back).expect("read the echo");
                     assert_eq!(&back, b"ping\n");
-                    (source, name)
+                    (source, greeting.member)
                 })
                 .collect()
         })
@@ -371,25 +319,39 @@ impl Lab {
         })
     }
 
-    /// Signals machine `which`'s tandem; then new connections from the client until one gets
-    /// a greeting: the time from the signal to that, and the member that greeted.
-    async fn stop_and_time_the_move(&mut self, which: char, signal: &str) -> (Duration, String) {
+    /// Signals machine `which`'s tandem; then new connections from the client until one is
+    /// greeted through the other machine: the time from the signal to that, the greeting, and
+    /// how many connections the stopped one still took (sent before it handled the signal).
+    async fn stop_and_time_the_move(
+        &mut self,
+        which: char,
+        signal: &str,
+    ) -> (Duration, Greeting, usize) {
+        let other: IpAddr = if which == 'a' { TANDEM_B } else { TANDEM_A }
+            .parse()
+            .expect("address");
         let tandem = self.machine(which).tandem.take().expect("tandem runs");
         let client = self.client.clone();
         let start = Instant::now();
         tandem.signal(signal);
-        let (took, name) = tokio::task::spawn_blocking(move || {
+        let moved = tokio::task::spawn_blocking(move || {
             on_ns_thread(&client, move || {
+                let mut still_served = 0;
                 loop {
                     assert!(
                         start.elapsed() < Duration::from_secs(20),
-                        "no new connection succeeded within 20 s"
+                        "no new connection reached the other machine within 20 s"
                     );
-                    if let Ok((name, _)) = connect(CLIENT, Duration::from_millis(300)) {
-                        return (start.elapsed(), name);
+                    match connect(CLIENT_ONE, Duration::from_millis(300)) {
+                        Ok((greeting, _)) if greeting.via == other => {
+                            return (start.elapsed(), greeting, still_served);
+                        }
+                        // Accepted before the stopped tandem handled its signal.
+                        Ok(_) => still_served += 1,
+                        // Refused (no listener while the VIP is still on the stopped machine)
+                        // or timed out: try again, as a client would.
+                        Err(_) => {}
                     }
-                    // Refused (no listener while the VIP is still on the stopped machine)
-                    // or timed out: try again, as a client would.
                     std::thread::sleep(Duration::from_millis(10));
                 }
             })
@@ -397,7 +359,7 @@ impl Lab {
         .await
         .expect("client thread");
         drop(tandem);
-        (took, name)
+        moved
     }
 }
 
@@ -426,28 +388,9 @@ impl Drop for Lab {
     }
 }
 
-/// A TCP connection from `source` to the VIP's port 80 and the member's greeting line.
-fn connect(source: Ipv4Addr, timeout: Duration) -> Result<(String, TcpStream), String> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .map_err(|e| e.to_string())?;
-    socket
-        .bind(&SocketAddr::from((source, 0)).into())
-        .map_err(|e| format!("bind {source}: {e}"))?;
-    socket
-        .connect_timeout(&SocketAddr::from((VIP, 80)).into(), timeout)
-        .map_err(|e| format!("connect: {e}"))?;
-    let conn: TcpStream = socket.into();
-    conn.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(&conn)
-        .read_line(&mut line)
-        .map_err(|e| format!("greeting: {e}"))?;
-    if line.ends_with('\n') {
-        Ok((line.trim().to_string(), conn))
-    } else {
-        Err(format!("no greeting line ({line:?})"))
-    }
+/// A TCP connection from `source` to the VIP's port 80 and the member's greeting.
+fn connect(source: Ipv4Addr, timeout: Duration) -> Result<(Greeting, TcpStream), String> {
+    lan::connect(source, SocketAddr::from((VIP, 80)), timeout)
 }
 
 /// One datagram to the VIP and its reply: the member's name. The reply must come from the VIP.
@@ -565,13 +508,15 @@ async fn failover(test: &'static str, signal: &str) -> (Lab, Duration) {
     let udp = lab.udp_client();
     let udp_member = udp_round_trip(&udp, "before");
 
-    let (took, _) = lab.stop_and_time_the_move('a', signal).await;
-    assert!(
-        lab.holds_vip('b') && !lab.holds_vip('a'),
-        "the connection after the move went to the VIP on the second"
+    let (took, greeting, still_served) = lab.stop_and_time_the_move('a', signal).await;
+    assert_eq!(
+        greeting.member, before[&CLIENT_ONE],
+        "the same member via the second"
     );
+    assert!(lab.holds_vip('b') && !lab.holds_vip('a'));
     println!(
-        "measured: {signal} to the first new connection via the second: {} ms",
+        "measured: {signal} to the first new connection via the second: {} ms \
+         ({still_served} connections still served by the first, before it handled the signal)",
         took.as_millis()
     );
     assert!(

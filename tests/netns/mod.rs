@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tandem::demo::greeting_from;
+
+#[allow(dead_code)] // the multi-instance tests use it, the fault tests do not
+pub mod lan;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const IP: &str = "/usr/sbin/ip";

@@ -61,9 +61,21 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     // Best effort, as in `tune`: a listener that refuses them still serves.
     let _ = socket.set_tcp_nodelay(true);
     let _ = socket.set_tcp_keepalive(&keepalive());
+    freebind(&socket, addr);
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
+}
+
+/// IP_FREEBIND (IPV6_FREEBIND): the listener binds to a VIP this host does not hold yet, as
+/// the standby of a VRRP pair must, without the `ip_nonlocal_bind` sysctl. Connections arrive
+/// once the address lands on an interface. Best effort: where the option is refused, binding a
+/// local address still works and a missing one fails with its own error.
+pub(crate) fn freebind(socket: &socket2::Socket, addr: SocketAddr) {
+    let _ = match addr {
+        SocketAddr::V4(_) => socket.set_freebind_v4(true),
+        SocketAddr::V6(_) => socket.set_freebind_v6(true),
+    };
 }
 
 /// What one service's accept loop and its connections share.

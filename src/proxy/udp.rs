@@ -77,6 +77,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     // Best effort: a smaller buffer still works, it only drops sooner under a burst.
     let _ = socket.set_recv_buffer_size(LISTEN_RECV_BUFFER);
     socket.set_nonblocking(true)?;
+    super::tcp::freebind(&socket, addr);
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
 }

@@ -20,9 +20,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tandem::demo::greeting_from;
+
+#[allow(dead_code)] // the multi-instance tests use it, the fault tests do not
+pub mod lan;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const IP: &str = "/usr/sbin/ip";
+pub const IP: &str = "/usr/sbin/ip";
 const TC: &str = "/usr/sbin/tc";
 /// iptables with the legacy (xtables) backend: it needs only the kernel's x_tables, which the
 /// nft-backed default may not find on a trimmed kernel.
@@ -78,12 +81,12 @@ while True:
 static NEXT_SUBNET: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `program`; `Err` says why it could not run or did not succeed.
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
+pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
     output(program, args).map(drop)
 }
 
 /// Runs `program` and returns its standard output.
-fn output(program: &str, args: &[&str]) -> Result<String, String> {
+pub fn output(program: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -101,7 +104,7 @@ fn output(program: &str, args: &[&str]) -> Result<String, String> {
 }
 
 /// Runs `program args` inside the namespace `ns` and returns its standard output.
-fn in_ns(ns: &str, program: &str, args: &[&str]) -> Result<String, String> {
+pub fn in_ns(ns: &str, program: &str, args: &[&str]) -> Result<String, String> {
     let mut all = vec!["netns", "exec", ns, program];
     all.extend_from_slice(args);
     output(IP, &all)
@@ -116,6 +119,24 @@ pub fn is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+/// Runs `f` on a thread of its own that has joined the network namespace `ns` (setns(2) moves
+/// only the calling thread), so every socket `f` makes lives in that namespace.
+#[allow(dead_code)] // the VRRP tests use it, the fault tests do not
+pub fn on_ns_thread<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        rustix::thread::move_into_link_name_space(
+            file.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+    .join()
+    .expect("namespace thread")
 }
 
 /// A member in its own namespace: the namespace, the veth pair and the server process.

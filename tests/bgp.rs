@@ -14,6 +14,9 @@
 #[path = "common/process.rs"]
 mod process;
 
+#[path = "common/command.rs"]
+mod command;
+
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
@@ -85,20 +88,7 @@ fn runs(program: &str, arg: &str) -> bool {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    command::output(program, args)
 }
 
 /// The two namespaces, BIRD in the router one, and a scratch directory.

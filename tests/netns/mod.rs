@@ -11,6 +11,9 @@
 //! namespace and a [`Delayer`] thread that holds each packet, since the kernel may lack netem);
 //! and member behaviour on command (reset a connection, stop answering new ones).
 
+#[path = "../common/command.rs"]
+mod command;
+
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
@@ -87,20 +90,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
 
 /// Runs `program` and returns its standard output.
 pub fn output(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    command::output(program, args)
 }
 
 /// Runs `program args` inside the namespace `ns` and returns its standard output.

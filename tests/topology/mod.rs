@@ -9,8 +9,10 @@
 //! namespace on a helper thread ([`Ns::run`]) and use them from anywhere.
 #![allow(dead_code)] // each including test uses its own subset
 
+#[path = "../common/command.rs"]
+mod command;
+
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub const IP: &str = "/usr/sbin/ip";
@@ -35,20 +37,7 @@ fn is_root() -> bool {
 
 /// Runs `program args`; `Err` says why it could not run or did not succeed.
 pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    command::output(program, args)
 }
 
 /// A network namespace of this test process, deleted when dropped.

@@ -162,19 +162,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 async fn admin_head_timeout_closes_slow_heads_and_healthz_still_answers() {
     let ms = members("m", 152, 1).await;
     let app = balancer(&(pool_toml("p", &ms) + &service_toml("s", "p", ""))).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let admin = listener.local_addr().expect("addr");
-    let (commands, _rx) = tokio::sync::mpsc::channel(1);
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(admin::serve(
-        listener,
-        app.view(),
-        commands,
-        admin::Options::default(),
-        stop.clone(),
-    ));
+    let api = AdminApi::start(app.view(), admin::Options::default()).await;
+    let (admin, stop) = (api.addr, api.stop.clone());
 
     // From here on the clock only moves when every task is waiting, straight to the next timer;
     // `without_clock_jumps` holds it still while requests cross the sockets.

@@ -46,19 +46,8 @@ async fn status_page_renders_services_and_members_in_a_browser() {
     )
     .await;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let admin_addr = listener.local_addr().expect("addr");
-    let (commands, _rx) = tokio::sync::mpsc::channel(1);
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(admin::serve(
-        listener,
-        app.view(),
-        commands,
-        admin::Options::default(),
-        stop.clone(),
-    ));
+    let api = AdminApi::start(app.view(), admin::Options::default()).await;
+    let (admin_addr, stop) = (api.addr, api.stop.clone());
 
     let profile = tempfile::tempdir().expect("profile dir");
     let out = tokio::process::Command::new("chromium")
@@ -206,25 +195,14 @@ async fn status_page_charts_a_member_down_and_back_with_the_failover_marked() {
     let service = app.view().services()[0].local_addr;
     let mut events = app.events();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let admin_addr = listener.local_addr().expect("addr");
-    let (commands, _rx) = tokio::sync::mpsc::channel(1);
-    let stop = tokio_util::sync::CancellationToken::new();
     // Samples every 150 ms, so the 180 kept cover the last 27 s: the whole drill, whose three
     // phases last 20 samples (3 s) each, and the browser runs after it.
     let options = admin::Options {
         history_interval: Duration::from_millis(150),
         ..admin::Options::default()
     };
-    let server = tokio::spawn(admin::serve(
-        listener,
-        app.view(),
-        commands,
-        options,
-        stop.clone(),
-    ));
+    let api = AdminApi::start(app.view(), options).await;
+    let (admin_addr, stop, server) = (api.addr, api.stop.clone(), api.task);
     // Answering means the server runs, and its sampler has subscribed to the events.
     get_json(admin_addr, "/history").await;
 

@@ -560,3 +560,37 @@ pub async fn without_clock_jumps<F: Future>(f: F) -> F::Output {
     let _ = spinner.await;
     out
 }
+
+/// The admin API served in-process on `127.0.0.1:0` for a test (no binary, so the paused clock
+/// and the app's own view apply). Reload commands are accepted and never answered.
+pub struct AdminApi {
+    pub addr: SocketAddr,
+    pub stop: tokio_util::sync::CancellationToken,
+    /// The server task: it ends, with its history sampler, once `stop` fires.
+    pub task: tokio::task::JoinHandle<()>,
+    _commands: tokio::sync::mpsc::Receiver<tandem::admin::Command>,
+}
+
+impl AdminApi {
+    pub async fn start(view: tandem::app::AppView, options: tandem::admin::Options) -> AdminApi {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the admin API");
+        let addr = listener.local_addr().expect("admin addr");
+        let (commands, rx) = tokio::sync::mpsc::channel(1);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(tandem::admin::serve(
+            listener,
+            view,
+            commands,
+            options,
+            stop.clone(),
+        ));
+        AdminApi {
+            addr,
+            stop,
+            task,
+            _commands: rx,
+        }
+    }
+}

@@ -13,17 +13,13 @@
 #[path = "common.rs"]
 mod common;
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::LazyLock;
-use std::task::{Context, Poll, Waker};
 
 use libfuzzer_sys::fuzz_target;
 use tandem::config::Check;
 use tandem::fuzzing::TlsProbeClient;
 use tandem::health::probe::MAX_REASON;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::Runtime;
 
 /// Paused clock: the probe's timeout costs no real time if it ever fires.
@@ -52,68 +48,10 @@ pool = "edge"
 static CLIENT: LazyLock<TlsProbeClient> =
     LazyLock::new(|| TlsProbeClient::new(&CHECK).expect("TLS client"));
 
-/// The member's side of the connection: once the probe's ClientHello is in (any write), replies
-/// with `reply`, at most `piece` bytes a read, then end of stream. Later writes (alerts, the
-/// client's next flight) are taken and dropped.
-struct Member {
-    hello: bool,
-    reader: Option<Waker>,
-    reply: Vec<u8>,
-    at: usize,
-    piece: usize,
-}
-
-impl AsyncRead for Member {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.hello {
-            self.reader = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = self
-            .piece
-            .min(buf.remaining())
-            .min(self.reply.len() - self.at);
-        let at = self.at;
-        buf.put_slice(&self.reply[at..at + n]);
-        self.at += n;
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Member {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        b: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.hello = true;
-        if let Some(reader) = self.reader.take() {
-            reader.wake();
-        }
-        Poll::Ready(Ok(b.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
-    let Some((&piece, reply)) = data.split_first() else {
+    // The reply is readable once the ClientHello is in (any write).
+    let Some(member) = common::CannedMember::from_input(data, |w| !w.is_empty()) else {
         return;
-    };
-    let member = Member {
-        hello: false,
-        reader: None,
-        reply: reply.to_vec(),
-        at: 0,
-        piece: usize::from(piece) + 1,
     };
     let addr: SocketAddr = "127.0.0.1:443".parse().expect("address");
     let outcome = RUNTIME.block_on(tandem::fuzzing::tls_probe(&CLIENT, &CHECK, member, addr));
@@ -125,5 +63,8 @@ fuzz_target!(|data: &[u8]| {
     );
     assert!(!reason.chars().any(char::is_control), "{reason:?}");
     assert!(reason.chars().count() <= MAX_REASON + 3, "{reason:?}");
-    assert!(!outcome.ok, "a handshake completed on canned bytes: {reason:?}");
+    assert!(
+        !outcome.ok,
+        "a handshake completed on canned bytes: {reason:?}"
+    );
 });

@@ -143,11 +143,19 @@ async fn a_connection_the_client_ends_gives_one_line_with_every_field() {
     );
     assert_eq!(v["outcome"], "reset");
     assert_eq!(v["reason"], "client");
-    let metrics = app.view().render_metrics();
-    assert!(
-        metrics.contains("tandem_access_log_lines_total 2"),
-        "{metrics}"
-    );
+    // The writer counts a batch once its write returned, which can be just after the reader
+    // has the line: wait for the count rather than assume it.
+    let view = app.view();
+    eventually(
+        "both lines counted as written",
+        Duration::from_secs(5),
+        || {
+            let metrics = view.render_metrics();
+            async move { metrics.contains("tandem_access_log_lines_total 2") }
+        },
+    )
+    .await;
+    let metrics = view.render_metrics();
     assert!(
         metrics.contains("tandem_access_log_dropped_total 0"),
         "{metrics}"

@@ -32,7 +32,7 @@ use arc_swap::ArcSwapOption;
 use crate::config::Protocol;
 use crate::pool::PoolState;
 
-pub use format::{TEXT_FIELDS, write_json, write_text};
+pub use format::{Formatter, TEXT_FIELDS};
 pub use writer::{Writer, WriterControl};
 
 /// Records the queue holds while the writer is busy or its sink stalled; beyond it records are

@@ -69,6 +69,7 @@ impl Writer {
             rx,
             sink,
             format: cfg.format,
+            formatter: format::Formatter::default(),
             counters,
             reopened: reopened.clone(),
             out: Vec::new(),
@@ -188,6 +189,7 @@ struct Thread {
     rx: mpsc::Receiver<Message>,
     sink: Sink,
     format: LogFormat,
+    formatter: format::Formatter,
     counters: Arc<Counters>,
     reopened: Arc<Mutex<Option<File>>>,
     /// Formatted lines not written yet, and how many.
@@ -231,8 +233,8 @@ impl Thread {
         };
         self.line.clear();
         match self.format {
-            LogFormat::Json => format::write_json(&mut self.line, &record),
-            LogFormat::Text => format::write_text(&mut self.line, &record),
+            LogFormat::Json => self.formatter.json(&mut self.line, &record),
+            LogFormat::Text => self.formatter.text(&mut self.line, &record),
         }
         if self.out.len() + self.line.len() > batch {
             self.write_out();

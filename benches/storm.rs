@@ -30,7 +30,8 @@
 //! ("2s"), FALL (3), RISE (2) — HAProxy's defaults, which tandem shares —, CHECK_TIMEOUT
 //! ("1s"), RETRY_MS (1000), ATTEMPT_TIMEOUT_S (10), DEADLINE_S (120), TARGETS ("tandem
 //! haproxy"), PIN (1: the proxy runs under `taskset -c 1`; storm.sh pins this process and the
-//! members to CPU 0), TANDEM (another tandem binary; default the one cargo built).
+//! members to CPU 0), TANDEM (another tandem binary; default the one cargo built), SHOW_LOG (1:
+//! print each proxy's stderr after its storm, to see when it noticed the pool die).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -199,6 +200,7 @@ struct Settings {
     deadline: Duration,
     pin: bool,
     tandem: String,
+    show_log: bool,
 }
 
 struct Proxy {
@@ -269,7 +271,7 @@ fn start_proxy(target: &str, s: &Settings, local: &Pool, backup: &Pool) -> Proxy
             cmd.arg(&s.tandem)
                 .args(["run", "--workers", "1", "--no-watch", "-c"])
                 .arg(&path)
-                .env("RUST_LOG", "warn");
+                .env("RUST_LOG", env_str("TANDEM_LOG", "warn"));
         }
         "haproxy" => {
             // maxconn counts client connections; HAProxy derives its descriptor need from it
@@ -341,12 +343,14 @@ fn peak_rss_mib(pid: u32) -> f64 {
 /// What one connection attempt can run into that is not the bench's own failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Failure {
-    /// connect() itself failed (refused, or no route / address).
-    Connect,
+    /// connect() itself failed, and how (refused, reset in the handshake, no address).
+    Connect(std::io::ErrorKind),
     /// The proxy accepted, then closed before a member greeted.
     Closed,
     /// The proxy accepted, then reset before a member greeted.
     Reset,
+    /// A member greeted, then the connection closed or reset before the echo came back.
+    LostAfterGreeting,
     /// No greeting and echo within ATTEMPT_TIMEOUT_S.
     Timeout,
 }
@@ -358,13 +362,16 @@ enum AttemptError {
 }
 
 /// One attempt: connect from `from`, read the greeting (it must name a member of `pool`), send
-/// a line naming this client and attempt, read it back intact. The stream, on success.
+/// a line naming this client and attempt, read it back intact. The stream and how long the
+/// TCP connect to the proxy took (a second or more: the proxy's SYN or accept queue overflowed
+/// and the client's kernel sent the SYN again), on success.
 async fn attempt(
     from: IpAddr,
     proxy: SocketAddr,
     pool: &str,
     line: &[u8; 32],
-) -> Result<TcpStream, AttemptError> {
+) -> Result<(TcpStream, Duration), AttemptError> {
+    let started = Instant::now();
     let connect = async {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(from, 0))?;
@@ -372,7 +379,8 @@ async fn attempt(
     };
     let mut s = connect
         .await
-        .map_err(|_| AttemptError::Failed(Failure::Connect))?;
+        .map_err(|e| AttemptError::Failed(Failure::Connect(e.kind())))?;
+    let connect_took = started.elapsed();
     let _ = s.set_nodelay(true);
     let lost = |e: std::io::Error| {
         AttemptError::Failed(if e.kind() == std::io::ErrorKind::ConnectionReset {
@@ -400,9 +408,10 @@ async fn attempt(
             String::from_utf8_lossy(&greeting)
         )));
     }
-    s.write_all(line).await.map_err(lost)?;
+    let after = |_| AttemptError::Failed(Failure::LostAfterGreeting);
+    s.write_all(line).await.map_err(after)?;
     let mut echo = [0u8; 32];
-    s.read_exact(&mut echo).await.map_err(lost)?;
+    s.read_exact(&mut echo).await.map_err(after)?;
     if &echo != line {
         return Err(AttemptError::Fatal(format!(
             "echo corrupted: sent {:?}, got {:?}",
@@ -410,7 +419,7 @@ async fn attempt(
             String::from_utf8_lossy(&echo)
         )));
     }
-    Ok(s)
+    Ok((s, connect_took))
 }
 
 fn client_line(id: usize, attempt: u64) -> [u8; 32] {
@@ -435,6 +444,8 @@ struct Back {
     dropped: Duration,
     served: Duration,
     failures: Vec<Failure>,
+    /// How long the TCP connect of the attempt that succeeded took.
+    connect_took: Duration,
     _stream: TcpStream,
 }
 
@@ -452,7 +463,7 @@ async fn client(
         let mut tries = 0;
         loop {
             match attempt(from, proxy, "local-", &client_line(id, 0)).await {
-                Ok(s) => break s,
+                Ok((s, _)) => break s,
                 Err(AttemptError::Fatal(e)) => return Err(format!("client {id}: {e}")),
                 // A proxy's queue may overflow while thousands open: a few tries before failing.
                 Err(AttemptError::Failed(_)) if tries < 5 => {
@@ -486,11 +497,12 @@ async fn client(
         let line = client_line(id, n);
         match tokio::time::timeout(s.attempt_timeout, attempt(from, proxy, "backup-", &line)).await
         {
-            Ok(Ok(stream)) => {
+            Ok(Ok((stream, connect_took))) => {
                 return Ok(Back {
                     dropped,
                     served: killed_at.elapsed(),
                     failures,
+                    connect_took,
                     _stream: stream,
                 });
             }
@@ -514,6 +526,10 @@ struct Figures {
     rss: f64,
     /// When the last client saw its connection drop (s after the kill).
     last_drop: f64,
+    /// Clients whose successful connect took 1 s or more (a SYN sent again after the proxy's
+    /// queue overflowed), and clients that needed more than one attempt.
+    slow_connects: usize,
+    retried: usize,
     by_kind: BTreeMap<String, u64>,
 }
 
@@ -570,23 +586,23 @@ fn storm(target: &str, s: &Arc<Settings>) -> Figures {
             })
             .collect();
         let all_held = shared.all_held.notified();
-        if shared.held.load(Ordering::Acquire) < s.clients {
-            if tokio::time::timeout(Duration::from_secs(120), all_held)
+        if shared.held.load(Ordering::Acquire) < s.clients
+            && tokio::time::timeout(Duration::from_secs(120), all_held)
                 .await
                 .is_err()
-            {
-                panic!(
-                    "{target}: only {} of {} clients connected before the kill; its stderr:\n{}",
-                    shared.held.load(Ordering::Acquire),
-                    s.clients,
-                    proxy.log()
-                );
-            }
+        {
+            panic!(
+                "{target}: only {} of {} clients connected before the kill; its stderr:\n{}",
+                shared.held.load(Ordering::Acquire),
+                s.clients,
+                proxy.log()
+            );
         }
         let cpu_before = cpu_seconds(pid);
         shared.killed_at.set(Instant::now()).expect("one kill");
+        // Reaped when `local` drops, after the storm: waiting here would block the clients'
+        // thread while the kernel tears down the pool's CLIENTS sockets.
         local.child.kill().expect("kill the local pool");
-        let _ = local.child.wait();
         let mut backs = Vec::with_capacity(s.clients);
         let mut problems = Vec::new();
         let deadline = tokio::time::sleep(s.deadline);
@@ -616,6 +632,9 @@ fn storm(target: &str, s: &Arc<Settings>) -> Figures {
             );
         }
         let cpu = cpu_seconds(pid) - cpu_before;
+        if s.show_log {
+            println!("--- {target} stderr ---\n{}---", proxy.log());
+        }
         let rss = peak_rss_mib(pid);
         let mut served: Vec<f64> = backs.iter().map(|b| b.served.as_secs_f64()).collect();
         served.sort_by(f64::total_cmp);
@@ -637,6 +656,11 @@ fn storm(target: &str, s: &Arc<Settings>) -> Figures {
                 .iter()
                 .map(|b| b.dropped.as_secs_f64())
                 .fold(0.0, f64::max),
+            slow_connects: backs
+                .iter()
+                .filter(|b| b.connect_took >= Duration::from_millis(900))
+                .count(),
+            retried: backs.iter().filter(|b| !b.failures.is_empty()).count(),
             by_kind,
         }
     })
@@ -667,6 +691,7 @@ fn bench_main() {
         deadline: Duration::from_secs(env_u64("DEADLINE_S", 120)),
         pin: env_u64("PIN", 1) != 0,
         tandem: env_str("TANDEM", env!("CARGO_BIN_EXE_tandem")),
+        show_log: env_u64("SHOW_LOG", 0) != 0,
     });
     let runs = env_u64("RUNS", 3).max(1) as usize;
     let targets: Vec<String> = env_str("TARGETS", "tandem haproxy")
@@ -696,8 +721,19 @@ fn bench_main() {
             let f = storm(target, &s);
             println!(
                 "  run {run} {target:<8} t50 {:.3} s  t99 {:.3} s  t100 {:.3} s  errors {} {:?}  \
-                 attempts {}  last drop seen {:.3} s  cpu {:.2} s  peak rss {:.1} MiB",
-                f.t50, f.t99, f.t100, f.errors, f.by_kind, f.attempts, f.last_drop, f.cpu, f.rss
+                 attempts {}  last drop seen {:.3} s  clients retried {}  slow connects {}  cpu {:.2} s  \
+                 peak rss {:.1} MiB",
+                f.t50,
+                f.t99,
+                f.t100,
+                f.errors,
+                f.by_kind,
+                f.attempts,
+                f.last_drop,
+                f.retried,
+                f.slow_connects,
+                f.cpu,
+                f.rss
             );
             all.entry(target.clone()).or_default().push(f);
         }

@@ -20,6 +20,13 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 SECS=${SECONDS_PER_RUN:-5}
 SCALING=${SCALING:-}
+# The failover storm (benches/storm.sh: 8000 clients reconnect at once when the local pool dies,
+# tandem vs HAProxy) has its own pools and proxies, so it runs first, with its own table; ONLY
+# without "storm" and SCALING=1 leave it out, ONLY=storm runs it alone.
+if [[ -z $SCALING && ( -z ${ONLY:-} || " $ONLY " == *" storm "* ) ]]; then
+  RUNS=$RUNS benches/storm.sh
+  [[ ${ONLY:-} == storm ]] && exit 0
+fi
 STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 
 need=()

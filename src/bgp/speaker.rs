@@ -10,17 +10,21 @@
 //! and waits until the withdrawals are written (bounded), for a graceful shutdown to drain
 //! after; [`Speaker::stop`] ends the sessions with a NOTIFICATION (Cease), which makes the
 //! peers drop whatever is left. A crash does the same through the kernel closing the sockets.
+//! [`Speaker::hand_over`] (binary upgrade) stops each session between two messages and returns
+//! it with its connection; in the next process, [`Speaker::start`] with `adopting` holds its
+//! peers back until [`Speaker::adopt`] gives them those sessions (see [`super::handoff`]).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{broadcast, watch};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +32,7 @@ use tracing::{info, warn};
 
 use super::announce::{self, Announcement};
 use super::codec::{self, Message, Notification, Prefix, error};
+use super::handoff::{self, Handed, HandedPeer};
 use super::session::{Backoff, Params, Session, State};
 use super::{PeerStatus, Status};
 use crate::config::{Bgp, BgpPeer};
@@ -46,6 +51,10 @@ const WITHDRAW_LIMIT: Duration = Duration::from_secs(2);
 /// an established session reach a router on the same segment in well under a millisecond;
 /// this leaves a wide margin for the router's own scheduling, and costs a stop nothing.
 const WITHDRAW_SETTLE: Duration = Duration::from_millis(200);
+/// How long [`Speaker::hand_over`] waits for the sessions to stop between two messages: a
+/// session busy for longer is blocked on a write (its peer's window full), and a KEEPALIVE
+/// from the next process could not get through either; it is closed instead.
+const HANDOVER_LIMIT: Duration = Duration::from_secs(2);
 
 /// The running speaker.
 pub struct Speaker {
@@ -60,21 +69,37 @@ pub struct Speaker {
 
 struct PeerTask {
     config: BgpPeer,
-    /// `Some(subcode)`: end the session with a Cease of that subcode, and the task.
-    stop: watch::Sender<Option<u8>>,
+    /// `Some`: end the session and the task.
+    stop: watch::Sender<Option<Stop>>,
     /// Prefixes the peer has from us, as written to its socket.
     advertised: watch::Receiver<usize>,
-    task: JoinHandle<()>,
+    /// While the peer waits for a session from the process we took over from.
+    adopt: Option<oneshot::Sender<Option<Handed>>>,
+    /// Returns the session when asked to hand it over.
+    task: JoinHandle<Option<Handed>>,
+}
+
+/// How a peer task is asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Send a NOTIFICATION (Cease) with this subcode and close.
+    Cease(u8),
+    /// Binary upgrade: stop between two messages and return the session with its connection;
+    /// a session not Established is closed as by a Cease.
+    HandOver,
 }
 
 impl Speaker {
     /// Starts a session with every peer of `config` and the announcer over `routes`. Status
-    /// goes to `status`, session and announcement changes to `events`.
+    /// goes to `status`, session and announcement changes to `events`. `adopting` (a process
+    /// taking over in a binary upgrade): the peers wait for [`Speaker::adopt`] before
+    /// connecting, so none opens a second session beside the one coming over.
     pub fn start(
         config: &Bgp,
         routes: Arc<ArcSwap<Snapshot>>,
         status: Arc<Status>,
         events: EventSender,
+        adopting: bool,
     ) -> Speaker {
         let list = announce::announcements(&routes.load());
         let (wanted, _) = watch::channel(announce::wanted(&list));
@@ -90,7 +115,7 @@ impl Speaker {
         // The announcer reports each service's first state (an `announced` event for each that
         // can serve) and fills the status.
         speaker.start_announcer();
-        speaker.start_peers(config.peers.iter());
+        speaker.start_peers(config.peers.iter(), adopting);
         speaker
     }
 
@@ -107,9 +132,15 @@ impl Speaker {
         self.announcer = Some((stop, task));
     }
 
-    fn start_peers<'a>(&mut self, peers: impl Iterator<Item = &'a BgpPeer>) {
+    fn start_peers<'a>(&mut self, peers: impl Iterator<Item = &'a BgpPeer>, adopting: bool) {
         for peer in peers {
             let (stop, stop_rx) = watch::channel(None);
+            let (adopt, adopt_rx) = if adopting {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
             let (advertised_tx, advertised) = watch::channel(0);
             let params = Params {
                 local_asn: self.config.asn,
@@ -125,11 +156,13 @@ impl Speaker {
                 stop_rx,
                 self.status.clone(),
                 self.events.clone(),
+                adopt_rx,
             ));
             self.peers.push(PeerTask {
                 config: peer.clone(),
                 stop,
                 advertised,
+                adopt,
                 task,
             });
         }
@@ -182,7 +215,7 @@ impl Speaker {
                 error::CEASE_PEER_DECONFIGURED
             };
             info!(peer = %p.config.socket_addr(), "bgp: peer removed or changed; closing its session");
-            let _ = p.stop.send(Some(subcode));
+            let _ = p.stop.send(Some(Stop::Cease(subcode)));
         }
         self.peers = keep;
         self.config = new.clone();
@@ -192,7 +225,7 @@ impl Speaker {
             .filter(|n| !self.peers.iter().any(|p| &p.config == *n))
             .cloned()
             .collect();
-        self.start_peers(added.iter());
+        self.start_peers(added.iter(), false);
         // Config order, as the status shows it.
         self.peers.sort_by_key(|p| {
             new.peers
@@ -263,11 +296,60 @@ impl Speaker {
             let _ = task.await;
         }
         for p in &self.peers {
-            let _ = p.stop.send(Some(error::CEASE_ADMIN_SHUTDOWN));
+            let _ = p.stop.send(Some(Stop::Cease(error::CEASE_ADMIN_SHUTDOWN)));
         }
         for p in self.peers.drain(..) {
             let _ = p.task.await;
         }
+    }
+
+    /// Binary upgrade, once the new process serves: stops every Established session between
+    /// two messages and returns it with its connection, for the new process to adopt; nothing
+    /// is withdrawn. Sessions not Established are closed (the new process opens its own), as
+    /// is one that does not stop within 2 s.
+    pub async fn hand_over(mut self) -> Vec<Handed> {
+        if let Some((stop, task)) = self.announcer.take() {
+            stop.cancel();
+            let _ = task.await;
+        }
+        for p in &self.peers {
+            let _ = p.stop.send(Some(Stop::HandOver));
+        }
+        let deadline = Instant::now() + HANDOVER_LIMIT;
+        let mut handed = Vec::new();
+        for p in self.peers.drain(..) {
+            let mut task = p.task;
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(Some(h))) => handed.push(h),
+                Ok(_) => {}
+                Err(_) => {
+                    task.abort();
+                    warn!(peer = %p.config.socket_addr(),
+                          "bgp: session did not stop for the handoff in time; closed, the new process opens its own");
+                }
+            }
+        }
+        handed
+    }
+
+    /// In a process that took over (started `adopting`): gives each waiting peer the session
+    /// handed over for it, and lets the others connect. Returns the sessions no peer took (their
+    /// peer is not configured here, or stopped meanwhile); the caller closes them.
+    pub fn adopt(&mut self, mut handed: Vec<Handed>) -> Vec<Handed> {
+        for p in &mut self.peers {
+            let Some(tx) = p.adopt.take() else {
+                continue;
+            };
+            let addr = p.config.socket_addr();
+            let mine = handed
+                .iter()
+                .position(|h| h.peer.peer == addr)
+                .map(|i| handed.swap_remove(i));
+            if let Err(Some(h)) = tx.send(mine) {
+                handed.push(h);
+            }
+        }
+        handed
     }
 }
 
@@ -277,7 +359,7 @@ impl Drop for Speaker {
             stop.cancel();
         }
         for p in &self.peers {
-            let _ = p.stop.send(Some(error::CEASE_ADMIN_SHUTDOWN));
+            let _ = p.stop.send(Some(Stop::Cease(error::CEASE_ADMIN_SHUTDOWN)));
         }
     }
 }
@@ -348,30 +430,71 @@ fn report(events: &EventSender, a: &Announcement, first: bool) {
 enum Ended {
     /// Asked to stop (the Cease was sent).
     Stopped,
+    /// Asked to hand the session over: here it is, with its connection.
+    HandedOver(Handed),
     /// The session went down; the reason, to log and show.
     Down(String),
 }
 
-/// One peer: connect, run the session, retry with backoff, until asked to stop.
+/// How a session starts.
+enum Start {
+    /// A new connection: the OPEN goes first.
+    Connected(TcpStream),
+    /// A session adopted from the process we took over from, already Established.
+    Adopted(TcpStream, HandedPeer),
+}
+
+/// One peer: connect (or adopt the session handed over), run the session, retry with
+/// backoff, until asked to stop; the session itself when asked to hand it over.
+#[allow(clippy::too_many_arguments)] // the task's channels, each its own kind
 async fn run_peer(
     addr: SocketAddr,
     params: Params,
     mut wanted: watch::Receiver<BTreeSet<Prefix>>,
     advertised: watch::Sender<usize>,
-    mut stop: watch::Receiver<Option<u8>>,
+    mut stop: watch::Receiver<Option<Stop>>,
     status: Arc<Status>,
     events: EventSender,
-) {
-    let mut session = Session::new(params);
+    adopt: Option<oneshot::Receiver<Option<Handed>>>,
+) -> Option<Handed> {
+    let mut session = Session::new(params.clone());
     let mut backoff = Backoff::new();
-    loop {
-        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr));
-        let connected = tokio::select! {
-            r = connect => r,
-            _ = stop.wait_for(Option::is_some) => return,
+    let mut adopted = None;
+    if let Some(rx) = adopt {
+        // The value is taken out in the future: a watch `Ref` must not live across an await.
+        let handed = tokio::select! {
+            handed = rx => handed.ok().flatten(),
+            _ = async { stop.wait_for(Option::is_some).await.is_ok() } => return None,
         };
-        let error = match connected {
-            Ok(Ok(stream)) => {
+        match handed {
+            Some(h) => adopted = take_up(addr, &params, h).await,
+            None => info!(peer = %addr, "bgp: no session handed over for this peer; connecting"),
+        }
+    }
+    loop {
+        let start = match adopted.take() {
+            Some((s, stream, peer)) => {
+                session = s;
+                Ok(Start::Adopted(stream, peer))
+            }
+            None => {
+                let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr));
+                let connected = tokio::select! {
+                    r = connect => r,
+                    _ = stop.wait_for(Option::is_some) => return None,
+                };
+                match connected {
+                    Ok(Ok(stream)) => Ok(Start::Connected(stream)),
+                    Ok(Err(e)) => Err(format!("connect: {e}")),
+                    Err(_) => Err(format!(
+                        "connect: no answer in {}s",
+                        CONNECT_TIMEOUT.as_secs()
+                    )),
+                }
+            }
+        };
+        let error = match start {
+            Ok(start) => {
                 let io = PeerIo {
                     addr,
                     session: &mut session,
@@ -385,7 +508,7 @@ async fn run_peer(
                     .iter()
                     .find(|p| p.peer == addr)
                     .map(|p| p.established);
-                let ended = io.run(stream, &mut stop).await;
+                let ended = io.run(start, &mut stop).await;
                 session.closed();
                 advertised.send_replace(0);
                 let now_est = status
@@ -403,13 +526,13 @@ async fn run_peer(
                             p.since = SystemTime::now();
                             p.advertised = 0;
                         });
-                        return;
+                        return None;
                     }
+                    Ended::HandedOver(h) => return Some(h),
                     Ended::Down(reason) => reason,
                 }
             }
-            Ok(Err(e)) => format!("connect: {e}"),
-            Err(_) => format!("connect: no answer in {}s", CONNECT_TIMEOUT.as_secs()),
+            Err(e) => e,
         };
         status.update_peer(addr, |p| {
             if p.state != State::Idle {
@@ -423,7 +546,45 @@ async fn run_peer(
         tracing::debug!(peer = %addr, error = %error, retry_s = delay.as_secs(), "bgp: no session");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(Option::is_some) => return,
+            _ = stop.wait_for(Option::is_some) => return None,
+        }
+    }
+}
+
+/// The session handed over for the peer at `addr`, ready to run; `None` (logged, and the
+/// connection closed with a Cease) when it cannot be taken up: the peer then connects afresh.
+async fn take_up(
+    addr: SocketAddr,
+    params: &Params,
+    handed: Handed,
+) -> Option<(Session, TcpStream, HandedPeer)> {
+    let Handed { peer, fd } = handed;
+    let stream = match handoff::stream(fd) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(peer = %addr, error = %e,
+                  "bgp: cannot use the connection handed over; opening a new session");
+            return None;
+        }
+    };
+    let checked = match stream.peer_addr() {
+        Ok(remote) if remote == addr => {
+            Session::adopt(params.clone(), peer.session.clone(), Instant::now())
+        }
+        Ok(remote) => Err(format!("its connection goes to {remote}")),
+        Err(e) => Err(format!("its connection: {e}")),
+    };
+    match checked {
+        Ok(session) => Some((session, stream, peer)),
+        Err(reason) => {
+            let fd = match stream.into_std() {
+                Ok(s) => OwnedFd::from(s),
+                Err(_) => return None,
+            };
+            warn!(peer = %addr, reason, "bgp: cannot adopt the session handed over; opening a new one");
+            let why = "not adoptable";
+            handoff::close(vec![Handed { peer, fd }], error::CEASE_CONFIG_CHANGE, why).await;
+            None
         }
     }
 }
@@ -439,22 +600,51 @@ struct PeerIo<'a> {
 }
 
 impl PeerIo<'_> {
-    /// Runs the session on `stream` until it ends.
-    async fn run(mut self, stream: TcpStream, stop: &mut watch::Receiver<Option<u8>>) -> Ended {
-        let local = match stream.local_addr() {
-            Ok(a) => a.ip(),
-            Err(e) => return Ended::Down(format!("local address: {e}")),
+    /// Runs the session until it ends.
+    async fn run(mut self, start: Start, stop: &mut watch::Receiver<Option<Stop>>) -> Ended {
+        let (stream, adopted) = match start {
+            Start::Connected(stream) => (stream, None),
+            Start::Adopted(stream, peer) => (stream, Some(peer)),
         };
         // BGP messages are small and each matters now: no Nagle delay on a withdrawal.
         let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
-        let open = self.session.connected(local, Instant::now());
-        self.set_state();
-        if let Err(e) = self.send(&mut wr, open).await {
-            return Ended::Down(e);
-        }
         let mut buf: Vec<u8> = Vec::with_capacity(2 * codec::MAX_MESSAGE_LEN);
+        // What to send before waiting for anything: the OPEN of a new session; for an adopted
+        // one, the answers to whatever whole messages came along, then the UPDATEs that bring
+        // the peer from what the old process announced to what this one wants.
+        let mut first = match &adopted {
+            None => {
+                let local = match stream.local_addr() {
+                    Ok(a) => a.ip(),
+                    Err(e) => return Ended::Down(format!("local address: {e}")),
+                };
+                let open = self.session.connected(local, Instant::now());
+                self.set_state();
+                Some(Ok(open))
+            }
+            Some(peer) => {
+                self.adopted(peer);
+                buf.extend_from_slice(&peer.pending);
+                Some(self.take_messages(&mut buf).map(|mut out| {
+                    let wanted = self.wanted.borrow_and_update().clone();
+                    out.extend(self.session.sync(&wanted));
+                    out
+                }))
+            }
+        };
+        let (mut rd, mut wr) = stream.into_split();
         loop {
+            if let Some(outcome) = first.take() {
+                match outcome {
+                    Ok(out) => {
+                        if let Err(e) = self.send(&mut wr, out).await {
+                            self.down(&e, true);
+                            return Ended::Down(e);
+                        }
+                    }
+                    Err(d) => return self.end(&mut wr, d).await,
+                }
+            }
             let deadline = self.session.deadline();
             let sleep = async {
                 match deadline {
@@ -465,8 +655,16 @@ impl PeerIo<'_> {
             let outcome = tokio::select! {
                 // The value is copied out in the future: a watch `Ref` must not live across the
                 // awaits below.
-                subcode = async { stop.wait_for(Option::is_some).await.ok().and_then(|s| *s) } => {
-                    let subcode = subcode.unwrap_or(error::CEASE_ADMIN_SHUTDOWN);
+                request = async { stop.wait_for(Option::is_some).await.ok().and_then(|s| *s) } => {
+                    if request == Some(Stop::HandOver)
+                        && self.session.state() == State::Established
+                    {
+                        return self.hand_over(rd, wr, buf);
+                    }
+                    let subcode = match request {
+                        Some(Stop::Cease(subcode)) => subcode,
+                        _ => error::CEASE_ADMIN_SHUTDOWN,
+                    };
                     let cease = Message::Notification(Notification::new(error::CEASE, subcode));
                     let _ = self.send(&mut wr, vec![cease]).await;
                     let _ = wr.shutdown().await;
@@ -495,16 +693,72 @@ impl PeerIo<'_> {
                         return Ended::Down(e);
                     }
                 }
-                Err(d) => {
-                    if let Some(n) = d.notify {
-                        let _ = self.send(&mut wr, vec![Message::Notification(n)]).await;
-                    }
-                    let _ = wr.shutdown().await;
-                    self.down(&d.reason, true);
-                    return Ended::Down(d.reason);
-                }
+                Err(d) => return self.end(&mut wr, d).await,
             }
         }
+    }
+
+    /// The session went down: the NOTIFICATION (if any), then the connection closes.
+    async fn end(&mut self, wr: &mut OwnedWriteHalf, d: super::session::Down) -> Ended {
+        if let Some(n) = d.notify {
+            let _ = self.send(wr, vec![Message::Notification(n)]).await;
+        }
+        let _ = wr.shutdown().await;
+        self.down(&d.reason, true);
+        Ended::Down(d.reason)
+    }
+
+    /// Stops the Established session here, between two messages, and returns it with its
+    /// connection and the bytes read but not yet parsed (`pending`).
+    fn hand_over(&self, rd: OwnedReadHalf, wr: OwnedWriteHalf, pending: Vec<u8>) -> Ended {
+        let Some(session) = self.session.hand_over(Instant::now()) else {
+            return Ended::Down("handoff: the session is not established".to_string());
+        };
+        // Reuniting (rather than dropping the halves) keeps the write side open: a dropped
+        // tokio write half shuts it down, which would end the session for the router.
+        let fd = match rd
+            .reunite(wr)
+            .map_err(|e| e.to_string())
+            .and_then(|stream| stream.into_std().map_err(|e| e.to_string()))
+        {
+            Ok(stream) => OwnedFd::from(stream),
+            Err(e) => return Ended::Down(format!("handoff: {e}")),
+        };
+        let row = self
+            .status
+            .peers()
+            .into_iter()
+            .find(|p| p.peer == self.addr);
+        info!(peer = %self.addr, advertised = session.advertised.len(),
+              "bgp: session stopped for the handoff to the new process");
+        Ended::HandedOver(Handed {
+            peer: HandedPeer {
+                peer: self.addr,
+                session,
+                pending,
+                since_unix_ms: row.as_ref().map_or(0, |r| handoff::unix_ms(r.since)),
+                established: row.as_ref().map_or(0, |r| r.established),
+                updates_sent: row.as_ref().map_or(0, |r| r.updates_sent),
+            },
+            fd,
+        })
+    }
+
+    /// The session came over from the old process: the status goes on showing it as it was.
+    fn adopted(&self, peer: &HandedPeer) {
+        let advertised = self.session.advertised().len();
+        self.status.update_peer(self.addr, |p| {
+            p.state = State::Established;
+            p.since = peer.since();
+            p.established = peer.established;
+            p.updates_sent = peer.updates_sent;
+            p.advertised = advertised;
+            p.last_error = None;
+        });
+        self.advertised.send_replace(advertised);
+        info!(peer = %self.addr, advertised,
+              hold_s = self.session.negotiated().map(|n| n.hold.as_secs()),
+              "bgp: session taken over from the previous process");
     }
 
     /// Decodes and handles every whole message in `buf`; what to send back.

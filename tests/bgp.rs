@@ -655,3 +655,78 @@ impl RouteWatch {
         self.thread.join().expect("route watch thread")
     }
 }
+
+/// The new process of an upgrade announces what its own config wants, on the session it took
+/// over: here another address, then (a second upgrade, of the process that had taken over)
+/// the first one again. The router keeps one session throughout.
+#[tokio::test]
+#[ignore = "needs root, ip netns and bird2 (CI runs it: cargo test -- --include-ignored)"]
+async fn upgrades_to_another_config_change_routes_on_the_same_session() {
+    let mut lab = Lab::create("upgrades_to_another_config_change_routes_on_the_same_session");
+    lab.start_member(MEMBER_PORT);
+    let mut first = lab.tandem(&config("9s", &[(VIP1, true), (VIP2, false)]), "");
+    first.expect_log("bgp: session established").await;
+    lab.wait_route(VIP1, true, Duration::from_secs(10)).await;
+    let before = lab.session();
+    let sock = lab.path("upgrade.sock");
+    let upgrade = format!("--upgrade-from {}", sock.display());
+
+    let mut second = lab.tandem(&config("9s", &[(VIP1, false), (VIP2, true)]), &upgrade);
+    second
+        .expect_log("bgp: session taken over from the previous process")
+        .await;
+    let took = lab.wait_route(VIP2, true, Duration::from_secs(5)).await;
+    lab.wait_route(VIP1, false, Duration::from_secs(5)).await;
+    println!(
+        "measured: upgrade to a config announcing another address: new route {} ms after the takeover",
+        took.as_millis()
+    );
+    assert_eq!(lab.session(), before, "the same session");
+    assert!(first.exit(Duration::from_secs(10)).await.success());
+
+    let mut third = lab.tandem(&config("9s", &[(VIP1, true), (VIP2, false)]), &upgrade);
+    third
+        .expect_log("bgp: session taken over from the previous process")
+        .await;
+    lab.wait_route(VIP1, true, Duration::from_secs(5)).await;
+    lab.wait_route(VIP2, false, Duration::from_secs(5)).await;
+    assert_eq!(lab.session(), before, "still the same session");
+    assert!(second.exit(Duration::from_secs(10)).await.success());
+    third.signal("KILL");
+    let _ = third.exit(Duration::from_secs(5)).await;
+}
+
+/// A session the new process cannot take up (its config changes `hold_time`, which is in the
+/// OPEN) ends with a Cease, and the new process opens its own: the route is gone until then,
+/// as every upgrade was before sessions were handed over.
+#[tokio::test]
+#[ignore = "needs root, ip netns and bird2 (CI runs it: cargo test -- --include-ignored)"]
+async fn a_session_the_new_process_cannot_adopt_is_replaced_by_a_new_one() {
+    let mut lab = Lab::create("a_session_the_new_process_cannot_adopt_is_replaced_by_a_new_one");
+    lab.start_member(MEMBER_PORT);
+    let mut old = lab.tandem(&config("9s", &[(VIP1, true)]), "");
+    old.expect_log("bgp: session established").await;
+    lab.wait_route(VIP1, true, Duration::from_secs(10)).await;
+    let before = lab.session();
+    let sock = lab.path("upgrade.sock");
+    let mut new = lab.tandem(
+        &config("6s", &[(VIP1, true)]),
+        &format!("--upgrade-from {}", sock.display()),
+    );
+    let line = new
+        .expect_log("bgp: cannot adopt the session handed over; opening a new one")
+        .await;
+    println!("logged: {}", line["reason"]);
+    new.expect_log("bgp: session established").await;
+    let took = lab.wait_route(VIP1, true, Duration::from_secs(5)).await;
+    println!(
+        "measured: fallback to a new session: route back {} ms after it was established",
+        took.as_millis()
+    );
+    let after = lab.session();
+    assert_eq!(after.0, "Established");
+    assert_ne!(after.1, before.1, "a new session");
+    assert!(old.exit(Duration::from_secs(10)).await.success());
+    new.signal("KILL");
+    let _ = new.exit(Duration::from_secs(5)).await;
+}

@@ -87,3 +87,169 @@ pub async fn close(handed: Vec<Handed>, subcode: u8, why: &'static str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The handoff between two speakers in one process, against a scripted router on loopback:
+    //! no root, no BIRD (tests/bgp.rs does it with the real binary and BIRD).
+
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::super::codec::{self, AFI_IPV4, Capability, Open, Prefix, SAFI_UNICAST};
+    use super::super::{Speaker, State, Status};
+    use super::*;
+    use crate::config::parse;
+    use crate::events;
+    use crate::pool::Snapshot;
+
+    fn config(port: u16, vip: &str) -> crate::config::Config {
+        let text = format!(
+            r#"
+[bgp]
+asn = 65010
+router_id = "127.0.0.2"
+hold_time = "3s"
+  [[bgp.peer]]
+  address = "127.0.0.1"
+  port = {port}
+  asn = 65000
+[[pool]]
+name = "p"
+members = [{{ addr = "127.0.1.1:80" }}]
+[[service]]
+name = "web"
+listen = "{vip}:80"
+pool = "p"
+announce = true
+"#
+        );
+        parse(&text, "t.toml").expect("valid")
+    }
+
+    fn speaker(cfg: &crate::config::Config, adopting: bool) -> (Speaker, Arc<Status>) {
+        let events = events::channel();
+        let snapshot = Snapshot::build(cfg, 1, &events, None).expect("snapshot");
+        let status = Arc::new(Status::default());
+        let bgp = cfg.bgp.as_ref().expect("[bgp]");
+        let routes = Arc::new(ArcSwap::from_pointee(snapshot));
+        let s = Speaker::start(bgp, routes, status.clone(), events, adopting);
+        (s, status)
+    }
+
+    /// The router's end of the session.
+    struct Router {
+        conn: TcpStream,
+        buf: Vec<u8>,
+    }
+
+    impl Router {
+        /// The next whole message from the speaker.
+        async fn any(&mut self) -> Message {
+            loop {
+                if let Ok(Some(len)) = codec::frame_len(&self.buf)
+                    && self.buf.len() >= len
+                {
+                    let m = codec::decode(&self.buf[..len], true).expect("a valid message");
+                    self.buf.drain(..len);
+                    return m;
+                }
+                let n = self.conn.read_buf(&mut self.buf).await.expect("read");
+                assert_ne!(n, 0, "the session's connection closed");
+            }
+        }
+
+        /// The next message that is not a KEEPALIVE.
+        async fn next(&mut self) -> Message {
+            loop {
+                let m = self.any().await;
+                if m != Message::Keepalive {
+                    return m;
+                }
+            }
+        }
+
+        /// A KEEPALIVE within the 3 s hold time, and nothing else before it.
+        async fn keepalive(&mut self) {
+            let m = tokio::time::timeout(Duration::from_secs(3), self.any())
+                .await
+                .expect("a KEEPALIVE within the hold time");
+            assert_eq!(m, Message::Keepalive);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_moves_to_another_speaker_and_goes_on_with_its_config() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let old_cfg = config(port, "127.0.0.10");
+        let (old, _) = speaker(&old_cfg, false);
+        let (conn, _) = listener.accept().await.expect("the speaker connects");
+        let mut router = Router {
+            conn,
+            buf: Vec::new(),
+        };
+        assert!(matches!(router.next().await, Message::Open(_)));
+        let open = Message::Open(Open {
+            asn: 65000,
+            hold_time: 3,
+            router_id: "127.0.0.1".parse().expect("ip"),
+            capabilities: vec![
+                Capability::Multiprotocol {
+                    afi: AFI_IPV4,
+                    safi: SAFI_UNICAST,
+                },
+                Capability::FourOctetAs(65000),
+            ],
+        });
+        let mut hello = open.encode(true);
+        hello.extend_from_slice(&Message::Keepalive.encode(true));
+        router.conn.write_all(&hello).await.expect("write");
+        let vip = |s: &str| Prefix::host(s.parse().expect("ip"));
+        match router.next().await {
+            Message::Update(u) => assert_eq!(u.nlri, vec![vip("127.0.0.10")]),
+            m => panic!("expected the announcement, got {m:?}"),
+        }
+
+        let handed = old.hand_over().await;
+        assert_eq!(handed.len(), 1, "the established session is handed over");
+        // Through JSON, as between two processes.
+        let handed: Vec<Handed> = handed
+            .into_iter()
+            .map(|h| Handed {
+                peer: serde_json::from_slice(&serde_json::to_vec(&h.peer).expect("json"))
+                    .expect("json"),
+                fd: h.fd,
+            })
+            .collect();
+
+        // The next process announces another address.
+        let (mut new, status) = speaker(&config(port, "127.0.0.11"), true);
+        assert!(new.adopt(handed).is_empty(), "its peer takes it");
+        match router.next().await {
+            Message::Update(u) => assert_eq!(u.withdrawn, vec![vip("127.0.0.10")]),
+            m => panic!("expected the withdrawal, got {m:?}"),
+        }
+        match router.next().await {
+            Message::Update(u) => assert_eq!(u.nlri, vec![vip("127.0.0.11")]),
+            m => panic!("expected the new announcement, got {m:?}"),
+        }
+        // It keeps the session alive: KEEPALIVEs within the 3 s hold time.
+        router.keepalive().await;
+        router.keepalive().await;
+        let peers = status.peers();
+        assert_eq!(peers[0].state, State::Established);
+        assert_eq!(peers[0].established, 1, "carried over, not a new session");
+        assert_eq!(peers[0].advertised, 1);
+        assert!(
+            tokio::time::timeout(Duration::ZERO, listener.accept())
+                .await
+                .is_err(),
+            "no second connection"
+        );
+        new.stop().await;
+    }
+}

@@ -15,7 +15,9 @@
 //!
 //! [`App::start_with`] is the same start on listening sockets inherited from the process being
 //! upgraded (see [`crate::upgrade`]); every service keeps a duplicate of its socket
-//! ([`App::handoff_sockets`]) to hand over in turn.
+//! ([`App::handoff_sockets`]) to hand over in turn. [`App::take_over`] is that start in the
+//! new process of an upgrade: its BGP peers wait for the old process's sessions
+//! ([`App::adopt_bgp`]), which [`App::hand_over_bgp`] sends once the new process serves.
 //!
 //! [`App::shutdown`] stops accepting, waits for open connections up to a grace period, then cuts
 //! the rest. UDP services stop at once with their sessions: a session has no connection to
@@ -271,6 +273,21 @@ impl App {
     /// [`App::start`], taking the listening socket of each service from `inherited` (a binary
     /// upgrade) when the old process handed one over for it, and binding the others.
     pub async fn start_with(config: Config, inherited: &mut Inherited) -> Result<App, ServeError> {
+        App::start_inner(config, inherited, false).await
+    }
+
+    /// [`App::start_with`] in the new process of a binary upgrade: the BGP peers do not
+    /// connect until [`App::adopt_bgp`] gives them the sessions of the process being upgraded
+    /// (or says there are none), so no peer gets a second session beside the one coming over.
+    pub async fn take_over(config: Config, inherited: &mut Inherited) -> Result<App, ServeError> {
+        App::start_inner(config, inherited, true).await
+    }
+
+    async fn start_inner(
+        config: Config,
+        inherited: &mut Inherited,
+        adopting_bgp: bool,
+    ) -> Result<App, ServeError> {
         let events = events::channel();
         let snapshot = Snapshot::build(&config, 1, &events, None)?;
         for service in &config.services {
@@ -312,10 +329,15 @@ impl App {
         let routes = Arc::new(ArcSwap::from_pointee(snapshot));
         // After the first health round: nothing is announced on unknown health.
         let bgp_status = Arc::new(bgp::Status::default());
-        let speaker = config
-            .bgp
-            .as_ref()
-            .map(|b| bgp::Speaker::start(b, routes.clone(), bgp_status.clone(), events.clone()));
+        let speaker = config.bgp.as_ref().map(|b| {
+            bgp::Speaker::start(
+                b,
+                routes.clone(),
+                bgp_status.clone(),
+                events.clone(),
+                adopting_bgp,
+            )
+        });
         let reevaluate = Arc::new(Notify::new());
         background.spawn(failover_controller(
             routes.clone(),
@@ -669,6 +691,7 @@ impl App {
                     self.routes.clone(),
                     self.bgp_status.clone(),
                     self.events.clone(),
+                    false,
                 ));
             }
             (Some(_), None) => {
@@ -680,14 +703,60 @@ impl App {
         }
     }
 
-    /// For a binary upgrade: ends the BGP sessions now, without withdrawing first, so the new
-    /// process (already serving on the same listeners) can establish its own right away; a
-    /// router takes one session per peer, so the new one waits for the old one to end. What
-    /// the routers see is the old session's routes dropping when it closes and the new
-    /// session's coming back at its first retry (README, "BGP", states the gap).
-    pub async fn hand_over_bgp(&mut self) {
-        if let Some(speaker) = self.bgp.take() {
+    /// For a binary upgrade, once the new process serves: stops the BGP sessions between two
+    /// messages and sends them, connections included, to the new process on `to` (the upgrade
+    /// control connection), which goes on with them; the routers see nothing. Nothing is
+    /// withdrawn either way. When they cannot be sent, each session ends with a Cease and the
+    /// new process opens its own (the route is gone until then, about a second).
+    pub async fn hand_over_bgp(&mut self, to: Option<&mut tokio::net::UnixStream>) {
+        let Some(speaker) = self.bgp.take() else {
+            return;
+        };
+        let Some(to) = to else {
             speaker.stop().await;
+            return;
+        };
+        let handed = speaker.hand_over().await;
+        let (peers, fds): (Vec<bgp::handoff::HandedPeer>, Vec<OwnedFd>) =
+            handed.into_iter().map(|h| (h.peer, h.fd)).unzip();
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
+        match upgrade::send_frame(to, &peers, &borrowed).await {
+            Ok(()) => info!(
+                sessions = peers.len(),
+                "bgp: sessions handed over to the new process"
+            ),
+            Err(e) => {
+                warn!(error = %e, "bgp: cannot hand the sessions over; the new process opens its own");
+                drop(borrowed);
+                let handed = peers
+                    .into_iter()
+                    .zip(fds)
+                    .map(|(peer, fd)| bgp::handoff::Handed { peer, fd })
+                    .collect();
+                bgp::handoff::close(
+                    handed,
+                    bgp::codec::error::CEASE_ADMIN_SHUTDOWN,
+                    "handoff failed",
+                )
+                .await;
+            }
+        }
+    }
+
+    /// In the new process of a binary upgrade ([`App::take_over`]): the BGP sessions the old
+    /// process handed over (none when it sent none). Each peer takes up its own and the others
+    /// connect; a session whose peer is no longer configured ends with a Cease.
+    pub fn adopt_bgp(&mut self, handed: Vec<bgp::handoff::Handed>) {
+        let left = match &mut self.bgp {
+            Some(speaker) => speaker.adopt(handed),
+            None => handed,
+        };
+        if !left.is_empty() {
+            tokio::spawn(bgp::handoff::close(
+                left,
+                bgp::codec::error::CEASE_PEER_DECONFIGURED,
+                "its peer is not configured in this process",
+            ));
         }
     }
 

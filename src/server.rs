@@ -28,12 +28,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::admin;
 use crate::app::{App, AppView, ServeError};
+use crate::bgp;
 use crate::config::{self, Config, ConfigError};
 use crate::notify::{Notifier, Watchdog};
 use crate::signals::{Request, Signals};
@@ -43,6 +45,11 @@ use crate::watch::ConfigWatcher;
 
 /// Quiet time after a config file change before reloading: editors write in several steps.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
+/// How long a new process waits, after its "ready", for the old one's BGP sessions before its
+/// peers connect afresh. The old one sends them as soon as it reads "ready", once each session
+/// is between two messages (at most 2 s, `HANDOVER_LIMIT` in the speaker); the rest is margin
+/// for a loaded machine.
+const BGP_HANDOFF_WAIT: Duration = Duration::from_secs(5);
 
 /// How `tandem run` runs.
 #[derive(Debug, Clone)]
@@ -197,9 +204,14 @@ struct Server {
     control_path: PathBuf,
     /// The new process taking over, between the handoff and its "ready".
     successor: Option<UnixStream>,
+    /// The new process that said "ready": its connection carries our BGP sessions next.
+    handed_to: Option<UnixStream>,
     /// The process we took over from, between our "ready" and its closing the stream (it then
-    /// applies no more reloads), with the config file as we read it at start.
-    predecessor: Option<(UnixStream, Option<Vec<u8>>)>,
+    /// applies no more reloads), with the config file as we read it at start. A task follows
+    /// the stream: reading the BGP frame must not be cut short by the loop's other events.
+    predecessor: Option<(JoinHandle<()>, Option<Vec<u8>>)>,
+    /// The BGP sessions the process we took over from sends after our "ready".
+    bgp_handoff: Option<oneshot::Receiver<Vec<bgp::handoff::Handed>>>,
     watcher: Option<ConfigWatcher>,
     shutdown_grace: Duration,
 }
@@ -240,17 +252,28 @@ impl Server {
         // accepting, first health round done). All of it is a no-op without NOTIFY_SOCKET.
         let notifier = Notifier::from_env();
         let watchdog = notifier.start_watchdog();
-        let app = App::start_with(cfg, &mut inherited).await?;
+        let mut app = match predecessor {
+            Some(_) => App::take_over(cfg, &mut inherited).await?,
+            None => App::start_with(cfg, &mut inherited).await?,
+        };
         inherited.close_unused();
         // READY=1 carries MAINPID: after an upgrade systemd follows this process from here on.
         notifier.ready(&serving(&app));
         let control_path = options.control_path();
         let control = bind_control(&control_path, options.upgrade_from.is_some());
-        let predecessor = match predecessor {
-            Some(stream) => tell_predecessor(stream)
-                .await
-                .map(|stream| (stream, read_at_start)),
-            None => None,
+        let (predecessor, bgp_handoff) = match predecessor {
+            Some(stream) => match tell_predecessor(stream).await {
+                Some(stream) => {
+                    let (task, handoff) = follow_predecessor(stream);
+                    (Some((task, read_at_start)), Some(handoff))
+                }
+                None => {
+                    // No sessions will come: the peers connect now.
+                    app.adopt_bgp(Vec::new());
+                    (None, None)
+                }
+            },
+            None => (None, None),
         };
         let admin = admin_listener
             .map(|(listener, _, options)| AdminServer::spawn(listener, app.view(), options));
@@ -266,7 +289,9 @@ impl Server {
             control,
             control_path,
             successor: None,
+            handed_to: None,
             predecessor,
+            bgp_handoff,
             watcher,
             shutdown_grace: options.shutdown_grace,
         })
@@ -289,7 +314,12 @@ impl Server {
                 change = or_never(self.watcher.as_mut().map(ConfigWatcher::changed)) => {
                     self.on_config_change(change).await
                 }
-                () = or_never(self.predecessor.as_mut().map(|(s, _)| upgrade::wait_closed(s))) => {
+                handed = or_never(self.bgp_handoff.as_mut()) => {
+                    self.bgp_handoff = None;
+                    self.app.adopt_bgp(handed.unwrap_or_default());
+                    ControlFlow::Continue(())
+                }
+                _ = or_never(self.predecessor.as_mut().map(|(task, _)| task)) => {
                     self.on_predecessor_gone().await
                 }
             };
@@ -340,9 +370,10 @@ impl Server {
     fn on_successor(&mut self, ready: bool) -> ControlFlow<End> {
         if ready {
             info!("upgrade: new process serving; stopping accepting and draining");
-            // Closing tells the new process we apply no more reloads: it compares the config
-            // file with the one it started on, so a reload we applied meanwhile is not lost.
-            self.successor = None;
+            // Closing (once the BGP sessions have gone along) tells the new process we apply
+            // no more reloads: it compares the config file with the one it started on, so a
+            // reload we applied meanwhile is not lost.
+            self.handed_to = self.successor.take();
             return ControlFlow::Break(End::HandedOver);
         }
         warn!("upgrade: new process stopped before it was ready; still serving");
@@ -440,9 +471,11 @@ impl Server {
             admin.stop();
         }
         let mut app = self.app;
-        // After an upgrade the new process announces: no withdrawal (see App::hand_over_bgp).
+        // After an upgrade the new process announces, on our sessions: no withdrawal (see
+        // App::hand_over_bgp). Then the connection closes.
         if end == End::HandedOver {
-            app.hand_over_bgp().await;
+            let mut handed_to = self.handed_to;
+            app.hand_over_bgp(handed_to.as_mut()).await;
         }
         let view = app.view();
         let report = app.shutdown(self.shutdown_grace).await;
@@ -572,6 +605,60 @@ async fn tell_predecessor(mut stream: UnixStream) -> Option<UnixStream> {
             None
         }
     }
+}
+
+/// Follows the connection to the process we took over from, after our "ready": first the BGP
+/// sessions it hands over (none when it sends none, fails, or takes longer than 5 s: the peers
+/// then connect afresh), then its closing the connection, which ends the task.
+fn follow_predecessor(
+    mut stream: UnixStream,
+) -> (JoinHandle<()>, oneshot::Receiver<Vec<bgp::handoff::Handed>>) {
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        type Frame = Vec<bgp::handoff::HandedPeer>;
+        let received = tokio::time::timeout(
+            BGP_HANDOFF_WAIT,
+            upgrade::receive_frame::<Frame>(&mut stream),
+        )
+        .await;
+        let handed = match received {
+            Ok(Ok(Some((peers, fds)))) if peers.len() == fds.len() => {
+                info!(
+                    sessions = peers.len(),
+                    "bgp: sessions received from the old process"
+                );
+                peers
+                    .into_iter()
+                    .zip(fds)
+                    .map(|(peer, fd)| bgp::handoff::Handed { peer, fd })
+                    .collect()
+            }
+            Ok(Ok(Some((peers, fds)))) => {
+                warn!(
+                    described = peers.len(),
+                    received = fds.len(),
+                    "bgp: malformed session handoff; the peers connect afresh"
+                );
+                Vec::new()
+            }
+            // The old process had no session to hand over (or predates the handoff).
+            Ok(Ok(None)) => Vec::new(),
+            Ok(Err(e)) => {
+                warn!(error = %e, "bgp: session handoff failed; the peers connect afresh");
+                Vec::new()
+            }
+            Err(_) => {
+                warn!(
+                    wait_s = BGP_HANDOFF_WAIT.as_secs(),
+                    "bgp: no sessions from the old process in time; the peers connect afresh"
+                );
+                Vec::new()
+            }
+        };
+        let _ = tx.send(handed);
+        upgrade::wait_closed(&mut stream).await;
+    });
+    (task, rx)
 }
 
 /// The config file watcher; `None` (reloads by SIGHUP only) when the file cannot be watched.

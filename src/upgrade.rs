@@ -15,7 +15,10 @@
 //! 3. the new one validates its config, starts (first health round included) and writes
 //!    `ready\n`; if it fails first, the connection closes without it and the old process keeps
 //!    serving.
-//! 4. the old one closes the connection when it stops taking requests; the new one then reads
+//! 4. the old one may send more frames of the same shape, JSON with descriptors beside it
+//!    ([`send_frame`], [`receive_frame`]): the BGP sessions go this way after "ready"
+//!    ([`crate::bgp::handoff`]);
+//! 5. the old one closes the connection when it stops taking requests; the new one then reads
 //!    its config file again and reloads if it changed: a reload the old one applied after step 2
 //!    is one the new one, which had read the file already, has not seen.
 //!
@@ -318,6 +321,89 @@ pub async fn wait_closed(stream: &mut UnixStream) {
     }
 }
 
+/// Sends one more frame on the control connection, after the sockets: `value` as JSON (a
+/// 4-byte big-endian length first) and `fds`, at most [`MAX_SOCKETS`], as `SCM_RIGHTS` on its
+/// first byte. The other side reads it with [`receive_frame`].
+pub async fn send_frame<T: Serialize + ?Sized>(
+    stream: &mut UnixStream,
+    value: &T,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), UpgradeError> {
+    if fds.len() > MAX_SOCKETS {
+        return Err(UpgradeError::Protocol(format!(
+            "{} descriptors, at most {MAX_SOCKETS} go in one frame",
+            fds.len()
+        )));
+    }
+    let json = serde_json::to_vec(value).map_err(|e| UpgradeError::Protocol(e.to_string()))?;
+    let len = u32::try_from(json.len())
+        .ok()
+        .filter(|&n| n as usize <= MAX_FRAME)
+        .ok_or_else(|| UpgradeError::Protocol(format!("frame of {} bytes", json.len())))?;
+    let mut frame = len.to_be_bytes().to_vec();
+    frame.extend_from_slice(&json);
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SOCKETS))];
+    let sent = stream
+        .async_io(Interest::WRITABLE, || {
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                return Err(io::Error::other(
+                    "descriptors do not fit the control buffer",
+                ));
+            }
+            Ok(sendmsg(
+                &*stream,
+                &[IoSlice::new(&frame)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            )?)
+        })
+        .await?;
+    stream.write_all(&frame[sent..]).await?;
+    Ok(())
+}
+
+/// Reads a frame sent with [`send_frame`]: the value and the descriptors that came with it.
+/// `None` when the connection closed before the frame began (an old process that sends none).
+/// Not cancel-safe: run it on a task of its own if it must race something.
+pub async fn receive_frame<T: serde::de::DeserializeOwned>(
+    stream: &mut UnixStream,
+) -> Result<Option<(T, Vec<OwnedFd>)>, UpgradeError> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SOCKETS))];
+    let mut head = [0u8; 4];
+    let mut fds = Vec::new();
+    // The descriptors ride on the first byte: read that one alone with recvmsg, the rest plainly.
+    let got = stream
+        .async_io(Interest::READABLE, || {
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let msg = recvmsg(
+                &*stream,
+                &mut [IoSliceMut::new(&mut head[..1])],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            )?;
+            for message in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(received) = message {
+                    fds.extend(received);
+                }
+            }
+            Ok(msg.bytes)
+        })
+        .await?;
+    if got == 0 {
+        return Ok(None);
+    }
+    stream.read_exact(&mut head[1..]).await?;
+    let len = u32::from_be_bytes(head) as usize;
+    if len > MAX_FRAME {
+        return Err(UpgradeError::Protocol(format!("frame of {len} bytes")));
+    }
+    let mut json = vec![0u8; len];
+    stream.read_exact(&mut json).await?;
+    let value = serde_json::from_slice(&json).map_err(|e| UpgradeError::Protocol(e.to_string()))?;
+    Ok(Some((value, fds)))
+}
+
 /// Starts this binary again with the arguments this process got, plus `--upgrade-from socket`.
 /// The program is `argv[0]` (the path the service manager started, where a package upgrade put
 /// the new binary), not `/proc/self/exe` (the old binary). The child inherits stderr (the log)
@@ -450,5 +536,32 @@ mod tests {
         );
         control.close();
         assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_later_frame_carries_json_and_descriptors_after_ready() {
+        let (mut old, mut new) = UnixStream::pair().unwrap();
+        let conn = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = conn.local_addr().unwrap();
+        ready(&mut new).await.unwrap();
+        assert!(wait_ready(&mut old).await);
+        send_frame(&mut old, &vec!["one".to_string()], &[conn.as_fd()])
+            .await
+            .unwrap();
+        drop(old);
+        let (value, fds) = receive_frame::<Vec<String>>(&mut new)
+            .await
+            .unwrap()
+            .expect("a frame");
+        assert_eq!(value, ["one"]);
+        let [fd] = <[OwnedFd; 1]>::try_from(fds).expect("one descriptor");
+        assert_eq!(std::net::TcpListener::from(fd).local_addr().unwrap(), local);
+        // Then the connection ends: no more frames.
+        assert!(
+            receive_frame::<Vec<String>>(&mut new)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

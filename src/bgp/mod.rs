@@ -11,14 +11,18 @@
 //! - [`codec`] reads and writes BGP messages (pure);
 //! - [`session`] is one session's state machine, timers included (pure, clock passed in);
 //! - [`announce`] derives what to announce from the routing snapshot (pure);
-//! - [`speaker`] runs it: one task per peer doing the TCP I/O, and one that recomputes the
-//!   announcements on every health, failover and reload event and hands the peers the set.
+//! - [`speaker`] runs it: one task per peer doing the TCP I/O (`peer.rs`), and one that recomputes the
+//!   announcements on every health, failover and reload event and hands the peers the set;
+//! - [`handoff`] carries the established sessions through a binary upgrade, connections
+//!   included, so an upgrade withdraws nothing.
 //!
 //! The speaker never installs a route it hears, never listens for connections (it connects
 //! to its peers) and never touches the data path.
 
 pub mod announce;
 pub mod codec;
+pub mod handoff;
+mod peer;
 pub mod session;
 pub mod speaker;
 

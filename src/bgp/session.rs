@@ -12,11 +12,16 @@
 //! over IPv4, IPv6 ones over IPv6: the next hop is the session's local address, and a session has
 //! one of one family) when the peer negotiated that family. It never installs what the peer
 //! sends: UPDATEs from the peer only restart the hold timer.
+//!
+//! A binary upgrade moves an Established session from one process to the next with its TCP
+//! connection: [`Session::hand_over`] writes down what the peer has from us and where the
+//! timers stand, [`Session::adopt`] takes it up again; the router sees nothing happen.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::codec::{
@@ -33,7 +38,7 @@ const PREFIXES_PER_UPDATE: usize = 200;
 const LOCAL_PREF: u32 = 100;
 
 /// What a session is configured with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Params {
     pub local_asn: u32,
     pub router_id: Ipv4Addr,
@@ -80,7 +85,7 @@ impl Down {
 }
 
 /// What the peer said in its OPEN, once accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Negotiated {
     pub peer_router_id: Ipv4Addr,
     /// The hold time both sides use: the smaller of the two proposals (0: no timers).
@@ -88,6 +93,26 @@ pub struct Negotiated {
     pub four_octet_as: bool,
     pub ipv4: bool,
     pub ipv6: bool,
+}
+
+/// An Established session as a binary upgrade carries it to the next process, beside its TCP
+/// connection. Times travel as what is left of them, not as instants: a monotonic instant
+/// means nothing in another process. Checked by [`Session::adopt`]: it comes from another
+/// process and is not trusted to be well formed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// The settings the session was opened with: an adopting process with other settings
+    /// (a changed `asn`, `router_id`, `hold_time` or peer AS) needs a new OPEN.
+    pub params: Params,
+    /// Our address on the connection: the next hop of what we announced.
+    pub local: IpAddr,
+    pub negotiated: Negotiated,
+    /// What the peer has from us, as (address, length).
+    pub advertised: Vec<(IpAddr, u8)>,
+    /// Milliseconds left before the hold timer expires; `None` without a hold timer.
+    pub hold_left_ms: Option<u64>,
+    /// Milliseconds until the next KEEPALIVE is due; `None` without a hold timer.
+    pub keepalive_in_ms: Option<u64>,
 }
 
 /// One session with one peer.
@@ -138,6 +163,75 @@ impl Session {
     /// Whether AS numbers travel in 4 octets on this session (decides how AS_PATH is coded).
     pub fn four_octet_as(&self) -> bool {
         self.negotiated.as_ref().is_some_and(|n| n.four_octet_as)
+    }
+
+    /// The session as a binary upgrade hands it over at `now`; `None` unless Established (a
+    /// session still opening is closed instead, and the next process opens its own).
+    pub fn hand_over(&self, now: Instant) -> Option<Handoff> {
+        if self.state != State::Established {
+            return None;
+        }
+        let left = |at: Option<Instant>| {
+            at.map(|at| {
+                u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+            })
+        };
+        Some(Handoff {
+            params: self.params.clone(),
+            local: self.local?,
+            negotiated: self.negotiated.clone()?,
+            advertised: self.advertised.iter().map(|p| (p.addr, p.len)).collect(),
+            hold_left_ms: left(self.hold_deadline),
+            keepalive_in_ms: left(self.keepalive_at),
+        })
+    }
+
+    /// Takes up at `now` a session another process handed over; the caller owns its TCP
+    /// connection. Refused (with the reason) when it was opened with other settings than
+    /// `params`, or does not hold together. The timers go on where they stood, never later
+    /// than a full interval from now.
+    pub fn adopt(params: Params, handoff: Handoff, now: Instant) -> Result<Session, String> {
+        if handoff.params != params {
+            return Err(format!(
+                "it was opened with other settings ({:?}, now {:?})",
+                handoff.params, params
+            ));
+        }
+        let hold = handoff.negotiated.hold;
+        // The hold time is a 16-bit count of seconds in the OPEN; more cannot have been agreed.
+        if hold > Duration::from_secs(u64::from(u16::MAX)) {
+            return Err(format!("a hold time of {}s", hold.as_secs()));
+        }
+        let mut advertised = BTreeSet::new();
+        for (addr, len) in handoff.advertised {
+            match Prefix::new(addr, len) {
+                Some(p) if p.addr == addr => advertised.insert(p),
+                _ => return Err(format!("an advertised prefix {addr}/{len} that is not one")),
+            };
+        }
+        let family = |ip: IpAddr| ip.is_ipv4();
+        if advertised
+            .iter()
+            .any(|p| family(p.addr) != family(handoff.local))
+        {
+            return Err("an advertised prefix of the other family".to_string());
+        }
+        // Missing: the hold timer starts afresh, the KEEPALIVE goes at once.
+        let left = |v: Option<u64>, missing: Duration, cap: Duration| {
+            v.map_or(missing, Duration::from_millis).min(cap)
+        };
+        let hold_deadline = (!hold.is_zero()).then(|| now + left(handoff.hold_left_ms, hold, hold));
+        let keepalive_at = keepalive_interval(hold)
+            .map(|every| now + left(handoff.keepalive_in_ms, Duration::ZERO, every));
+        Ok(Session {
+            params,
+            state: State::Established,
+            local: Some(handoff.local),
+            negotiated: Some(handoff.negotiated),
+            hold_deadline,
+            keepalive_at,
+            advertised,
+        })
     }
 
     /// The TCP connection is up, with `local` our address on it: the OPEN to send.

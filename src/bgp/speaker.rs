@@ -1,44 +1,41 @@
-//! The speaker's tasks: one per peer doing the TCP I/O of a [`Session`], and the announcer,
+//! The speaker's tasks: one per peer doing the TCP I/O of a
+//! [`Session`](super::session::Session) (in `peer.rs`), and the announcer,
 //! which recomputes what to announce ([`super::announce`]) whenever health, failover or a
 //! reload may have changed it and hands the set to the peers over a `watch` channel. Each peer
 //! task sends only the difference between what its peer has and the new set.
 //!
-//! Thin on purpose: the decisions are in [`Session`] (what to send, when the session is over)
+//! Thin on purpose: the decisions are in the session (what to send, when the session is over)
 //! and [`super::announce`] (what to announce); here are sockets, timers and the status.
 //!
 //! Stopping: [`Speaker::withdraw`] stops the announcer, withdraws everything from every peer
 //! and waits until the withdrawals are written (bounded), for a graceful shutdown to drain
 //! after; [`Speaker::stop`] ends the sessions with a NOTIFICATION (Cease), which makes the
 //! peers drop whatever is left. A crash does the same through the kernel closing the sockets.
+//! [`Speaker::hand_over`] (binary upgrade) stops each session between two messages and returns
+//! it with its connection; in the next process, [`Speaker::start`] with `adopting` holds its
+//! peers back until [`Speaker::adopt`] gives them those sessions (see [`super::handoff`]).
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::announce::{self, Announcement};
-use super::codec::{self, Message, Notification, Prefix, error};
-use super::session::{Backoff, Params, Session, State};
+use super::codec::{Prefix, error};
+use super::handoff::Handed;
+use super::peer::{Stop, run_peer};
+use super::session::{Params, State};
 use super::{PeerStatus, Status};
 use crate::config::{Bgp, BgpPeer};
 use crate::events::{BgpEvent, Event, EventSender};
 use crate::pool::Snapshot;
 
-/// How long a TCP connect to a peer may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one write to a peer may block (its receive window full) before the session is
-/// given up: longer than any sane hold time, so the hold timer normally decides first.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`Speaker::withdraw`] waits for the withdrawals to be written to every peer.
 const WITHDRAW_LIMIT: Duration = Duration::from_secs(2);
 /// After the withdrawals are written: time for the peers' kernels to take them and for the
@@ -46,6 +43,10 @@ const WITHDRAW_LIMIT: Duration = Duration::from_secs(2);
 /// an established session reach a router on the same segment in well under a millisecond;
 /// this leaves a wide margin for the router's own scheduling, and costs a stop nothing.
 const WITHDRAW_SETTLE: Duration = Duration::from_millis(200);
+/// How long [`Speaker::hand_over`] waits for the sessions to stop between two messages: a
+/// session busy for longer is blocked on a write (its peer's window full), and a KEEPALIVE
+/// from the next process could not get through either; it is closed instead.
+const HANDOVER_LIMIT: Duration = Duration::from_secs(2);
 
 /// The running speaker.
 pub struct Speaker {
@@ -60,21 +61,27 @@ pub struct Speaker {
 
 struct PeerTask {
     config: BgpPeer,
-    /// `Some(subcode)`: end the session with a Cease of that subcode, and the task.
-    stop: watch::Sender<Option<u8>>,
+    /// `Some`: end the session and the task.
+    stop: watch::Sender<Option<Stop>>,
     /// Prefixes the peer has from us, as written to its socket.
     advertised: watch::Receiver<usize>,
-    task: JoinHandle<()>,
+    /// While the peer waits for a session from the process we took over from.
+    adopt: Option<oneshot::Sender<Option<Handed>>>,
+    /// Returns the session when asked to hand it over.
+    task: JoinHandle<Option<Handed>>,
 }
 
 impl Speaker {
     /// Starts a session with every peer of `config` and the announcer over `routes`. Status
-    /// goes to `status`, session and announcement changes to `events`.
+    /// goes to `status`, session and announcement changes to `events`. `adopting` (a process
+    /// taking over in a binary upgrade): the peers wait for [`Speaker::adopt`] before
+    /// connecting, so none opens a second session beside the one coming over.
     pub fn start(
         config: &Bgp,
         routes: Arc<ArcSwap<Snapshot>>,
         status: Arc<Status>,
         events: EventSender,
+        adopting: bool,
     ) -> Speaker {
         let list = announce::announcements(&routes.load());
         let (wanted, _) = watch::channel(announce::wanted(&list));
@@ -90,7 +97,7 @@ impl Speaker {
         // The announcer reports each service's first state (an `announced` event for each that
         // can serve) and fills the status.
         speaker.start_announcer();
-        speaker.start_peers(config.peers.iter());
+        speaker.start_peers(config.peers.iter(), adopting);
         speaker
     }
 
@@ -107,9 +114,15 @@ impl Speaker {
         self.announcer = Some((stop, task));
     }
 
-    fn start_peers<'a>(&mut self, peers: impl Iterator<Item = &'a BgpPeer>) {
+    fn start_peers<'a>(&mut self, peers: impl Iterator<Item = &'a BgpPeer>, adopting: bool) {
         for peer in peers {
             let (stop, stop_rx) = watch::channel(None);
+            let (adopt, adopt_rx) = if adopting {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
             let (advertised_tx, advertised) = watch::channel(0);
             let params = Params {
                 local_asn: self.config.asn,
@@ -125,11 +138,13 @@ impl Speaker {
                 stop_rx,
                 self.status.clone(),
                 self.events.clone(),
+                adopt_rx,
             ));
             self.peers.push(PeerTask {
                 config: peer.clone(),
                 stop,
                 advertised,
+                adopt,
                 task,
             });
         }
@@ -182,7 +197,7 @@ impl Speaker {
                 error::CEASE_PEER_DECONFIGURED
             };
             info!(peer = %p.config.socket_addr(), "bgp: peer removed or changed; closing its session");
-            let _ = p.stop.send(Some(subcode));
+            let _ = p.stop.send(Some(Stop::Cease(subcode)));
         }
         self.peers = keep;
         self.config = new.clone();
@@ -192,7 +207,7 @@ impl Speaker {
             .filter(|n| !self.peers.iter().any(|p| &p.config == *n))
             .cloned()
             .collect();
-        self.start_peers(added.iter());
+        self.start_peers(added.iter(), false);
         // Config order, as the status shows it.
         self.peers.sort_by_key(|p| {
             new.peers
@@ -263,11 +278,60 @@ impl Speaker {
             let _ = task.await;
         }
         for p in &self.peers {
-            let _ = p.stop.send(Some(error::CEASE_ADMIN_SHUTDOWN));
+            let _ = p.stop.send(Some(Stop::Cease(error::CEASE_ADMIN_SHUTDOWN)));
         }
         for p in self.peers.drain(..) {
             let _ = p.task.await;
         }
+    }
+
+    /// Binary upgrade, once the new process serves: stops every Established session between
+    /// two messages and returns it with its connection, for the new process to adopt; nothing
+    /// is withdrawn. Sessions not Established are closed (the new process opens its own), as
+    /// is one that does not stop within 2 s.
+    pub async fn hand_over(mut self) -> Vec<Handed> {
+        if let Some((stop, task)) = self.announcer.take() {
+            stop.cancel();
+            let _ = task.await;
+        }
+        for p in &self.peers {
+            let _ = p.stop.send(Some(Stop::HandOver));
+        }
+        let deadline = Instant::now() + HANDOVER_LIMIT;
+        let mut handed = Vec::new();
+        for p in self.peers.drain(..) {
+            let mut task = p.task;
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(Some(h))) => handed.push(h),
+                Ok(_) => {}
+                Err(_) => {
+                    task.abort();
+                    warn!(peer = %p.config.socket_addr(),
+                          "bgp: session did not stop for the handoff in time; closed, the new process opens its own");
+                }
+            }
+        }
+        handed
+    }
+
+    /// In a process that took over (started `adopting`): gives each waiting peer the session
+    /// handed over for it, and lets the others connect. Returns the sessions no peer took (their
+    /// peer is not configured here, or stopped meanwhile); the caller closes them.
+    pub fn adopt(&mut self, mut handed: Vec<Handed>) -> Vec<Handed> {
+        for p in &mut self.peers {
+            let Some(tx) = p.adopt.take() else {
+                continue;
+            };
+            let addr = p.config.socket_addr();
+            let mine = handed
+                .iter()
+                .position(|h| h.peer.peer == addr)
+                .map(|i| handed.swap_remove(i));
+            if let Err(Some(h)) = tx.send(mine) {
+                handed.push(h);
+            }
+        }
+        handed
     }
 }
 
@@ -277,7 +341,7 @@ impl Drop for Speaker {
             stop.cancel();
         }
         for p in &self.peers {
-            let _ = p.stop.send(Some(error::CEASE_ADMIN_SHUTDOWN));
+            let _ = p.stop.send(Some(Stop::Cease(error::CEASE_ADMIN_SHUTDOWN)));
         }
     }
 }
@@ -342,302 +406,4 @@ fn report(events: &EventSender, a: &Announcement, first: bool) {
         reason: reason.to_string(),
         at: SystemTime::now(),
     }));
-}
-
-/// How a session ended.
-enum Ended {
-    /// Asked to stop (the Cease was sent).
-    Stopped,
-    /// The session went down; the reason, to log and show.
-    Down(String),
-}
-
-/// One peer: connect, run the session, retry with backoff, until asked to stop.
-async fn run_peer(
-    addr: SocketAddr,
-    params: Params,
-    mut wanted: watch::Receiver<BTreeSet<Prefix>>,
-    advertised: watch::Sender<usize>,
-    mut stop: watch::Receiver<Option<u8>>,
-    status: Arc<Status>,
-    events: EventSender,
-) {
-    let mut session = Session::new(params);
-    let mut backoff = Backoff::new();
-    loop {
-        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr));
-        let connected = tokio::select! {
-            r = connect => r,
-            _ = stop.wait_for(Option::is_some) => return,
-        };
-        let error = match connected {
-            Ok(Ok(stream)) => {
-                let io = PeerIo {
-                    addr,
-                    session: &mut session,
-                    wanted: &mut wanted,
-                    advertised: &advertised,
-                    status: &status,
-                    events: &events,
-                };
-                let was = status
-                    .peers()
-                    .iter()
-                    .find(|p| p.peer == addr)
-                    .map(|p| p.established);
-                let ended = io.run(stream, &mut stop).await;
-                session.closed();
-                advertised.send_replace(0);
-                let now_est = status
-                    .peers()
-                    .iter()
-                    .find(|p| p.peer == addr)
-                    .map(|p| p.established);
-                if now_est != was {
-                    backoff.reset();
-                }
-                match ended {
-                    Ended::Stopped => {
-                        status.update_peer(addr, |p| {
-                            p.state = State::Idle;
-                            p.since = SystemTime::now();
-                            p.advertised = 0;
-                        });
-                        return;
-                    }
-                    Ended::Down(reason) => reason,
-                }
-            }
-            Ok(Err(e)) => format!("connect: {e}"),
-            Err(_) => format!("connect: no answer in {}s", CONNECT_TIMEOUT.as_secs()),
-        };
-        status.update_peer(addr, |p| {
-            if p.state != State::Idle {
-                p.since = SystemTime::now();
-            }
-            p.state = State::Idle;
-            p.advertised = 0;
-            p.last_error = Some(error.clone());
-        });
-        let delay = backoff.next_delay();
-        tracing::debug!(peer = %addr, error = %error, retry_s = delay.as_secs(), "bgp: no session");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(Option::is_some) => return,
-        }
-    }
-}
-
-/// One connection's worth of a peer's state, borrowed from [`run_peer`].
-struct PeerIo<'a> {
-    addr: SocketAddr,
-    session: &'a mut Session,
-    wanted: &'a mut watch::Receiver<BTreeSet<Prefix>>,
-    advertised: &'a watch::Sender<usize>,
-    status: &'a Status,
-    events: &'a EventSender,
-}
-
-impl PeerIo<'_> {
-    /// Runs the session on `stream` until it ends.
-    async fn run(mut self, stream: TcpStream, stop: &mut watch::Receiver<Option<u8>>) -> Ended {
-        let local = match stream.local_addr() {
-            Ok(a) => a.ip(),
-            Err(e) => return Ended::Down(format!("local address: {e}")),
-        };
-        // BGP messages are small and each matters now: no Nagle delay on a withdrawal.
-        let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
-        let open = self.session.connected(local, Instant::now());
-        self.set_state();
-        if let Err(e) = self.send(&mut wr, open).await {
-            return Ended::Down(e);
-        }
-        let mut buf: Vec<u8> = Vec::with_capacity(2 * codec::MAX_MESSAGE_LEN);
-        loop {
-            let deadline = self.session.deadline();
-            let sleep = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let outcome = tokio::select! {
-                // The value is copied out in the future: a watch `Ref` must not live across the
-                // awaits below.
-                subcode = async { stop.wait_for(Option::is_some).await.ok().and_then(|s| *s) } => {
-                    let subcode = subcode.unwrap_or(error::CEASE_ADMIN_SHUTDOWN);
-                    let cease = Message::Notification(Notification::new(error::CEASE, subcode));
-                    let _ = self.send(&mut wr, vec![cease]).await;
-                    let _ = wr.shutdown().await;
-                    self.down("stopped", false);
-                    return Ended::Stopped;
-                }
-                read = rd.read_buf(&mut buf) => match read {
-                    Ok(0) => Err(down("the peer closed the connection")),
-                    Ok(_) => self.take_messages(&mut buf),
-                    Err(e) => Err(down(&format!("read: {e}"))),
-                },
-                _ = sleep => self.session.timers(Instant::now()),
-                changed = self.wanted.changed() => match changed {
-                    Ok(()) => {
-                        let wanted = self.wanted.borrow_and_update().clone();
-                        Ok(self.session.sync(&wanted))
-                    }
-                    // The speaker is gone without a stop: as a stop.
-                    Err(_) => Err(session_down(None, "speaker stopped")),
-                },
-            };
-            match outcome {
-                Ok(out) => {
-                    if let Err(e) = self.send(&mut wr, out).await {
-                        self.down(&e, true);
-                        return Ended::Down(e);
-                    }
-                }
-                Err(d) => {
-                    if let Some(n) = d.notify {
-                        let _ = self.send(&mut wr, vec![Message::Notification(n)]).await;
-                    }
-                    let _ = wr.shutdown().await;
-                    self.down(&d.reason, true);
-                    return Ended::Down(d.reason);
-                }
-            }
-        }
-    }
-
-    /// Decodes and handles every whole message in `buf`; what to send back.
-    fn take_messages(&mut self, buf: &mut Vec<u8>) -> Result<Vec<Message>, super::session::Down> {
-        let mut out = Vec::new();
-        let mut used = 0;
-        let result = loop {
-            let rest = &buf[used..];
-            let len = match codec::frame_len(rest) {
-                Ok(Some(len)) if rest.len() >= len => len,
-                Ok(_) => break Ok(()),
-                Err(e) => break Err(e),
-            };
-            let message = match codec::decode(&rest[..len], self.session.four_octet_as()) {
-                Ok(m) => m,
-                Err(e) => break Err(e),
-            };
-            used += len;
-            let before = self.session.state();
-            let wanted = self.wanted.borrow_and_update().clone();
-            out.extend(self.session.receive(message, &wanted, Instant::now())?);
-            if self.session.state() != before {
-                self.set_state();
-            }
-        };
-        buf.drain(..used);
-        match result {
-            Ok(()) => Ok(out),
-            Err(e) => Err(session_down(Some(e.notification.clone()), &e.to_string())),
-        }
-    }
-
-    /// Writes `messages` (whole, in order) and publishes what the peer has now.
-    async fn send(
-        &mut self,
-        wr: &mut OwnedWriteHalf,
-        messages: Vec<Message>,
-    ) -> Result<(), String> {
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let four = self.session.four_octet_as();
-        let updates = messages
-            .iter()
-            .filter(|m| matches!(m, Message::Update(_)))
-            .count() as u64;
-        let mut bytes = Vec::new();
-        for m in &messages {
-            bytes.extend_from_slice(&m.encode(four));
-        }
-        match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&bytes)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("write: {e}")),
-            Err(_) => return Err(format!("write: blocked for {}s", WRITE_TIMEOUT.as_secs())),
-        }
-        let advertised = self.session.advertised().len();
-        if updates > 0 {
-            self.status.update_peer(self.addr, |p| {
-                p.updates_sent += updates;
-                p.advertised = advertised;
-            });
-        }
-        self.advertised.send_replace(advertised);
-        Ok(())
-    }
-
-    fn set_state(&self) {
-        let state = self.session.state();
-        let established = state == State::Established;
-        self.status.update_peer(self.addr, |p| {
-            p.state = state;
-            p.since = SystemTime::now();
-            if established {
-                p.established += 1;
-                p.last_error = None;
-            }
-        });
-        if established {
-            let n = self.session.negotiated();
-            info!(peer = %self.addr, hold_s = n.map(|n| n.hold.as_secs()),
-                  peer_router_id = ?n.map(|n| n.peer_router_id), "bgp: session established");
-            let _ = self.events.send(Event::Bgp(BgpEvent {
-                change: "session_up",
-                peer: Some(self.addr.to_string()),
-                service: None,
-                prefix: None,
-                reason: "established".to_string(),
-                at: SystemTime::now(),
-            }));
-        }
-    }
-
-    /// The session ended: status, log and (if it had been established) an event.
-    fn down(&self, reason: &str, unexpected: bool) {
-        let was_up = self.session.state() == State::Established
-            || self
-                .status
-                .peers()
-                .iter()
-                .any(|p| p.peer == self.addr && p.state == State::Established);
-        self.status.update_peer(self.addr, |p| {
-            p.state = State::Idle;
-            p.since = SystemTime::now();
-            p.advertised = 0;
-            if unexpected {
-                p.last_error = Some(reason.to_string());
-            }
-        });
-        if was_up {
-            if unexpected {
-                warn!(peer = %self.addr, reason, "bgp: session down");
-            } else {
-                info!(peer = %self.addr, reason, "bgp: session closed");
-            }
-            let _ = self.events.send(Event::Bgp(BgpEvent {
-                change: "session_down",
-                peer: Some(self.addr.to_string()),
-                service: None,
-                prefix: None,
-                reason: reason.to_string(),
-                at: SystemTime::now(),
-            }));
-        }
-    }
-}
-
-fn down(reason: &str) -> super::session::Down {
-    session_down(None, reason)
-}
-
-fn session_down(notify: Option<Notification>, reason: &str) -> super::session::Down {
-    super::session::Down {
-        notify,
-        reason: reason.to_string(),
-    }
 }

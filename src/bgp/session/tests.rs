@@ -295,3 +295,92 @@ fn backoff_doubles_to_a_cap_and_resets() {
     b.reset();
     assert_eq!(b.next_delay(), Duration::from_secs(1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_handed_over_session_goes_on_where_it_stood() {
+    let wanted = set(&["198.51.100.10", "198.51.100.11"]);
+    let (old, _) = established(&wanted);
+    // 2 s in: the next KEEPALIVE is 1 s away, the peer's hold timer has 7 s left.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let handoff = old.hand_over(Instant::now()).expect("Established");
+    assert_eq!(handoff.keepalive_in_ms, Some(1_000));
+    assert_eq!(handoff.hold_left_ms, Some(7_000));
+    // Through JSON, as it travels between the processes.
+    let json = serde_json::to_vec(&handoff).expect("serialize");
+    let handoff: Handoff = serde_json::from_slice(&json).expect("deserialize");
+
+    tokio::time::advance(Duration::from_millis(50)).await;
+    let mut new = Session::adopt(params(), handoff, Instant::now()).expect("adopted");
+    assert_eq!(new.state(), State::Established);
+    assert_eq!(new.advertised(), &wanted);
+    assert_eq!(new.negotiated(), old.negotiated());
+    assert!(
+        new.sync(&wanted).is_empty(),
+        "the peer has it all already: nothing is sent again"
+    );
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert_eq!(new.timers(Instant::now()), Ok(vec![]));
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(
+        new.timers(Instant::now()),
+        Ok(vec![Message::Keepalive]),
+        "the KEEPALIVE is due when it was due in the old process"
+    );
+    // The new process's config wants one prefix less: it withdraws it.
+    let fewer = set(&["198.51.100.10"]);
+    let out = new.sync(&fewer);
+    let [Message::Update(u)] = &out[..] else {
+        panic!("one UPDATE: {out:?}");
+    };
+    assert_eq!(
+        u.withdrawn,
+        vec![Prefix::host("198.51.100.11".parse().expect("ip"))]
+    );
+    // The peer stays silent: the hold timer, 7 s left at the handoff, ends the session 7 s
+    // after the adoption (the 50 ms on the way are given, never taken).
+    tokio::time::advance(Duration::from_millis(5_999)).await;
+    assert!(new.timers(Instant::now()).is_ok());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let down = new.timers(Instant::now()).expect_err("hold timer expired");
+    assert_eq!(down.notify.map(|n| n.code), Some(error::HOLD_TIMER_EXPIRED));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_an_established_session_with_the_same_settings_is_adopted() {
+    let mut opening = Session::new(params());
+    opening.connected("192.0.2.1".parse().expect("ip"), Instant::now());
+    assert_eq!(opening.hand_over(Instant::now()), None);
+
+    let (s, _) = established(&set(&["198.51.100.10"]));
+    let handoff = s.hand_over(Instant::now()).expect("Established");
+    let mut other = params();
+    other.hold_time = 30;
+    assert!(Session::adopt(other, handoff.clone(), Instant::now()).is_err());
+
+    // Malformed input from the other process is refused, never a panic.
+    let mut bad = handoff.clone();
+    bad.advertised = vec![("198.51.100.10".parse().expect("ip"), 200)];
+    assert!(Session::adopt(params(), bad, Instant::now()).is_err());
+    let mut bad = handoff.clone();
+    bad.advertised = vec![("198.51.100.10".parse().expect("ip"), 24)];
+    assert!(
+        Session::adopt(params(), bad, Instant::now()).is_err(),
+        "host bits set"
+    );
+    let mut bad = handoff.clone();
+    bad.advertised = vec![("2001:db8::1".parse().expect("ip"), 128)];
+    assert!(
+        Session::adopt(params(), bad, Instant::now()).is_err(),
+        "other family"
+    );
+    let mut bad = handoff.clone();
+    bad.negotiated.hold = Duration::MAX;
+    assert!(Session::adopt(params(), bad, Instant::now()).is_err());
+    // Times far in the future are capped at one interval, not added blindly.
+    let mut late = handoff;
+    late.hold_left_ms = Some(u64::MAX);
+    late.keepalive_in_ms = Some(u64::MAX);
+    let now = Instant::now();
+    let adopted = Session::adopt(params(), late, now).expect("adopted");
+    assert_eq!(adopted.deadline(), Some(now + Duration::from_secs(3)));
+}

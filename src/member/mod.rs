@@ -168,7 +168,7 @@ pub fn set_state(
     })
 }
 
-/// [`set_state`] on the config file at `path`, written back (atomically, see [`file`]) only
+/// [`set_state`] on the config file at `path`, written back (atomically, see [`mod@file`]) only
 /// when the text changed.
 pub fn set_in_file(
     path: &Path,

@@ -33,10 +33,11 @@
 //!   [`RSS_SLACK_KIB`]. Upgrades stop for the last quarter of the run so that process carries
 //!   a real share of the load.
 //!
-//! It runs `CHAOS_SECONDS` (default 60); a longer run:
+//! It runs `CHAOS_SECONDS` (default 60), and is `#[ignore]`d for that length only: plain
+//! `cargo test` lists it, CI runs it with `--include-ignored`. A longer run:
 //!
 //! ```text
-//! CHAOS_SECONDS=600 cargo test --release --test chaos -- --nocapture
+//! CHAOS_SECONDS=600 cargo test --release --test chaos -- --include-ignored --nocapture
 //! ```
 
 #[path = "common/churn.rs"]
@@ -678,9 +679,8 @@ fn total(processes: &[Retired], service: &str, key: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "known intermittent failure (issue 18, open): a few new TCP connections are turned away \
-            when a reload and a whole-pool outage coincide; run with: cargo test --test chaos -- \
-            --ignored --nocapture"]
+#[ignore = "a 60 s soak (CHAOS_SECONDS) against the real binary (CI runs it: cargo test -- \
+            --include-ignored)"]
 async fn chaos_soak() {
     let seconds: u64 = std::env::var("CHAOS_SECONDS")
         .ok()

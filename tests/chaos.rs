@@ -39,6 +39,9 @@
 //! ```text
 //! CHAOS_SECONDS=600 cargo test --release --test chaos -- --include-ignored --nocapture
 //! ```
+//!
+//! With `CHAOS_ACCESS_LOG=FILE`, every process of the chain appends its access log (JSON) to
+//! `FILE`: the outcome, pool and member of each connection, to tell what a failure was.
 
 #[path = "common/churn.rs"]
 mod churn;
@@ -150,7 +153,11 @@ fn config_text(
             ulocal_pool = with(ulocal_pool, ulocal_addrs[1], "state = \"drain\"");
         }
     }
+    let access = std::env::var("CHAOS_ACCESS_LOG")
+        .map(|p| format!("[access_log]\npath = \"{p}\"\nformat = \"json\"\n\n"))
+        .unwrap_or_default();
     "[admin]\nlisten = \"127.0.0.1:0\"\n\n".to_string()
+        + &access
         + &local_pool
         + &fast_tcp_check(2, 2)
         + &pool_toml("dc2", backup)

@@ -106,6 +106,7 @@ impl Snapshot {
                 .unwrap_or_else(|| {
                     Arc::new(FailoverCell::new(
                         Arc::from(service.name.as_str()),
+                        service.failover,
                         events.clone(),
                     ))
                 });
@@ -205,20 +206,33 @@ pub struct Route {
 
 /// Where one connection goes: a pool pair and its failover state (a service's own pools, or
 /// one of its server-name routes).
+///
+/// The failover mode is not taken from the route's config: a connection holds the route it
+/// loaded at accept while a reload may change the mode and, in the same step, the shared
+/// failover cell's side. Both are read from the cell, as decided together by the newest
+/// generation (see [`Decision`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
     pub local: &'a Arc<PoolState>,
     pub backup: Option<&'a Arc<PoolState>>,
     pub failover: &'a FailoverCell,
-    pub mode: FailoverMode,
 }
 
 impl<'a> Target<'a> {
     /// The pool new connections go to now (one atomic load).
     pub fn active_pool(&self) -> &'a Arc<PoolState> {
-        match (self.failover.side(), self.backup) {
-            (Side::Backup, Some(backup)) => backup,
-            _ => self.local,
+        self.pools().0
+    }
+
+    /// The pools a new connection tries, in order: the active pool, then (under `auto` only)
+    /// the paired pool, for the moments between a whole pool dying and the health checks
+    /// noticing. Pinned modes (drills) never spill over. One atomic load.
+    pub fn pools(&self) -> (&'a Arc<PoolState>, Option<&'a Arc<PoolState>>) {
+        let decision = self.failover.decision();
+        match (decision.side, self.backup) {
+            (_, None) => (self.local, None),
+            (Side::Backup, Some(backup)) => (backup, decision.spill.then_some(self.local)),
+            (Side::Local, Some(backup)) => (self.local, decision.spill.then_some(backup)),
         }
     }
 }
@@ -256,6 +270,7 @@ impl SniRouteState {
             .unwrap_or_else(|| {
                 Arc::new(FailoverCell::new(
                     Arc::from(format!("{}/{}", service.name, route.name)),
+                    route.failover,
                     events.clone(),
                 ))
             });
@@ -274,7 +289,6 @@ impl SniRouteState {
             local: &self.local,
             backup: self.backup.as_ref(),
             failover: &self.failover,
-            mode: self.config.failover,
         }
     }
 
@@ -303,16 +317,12 @@ impl Route {
             local: &self.local,
             backup: self.backup.as_ref(),
             failover: &self.failover,
-            mode: self.service.failover,
         }
     }
 
     /// The pool new connections go to now (one atomic load).
     pub fn active_pool(&self) -> &Arc<PoolState> {
-        match (self.failover.side(), &self.backup) {
-            (Side::Backup, Some(backup)) => backup,
-            _ => &self.local,
-        }
+        self.target().active_pool()
     }
 
     /// What the failover decision of this service looks at now.
@@ -328,8 +338,48 @@ impl Route {
     }
 }
 
-/// The published failover state of one service: the side as an atomic for the data path, the
-/// full state machine behind a mutex for the controller and status.
+/// What the data path reads of a service's failover state: the side new connections go to and
+/// whether they may spill over to the other pool.
+///
+/// Published together, by the generation that decided the side, in one atomic: a connection
+/// still holding the route of the config before a reload must not combine that config's mode
+/// with the side the new config chose. (The chaos soak caught exactly that: a connection
+/// loaded under the `remote` drill, the reload to `auto` sent the side back to a local pool
+/// that had just died, and the drill's "never spill" turned the client away with the backup
+/// pool up.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub side: Side,
+    /// Under `auto` only: when the active pool has no member that answers, try the other.
+    pub spill: bool,
+}
+
+impl Decision {
+    fn of(side: Side, mode: FailoverMode) -> Decision {
+        Decision {
+            side,
+            spill: mode == FailoverMode::Auto,
+        }
+    }
+
+    fn encode(self) -> u8 {
+        self.side as u8 | (u8::from(self.spill) << 1)
+    }
+
+    fn decode(v: u8) -> Decision {
+        Decision {
+            side: if v & 1 == Side::Backup as u8 {
+                Side::Backup
+            } else {
+                Side::Local
+            },
+            spill: v & 2 != 0,
+        }
+    }
+}
+
+/// The published failover state of one service: the [`Decision`] as an atomic for the data
+/// path, the full state machine behind a mutex for the controller and status.
 #[derive(Debug)]
 pub struct FailoverCell {
     /// Moves to the backup pool (failovers, drills included) since the service was configured.
@@ -337,7 +387,8 @@ pub struct FailoverCell {
     /// Moves back to the local pool.
     pub failbacks: AtomicU64,
     service: Arc<str>,
-    side: AtomicU8,
+    /// A [`Decision`], encoded.
+    decision: AtomicU8,
     /// The state machine, and the newest config generation that has fed it: a reload and the
     /// controller may evaluate the old and the new snapshot at the same moment (they share
     /// this cell), and the old one must not undo what the new one decided.
@@ -355,12 +406,12 @@ pub struct FailoverStatus {
 }
 
 impl FailoverCell {
-    fn new(service: Arc<str>, events: EventSender) -> FailoverCell {
+    fn new(service: Arc<str>, mode: FailoverMode, events: EventSender) -> FailoverCell {
         FailoverCell {
             failovers: AtomicU64::new(0),
             failbacks: AtomicU64::new(0),
             service,
-            side: AtomicU8::new(Side::Local as u8),
+            decision: AtomicU8::new(Decision::of(Side::Local, mode).encode()),
             state: Mutex::new((Failover::new(Instant::now()), 0)),
             events,
         }
@@ -368,11 +419,13 @@ impl FailoverCell {
 
     /// The side new connections go to.
     pub fn side(&self) -> Side {
-        if self.side.load(Ordering::Acquire) == Side::Backup as u8 {
-            Side::Backup
-        } else {
-            Side::Local
-        }
+        self.decision().side
+    }
+
+    /// The side new connections go to and whether they may spill over, as the newest config
+    /// generation decided them.
+    pub fn decision(&self) -> Decision {
+        Decision::decode(self.decision.load(Ordering::Acquire))
     }
 
     /// The current state, for status.
@@ -397,8 +450,14 @@ impl FailoverCell {
             return None;
         }
         *seen = generation;
-        if let Some(t) = state.update(inputs, now) {
-            self.side.store(t.to as u8, Ordering::Release);
+        let transition = state.update(inputs, now);
+        // Stored on a mode change too (a drill ending may keep the side): the side and the
+        // right to spill always come from the same generation's config.
+        let decision = Decision::of(state.side(), inputs.mode).encode();
+        if self.decision.load(Ordering::Relaxed) != decision {
+            self.decision.store(decision, Ordering::Release);
+        }
+        if let Some(t) = transition {
             let counter = match t.to {
                 Side::Backup => &self.failovers,
                 Side::Local => &self.failbacks,
@@ -701,6 +760,54 @@ backup_pool = "b"
             "a",
             "the old snapshot flipped the shared failover state back"
         );
+    }
+
+    #[test]
+    fn a_route_held_across_a_reload_follows_the_newest_mode_and_side_together() {
+        // A connection holds the route it loaded at accept. The drill ends by reload while it
+        // is being routed: the shared failover state goes back to the local pool (which never
+        // failed), and the connection must get the spill that comes with `auto`, not the
+        // drill's "never spill" with the local side (issue 18).
+        let events = crate::events::channel();
+        let remote_cfg = parse(
+            &CONFIG.replace(
+                "backup_pool = \"b\"",
+                "backup_pool = \"b\"\nfailover = \"remote\"",
+            ),
+            "t.toml",
+        )
+        .expect("valid");
+        let old = Snapshot::build(&remote_cfg, 1, &events, None).expect("builds");
+        old.evaluate_failover(Instant::now());
+        let held = old.route("s").expect("route").clone();
+        let names = |r: &Route| {
+            let (active, spill) = r.target().pools();
+            (active.name.clone(), spill.map(|p| p.name.clone()))
+        };
+        assert_eq!(
+            names(&held),
+            ("b".to_string(), None),
+            "the drill pins, no spill"
+        );
+
+        let auto_cfg = parse(CONFIG, "t.toml").expect("valid");
+        let plan = crate::reload::plan(&remote_cfg, &auto_cfg);
+        let new = Snapshot::build(&auto_cfg, 2, &events, Some((&old, &plan))).expect("builds");
+        new.evaluate_failover(Instant::now());
+        let want = ("a".to_string(), Some("b".to_string()));
+        assert_eq!(names(new.route("s").expect("route")), want);
+        assert_eq!(
+            names(&held),
+            want,
+            "the held route mixed the drill with the new side"
+        );
+
+        // Into the drill again: the held `auto` route now pins to the backup pool too.
+        let plan = crate::reload::plan(&auto_cfg, &remote_cfg);
+        let again = Snapshot::build(&remote_cfg, 3, &events, Some((&new, &plan))).expect("builds");
+        again.evaluate_failover(Instant::now());
+        let held = new.route("s").expect("route");
+        assert_eq!(names(held), ("b".to_string(), None));
     }
 
     #[test]

@@ -353,3 +353,73 @@ async fn failover_state_survives_a_reload_that_keeps_the_service() {
     );
     assert_eq!(after.status().expect("status").since, status.since);
 }
+
+/// Issue 18 (found by the chaos soak): a connection holds the route it loaded when it was
+/// accepted, while a reload may change the failover mode and, through the failover state both
+/// configs share, the side. A connection accepted under the `remote` drill and routed after the
+/// reload back to `auto` was sent to the local pool (the new side) with the drill's "never
+/// spill over", so a local pool that had just died and was not yet marked down turned it away
+/// with the backup pool up. The old config would have served it (from the backup pool); the new
+/// one serves it too (the local pool, then the spill to the backup pool).
+///
+/// Deterministic stand-ins for the soak's timing: the local pool has no checks, so its dead
+/// member counts as up (as a just-killed member does until its checks notice); the service has
+/// a server-name route, so each connection reads its first bytes (for up to its 1 s
+/// `connect_timeout`) after loading its route, and a limit per source, whose table shows when
+/// it has done so.
+#[tokio::test]
+async fn a_connection_accepted_during_a_drill_is_served_when_the_drill_ends_before_it_is_routed() {
+    let mut dead = members("gone", 108, 1).await;
+    dead[0].kill().await;
+    let backup = members("backup", 109, 1).await;
+    let config = |mode: &str| {
+        pool_toml("dc1", &dead)
+            + &pool_toml("dc2", &backup)
+            + &service_toml(
+                "s",
+                "dc1",
+                &format!(
+                    "backup_pool = \"dc2\"\nfailover = \"{mode}\"\nmax_connections_per_source = 10\n\
+                     [[service.route]]\nsni = [\"owa.example.com\"]\npool = \"dc2\"\n"
+                ),
+            )
+    };
+    let mut app = balancer(&config("remote")).await;
+    let addr = app.local_addr("s").expect("bound");
+    let route = app.snapshot().route("s").expect("route").clone();
+    assert_eq!(route.active_pool().name, "dc2", "the drill is on");
+
+    let mut client = connect_from(client_ip(1), addr).await.expect("connects");
+    eventually(
+        "the connection has loaded its route",
+        Duration::from_secs(10),
+        || {
+            let tracked = app.stats("s").map(|s| s.sources_tracked);
+            async move { tracked == Some(1) }
+        },
+    )
+    .await;
+    // The drill ends: the local pool never failed (its member counts as up), so the service
+    // returns to it at once.
+    app.reload(parse(&config("auto"))).await.expect("reload");
+    assert_eq!(
+        app.snapshot().route("s").expect("route").active_pool().name,
+        "dc1"
+    );
+
+    // Not TLS: the service's own pools.
+    client.write_all(b"hello\n").await.expect("write");
+    let mut reader = tokio::io::BufReader::new(client);
+    let mut greeting = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut greeting)
+        .await
+        .expect("read");
+    let stats = app.stats("s").expect("stats");
+    assert!(
+        greeting.starts_with("backup"),
+        "the connection was not served by the backup pool (greeting {greeting:?}, {stats:?})"
+    );
+    assert_eq!(stats.rejected_no_member, 0, "{stats:?}");
+    // And a connection accepted after the reload: the same.
+    assert_served_by(client_ip(2), addr, "backup").await;
+}

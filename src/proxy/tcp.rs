@@ -27,7 +27,7 @@ use super::relay::{Progress, RelayEnd, relay_reporting};
 use super::sni::{self, Choice};
 use super::source;
 use crate::access_log::{AccessLog, Cut, Outcome, Rejection};
-use crate::config::{FailoverMode, ProxyProtocol};
+use crate::config::ProxyProtocol;
 use crate::health::cell::MemberHealth;
 use crate::limits;
 use crate::local_error;
@@ -467,15 +467,8 @@ async fn connect_member(
     // The active pool first. Under `auto`, when none of its members can be reached (the
     // moments between a whole pool dying and the health checks noticing), the paired pool is
     // tried too rather than turning the client away; pinned modes never spill over.
-    let active = target.active_pool().clone();
-    let spill = match (target.backup, target.mode) {
-        (Some(backup), FailoverMode::Auto) => Some(if Arc::ptr_eq(&active, backup) {
-            target.local.clone()
-        } else {
-            backup.clone()
-        }),
-        _ => None,
-    };
+    let (active, spill) = target.pools();
+    let (active, spill) = (active.clone(), spill.cloned());
 
     let mut attempts = 0;
     // The last member tried and how it failed, for the access log.

@@ -46,7 +46,7 @@ use tracing::{debug, warn};
 
 use super::{source, udp_vip};
 use crate::access_log::{AccessLog, Outcome, Record};
-use crate::config::{FailoverMode, Protocol, Source};
+use crate::config::{Protocol, Source};
 use crate::local_error;
 use crate::pool::{ClientKey, MemberState, PoolState, Route, Snapshot};
 use crate::stats::ServiceStats;
@@ -477,15 +477,7 @@ fn open(
 /// the active one has nobody available (the moments before failover is decided).
 fn choose(route: &Route, peer: SocketAddr) -> Option<(Arc<PoolState>, MemberState)> {
     let key = ClientKey::new(peer, route.service.hash);
-    let active = route.active_pool();
-    let spill = match (&route.backup, route.service.failover) {
-        (Some(backup), FailoverMode::Auto) => Some(if Arc::ptr_eq(active, backup) {
-            &route.local
-        } else {
-            backup
-        }),
-        _ => None,
-    };
+    let (active, spill) = route.target().pools();
     std::iter::once(active).chain(spill).find_map(|pool| {
         let index = pool.pick(key.as_bytes(), &[])?;
         let member = pool.members.get(index)?.clone();

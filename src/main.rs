@@ -57,7 +57,8 @@ enum Command {
         /// Do not reload when the config file changes (SIGHUP still reloads).
         #[arg(long)]
         no_watch: bool,
-        /// Worker threads of the data path (default: the CPUs this process may run on).
+        /// Worker threads of the data path, each with its own accept socket (SO_REUSEPORT) on
+        /// every service (default: the CPUs this process may run on).
         #[arg(long, env = "TANDEM_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
         /// Control socket a new tandem connects to with `--upgrade-from` to take over the
@@ -220,8 +221,9 @@ fn main() -> ExitCode {
                 watch: !no_watch,
                 upgrade_socket,
                 upgrade_from,
+                workers: Some(worker_count(workers)),
             };
-            run(&file.config, workers, options)
+            run(&file.config, options)
         }
         Command::Member { command } => match command {
             MemberCommand::Set {
@@ -435,17 +437,20 @@ fn block_on(
     }
 }
 
-/// The runtime of `tandem run` and `tandem demo`: `workers` threads, else one per CPU this
-/// process may run on.
-fn multi_thread(workers: Option<u16>) -> io::Result<Runtime> {
+/// `--workers`, else one per CPU this process may run on.
+fn worker_count(workers: Option<u16>) -> usize {
     // tokio's default is the machine's CPU count; the CPUs we may run on (taskset, cgroups) is
     // what an operator pinning the process means.
-    let workers = workers
+    workers
         .map(usize::from)
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1);
+        .unwrap_or(1)
+}
+
+/// The runtime of `tandem demo`: one thread per CPU this process may run on.
+fn multi_thread(workers: Option<u16>) -> io::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(worker_count(workers))
         .enable_all()
         .build()
 }
@@ -456,8 +461,10 @@ fn current_thread() -> io::Result<Runtime> {
         .build()
 }
 
-fn run(path: &Path, workers: Option<u16>, options: server::Options) -> ExitCode {
-    block_on(multi_thread(workers), async move {
+/// `tandem run`: the control plane (checks, admin API, reloads, BGP) on this thread; the data
+/// path on `options.workers` threads of its own (see `tandem::workers`).
+fn run(path: &Path, options: server::Options) -> ExitCode {
+    block_on(current_thread(), async move {
         match server::run(path, options).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(ServerError::Config(e)) => report(&e),

@@ -40,6 +40,7 @@ use crate::signals::{Request, Signals};
 use crate::tls::TlsError;
 use crate::upgrade::{self, Control, Inherited, SocketInfo, UpgradeError};
 use crate::watch::ConfigWatcher;
+use crate::workers::Workers;
 
 /// Quiet time after a config file change before reloading: editors write in several steps.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
@@ -58,6 +59,9 @@ pub struct Options {
     pub upgrade_socket: Option<PathBuf>,
     /// Control socket of the running tandem to take the listeners over from.
     pub upgrade_from: Option<PathBuf>,
+    /// Data-path worker threads, each with its own runtime and a socket of every service
+    /// (see [`crate::workers`]). `None`: the data path runs on the caller's runtime.
+    pub workers: Option<usize>,
 }
 
 impl Default for Options {
@@ -67,6 +71,7 @@ impl Default for Options {
             watch: true,
             upgrade_socket: None,
             upgrade_from: None,
+            workers: None,
         }
     }
 }
@@ -107,6 +112,8 @@ pub enum ServerError {
     /// The admin TLS files passed the config check but no longer load (replaced meanwhile).
     #[error("admin: {0}")]
     AdminTls(#[source] TlsError),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(#[source] io::Error),
     #[error(transparent)]
     Start(#[from] ServeError),
 }
@@ -240,7 +247,11 @@ impl Server {
         // accepting, first health round done). All of it is a no-op without NOTIFY_SOCKET.
         let notifier = Notifier::from_env();
         let watchdog = notifier.start_watchdog();
-        let app = App::start_with(cfg, &mut inherited).await?;
+        let workers = match options.workers {
+            Some(n) => Workers::start(n).map_err(ServerError::Workers)?,
+            None => Workers::ambient(),
+        };
+        let app = App::start_on(cfg, &mut inherited, workers).await?;
         inherited.close_unused();
         // READY=1 carries MAINPID: after an upgrade systemd follows this process from here on.
         notifier.ready(&serving(&app));
@@ -391,8 +402,8 @@ impl Server {
         }
     }
 
-    /// Sends the service listeners and the admin listener to the process on `stream`; it is our
-    /// successor from then until it says "ready" or goes away.
+    /// Sends the service listeners (every socket of every group) and the admin listener to the
+    /// process on `stream`; it is our successor from then until it says "ready" or goes away.
     async fn hand_over(&mut self, mut stream: UnixStream) {
         let mut sockets = self.app.handoff_sockets();
         if let Some((info, fd)) = &self.admin_handoff {

@@ -10,7 +10,8 @@
 #   BASELINE=/tmp/tandem-old benches/compare.sh  # adds a column for another tandem binary,
 #                                                # e.g. a build of main, measured in the same run
 #   SCALING=1 benches/compare.sh                 # no pinning: tandem with 1 worker vs 2 workers
-#                                                # (and direct), load generators with 2 threads
+#                                                # (and direct), load generators with 2 threads;
+#                                                # with BASELINE, that build with 2 workers too
 #
 # Memory is RSS growth per held idle connection (benches/idle_memory.sh, N_IDLE=5000 held).
 # CPU per request is the proxy process's user+system time (/proc/PID/stat) over a wrk run,
@@ -53,7 +54,11 @@ wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && 
 
 IPERF_PORT=$(free_port); HTTP_PORT=$(free_port)
 if [[ -n $SCALING ]]; then
-  labels=(direct tandem-w1 tandem-w2)
+  # tandem-w2-shared: a socket per worker too, but on one work-stealing runtime (the model the
+  # per-worker runtimes are measured against).
+  labels=(direct tandem-w1 tandem-w2 tandem-w2-shared)
+  # BASELINE in the scaling run: that build with 2 workers, e.g. one from before socket groups.
+  [[ -n ${BASELINE:-} ]] && labels+=(baseline)
   THREADS=2; CONNS=100
 else
   labels=(direct tandem haproxy nginx)
@@ -100,18 +105,20 @@ pool = "http"
 TOML
 }
 declare -A proxy_pid # label -> pid of the proxy process, for its CPU time
-start_tandem() { # label binary workers
+start_tandem() { # label binary workers [more arguments]
   tandem_config "${port_iperf[$1]}" "${port_http[$1]}" >"$work/$1.toml"
-  RUST_LOG=warn "${CPU1[@]}" "$2" run -c "$work/$1.toml" --workers "$3" --no-watch & pids+=($!)
+  RUST_LOG=warn "${CPU1[@]}" "$2" run -c "$work/$1.toml" --workers "$3" --no-watch \
+    --upgrade-socket "$work/$1.sock" "${@:4}" & pids+=($!)
   proxy_pid[$1]=$!
 }
 
 for label in "${labels[@]:1}"; do
   case $label in
     tandem) start_tandem tandem "$TANDEM" 1 ;;
-    baseline) start_tandem baseline "$BASELINE" 1 ;;
+    baseline) start_tandem baseline "$BASELINE" "$([[ -n $SCALING ]] && echo 2 || echo 1)" ;;
     tandem-w1) start_tandem tandem-w1 "$TANDEM" 1 ;;
     tandem-w2) start_tandem tandem-w2 "$TANDEM" 2 ;;
+    tandem-w2-shared) start_tandem tandem-w2-shared "$TANDEM" 2 --runtime shared ;;
     haproxy)
       cat >"$work/haproxy.cfg" <<HAP
 global

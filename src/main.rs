@@ -61,6 +61,10 @@ enum Command {
         /// every service (default: the CPUs this process may run on).
         #[arg(long, env = "TANDEM_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
+        /// Where the data path runs: `per-worker` (a single-threaded runtime per worker thread)
+        /// or `shared` (one multi-threaded runtime with work stealing; for benchmarks).
+        #[arg(long, value_enum, default_value_t = RuntimeModel::PerWorker, hide = true)]
+        runtime: RuntimeModel,
         /// Control socket a new tandem connects to with `--upgrade-from` to take over the
         /// listeners (binary upgrade). Default: the `--upgrade-from` path, else
         /// /run/tandem/upgrade.sock. When it cannot be bound, tandem runs without it.
@@ -197,6 +201,12 @@ struct ConfigFile {
     config: PathBuf,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeModel {
+    PerWorker,
+    Shared,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Human,
@@ -213,6 +223,7 @@ fn main() -> ExitCode {
             shutdown_grace,
             no_watch,
             workers,
+            runtime,
             upgrade_socket,
             upgrade_from,
         } => {
@@ -222,6 +233,7 @@ fn main() -> ExitCode {
                 upgrade_socket,
                 upgrade_from,
                 workers: Some(worker_count(workers)),
+                shared_runtime: runtime == RuntimeModel::Shared,
             };
             run(&file.config, options)
         }
@@ -464,7 +476,13 @@ fn current_thread() -> io::Result<Runtime> {
 /// `tandem run`: the control plane (checks, admin API, reloads, BGP) on this thread; the data
 /// path on `options.workers` threads of its own (see `tandem::workers`).
 fn run(path: &Path, options: server::Options) -> ExitCode {
-    block_on(current_thread(), async move {
+    let runtime = if options.shared_runtime {
+        // Control plane and data path on one work-stealing runtime of `workers` threads.
+        multi_thread(options.workers.and_then(|n| u16::try_from(n).ok()))
+    } else {
+        current_thread()
+    };
+    block_on(runtime, async move {
         match server::run(path, options).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(ServerError::Config(e)) => report(&e),

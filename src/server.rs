@@ -62,6 +62,9 @@ pub struct Options {
     /// Data-path worker threads, each with its own runtime and a socket of every service
     /// (see [`crate::workers`]). `None`: the data path runs on the caller's runtime.
     pub workers: Option<usize>,
+    /// With `workers`: run the data path on the caller's (multi-threaded) runtime instead, a
+    /// socket per worker still ([`Workers::shared`]); for measuring the two models.
+    pub shared_runtime: bool,
 }
 
 impl Default for Options {
@@ -72,6 +75,7 @@ impl Default for Options {
             upgrade_socket: None,
             upgrade_from: None,
             workers: None,
+            shared_runtime: false,
         }
     }
 }
@@ -248,6 +252,7 @@ impl Server {
         let notifier = Notifier::from_env();
         let watchdog = notifier.start_watchdog();
         let workers = match options.workers {
+            Some(n) if options.shared_runtime => Workers::shared(n),
             Some(n) => Workers::start(n).map_err(ServerError::Workers)?,
             None => Workers::ambient(),
         };

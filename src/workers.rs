@@ -41,6 +41,18 @@ impl Workers {
         }
     }
 
+    /// `n` accept slots on the caller's runtime (a multi-threaded one): every socket group
+    /// still has `n` sockets, each with its accept loop, but tokio's work stealing moves tasks
+    /// between its threads. Kept to measure the thread-per-core model against
+    /// (`tandem run --runtime shared`, `SCALING=1 benches/compare.sh`). Must be called from
+    /// within a tokio runtime.
+    pub fn shared(n: usize) -> Workers {
+        Workers {
+            handles: vec![Handle::current(); n.max(1)],
+            _stop: Vec::new(),
+        }
+    }
+
     /// `n` worker threads (at least one), each with its own single-threaded runtime.
     pub fn start(n: usize) -> io::Result<Workers> {
         let mut workers = Workers {

@@ -1,5 +1,9 @@
-//! UDP services: one listening socket per service, a session per client address, one connected
-//! upstream socket per session.
+//! UDP services: a session per client address, one connected upstream socket per session.
+//!
+//! A service listens on one socket per worker (`SO_REUSEPORT`, see [`crate::listeners`]), and
+//! [`serve`] runs for each socket on its worker with a session table of its own: the kernel
+//! keeps a client's datagrams on one socket while the group is unchanged, so its session, its
+//! replies (sent from that socket) and its worker stay together.
 //!
 //! The receive loop owns the listening socket's read side. For each datagram it finds the
 //! client's session in a sharded table (`DashMap`, keyed by the client's full address) or opens

@@ -10,9 +10,12 @@
 #   BASELINE=/tmp/tandem-old benches/compare.sh  # adds a column for another tandem binary,
 #                                                # e.g. a build of main, measured in the same run
 #   SCALING=1 benches/compare.sh                 # no pinning: tandem with 1 worker vs 2 workers
-#                                                # (and direct), load generators with 2 threads
+#                                                # (and direct), load generators with 2 threads;
+#                                                # with BASELINE, that build with 2 workers too
 #
 # Memory is RSS growth per held idle connection (benches/idle_memory.sh, N_IDLE=5000 held).
+# CPU per request is the proxy process's user+system time (/proc/PID/stat) over a wrk run,
+# divided by the requests wrk completed: the figure that says how many cores a site needs.
 # Needs (installed with apt-get when missing and running as root): haproxy, iperf3, wrk, nginx
 # with its stream module, python3.
 set -euo pipefail
@@ -58,7 +61,11 @@ wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && 
 
 IPERF_PORT=$(free_port); HTTP_PORT=$(free_port)
 if [[ -n $SCALING ]]; then
-  labels=(direct tandem-w1 tandem-w2)
+  # tandem-w2-shared: a socket per worker too, but on one work-stealing runtime (the model the
+  # per-worker runtimes are measured against).
+  labels=(direct tandem-w1 tandem-w2 tandem-w2-shared)
+  # BASELINE in the scaling run: that build with 2 workers, e.g. one from before socket groups.
+  [[ -n ${BASELINE:-} ]] && labels+=(baseline)
   THREADS=2; CONNS=100
 else
   labels=(direct tandem haproxy nginx)
@@ -104,17 +111,21 @@ listen = "127.0.0.1:$2"
 pool = "http"
 TOML
 }
-start_tandem() { # label binary workers
+declare -A proxy_pid # label -> pid of the proxy process, for its CPU time
+start_tandem() { # label binary workers [more arguments]
   tandem_config "${port_iperf[$1]}" "${port_http[$1]}" >"$work/$1.toml"
-  RUST_LOG=warn "${CPU1[@]}" "$2" run -c "$work/$1.toml" --workers "$3" --no-watch & pids+=($!)
+  RUST_LOG=warn "${CPU1[@]}" "$2" run -c "$work/$1.toml" --workers "$3" --no-watch \
+    --upgrade-socket "$work/$1.sock" "${@:4}" & pids+=($!)
+  proxy_pid[$1]=$!
 }
 
 for label in "${labels[@]:1}"; do
   case $label in
     tandem) start_tandem tandem "$TANDEM" 1 ;;
-    baseline) start_tandem baseline "$BASELINE" 1 ;;
+    baseline) start_tandem baseline "$BASELINE" "$([[ -n $SCALING ]] && echo 2 || echo 1)" ;;
     tandem-w1) start_tandem tandem-w1 "$TANDEM" 1 ;;
     tandem-w2) start_tandem tandem-w2 "$TANDEM" 2 ;;
+    tandem-w2-shared) start_tandem tandem-w2-shared "$TANDEM" 2 --runtime shared ;;
     haproxy)
       cat >"$work/haproxy.cfg" <<HAP
 global
@@ -133,6 +144,7 @@ listen http
   server m1 127.0.1.1:$HTTP_PORT
 HAP
       "${CPU1[@]}" haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+      proxy_pid[haproxy]=$!
       ;;
     nginx)
       mkdir -p "$work/proxy"
@@ -151,6 +163,7 @@ stream {
 }
 NGINX
       "${CPU1[@]}" nginx -c "$work/proxy/nginx.conf" -p "$work/proxy" >/dev/null 2>&1 & pids+=($!)
+      proxy_pid[nginx]=$!
       ;;
   esac
 done
@@ -164,20 +177,32 @@ iperf() { # host port streams -> Gbit/s
   "${CPU0[@]}" iperf3 -c "$1" -p "$2" -P "$3" -t "$SECS" -J |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'
 }
-wrk_run() { # host port extra-header -> "requests/s p99-in-microseconds"
+wrk_run() { # host port extra-header -> "requests/s p99-in-microseconds requests"
   local hdr=()
   [[ -n $3 ]] && hdr=(-H "$3")
   "${CPU0[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "${hdr[@]}" "http://$1:$2/" |
     awk '
       function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1e6; return v }
       /Requests\/sec/ { rps = $2 }
+      / requests in / { total = $1 }
       $1 == "99%" { p99 = us($2) }
-      END { print rps, p99 }'
+      END { print rps, p99, total }'
 }
 # Memory per held idle connection for every proxy in one run of benches/idle_memory.sh.
 memory_run() {
   TANDEM=$TANDEM N=${N_IDLE:-5000} bash benches/idle_memory.sh |
     awk '/bytes per connection/ { print $1, $(NF-3) }'
+}
+
+# CPU time (clock ticks, user + system, all threads) of a proxy so far; 0 for direct.
+HZ=$(getconf CLK_TCK)
+cpu_ticks() { # label
+  local pid=${proxy_pid[$1]:-}
+  [[ -n $pid ]] || { echo 0; return; }
+  awk '{ print $14 + $15 }' "/proc/$pid/stat"
+}
+us_per() { # ticks-before ticks-after requests -> CPU microseconds per request
+  python3 -c "import sys; b, a, n = map(float, sys.argv[1:]); print((a - b) * 1e6 / $HZ / n if n else 0)" "$@"
 }
 
 declare -A vals
@@ -195,11 +220,15 @@ run_workload() { # kind
         bulk1) record bulk1 "$label" "$(iperf "$host" "${port_iperf[$label]}" 1)" ;;
         bulk8) record bulk8 "$label" "$(iperf "$host" "${port_iperf[$label]}" 8)" ;;
         keepalive)
-          read -r rps p99 <<<"$(wrk_run "$host" "${port_http[$label]}" "")"
-          record keepalive "$label" "$rps"; record p99 "$label" "$p99" ;;
+          before=$(cpu_ticks "$label")
+          read -r rps p99 n <<<"$(wrk_run "$host" "${port_http[$label]}" "")"
+          record keepalive "$label" "$rps"; record p99 "$label" "$p99"
+          [[ $label == direct ]] || record cpu_keepalive "$label" "$(us_per "$before" "$(cpu_ticks "$label")" "$n")" ;;
         close)
-          read -r rps p99 <<<"$(wrk_run "$host" "${port_http[$label]}" "Connection: close")"
-          record close "$label" "$rps" ;;
+          before=$(cpu_ticks "$label")
+          read -r rps p99 n <<<"$(wrk_run "$host" "${port_http[$label]}" "Connection: close")"
+          record close "$label" "$rps"
+          [[ $label == direct ]] || record cpu_close "$label" "$(us_per "$before" "$(cpu_ticks "$label")" "$n")" ;;
       esac
     done
   done
@@ -212,7 +241,8 @@ for kind in bulk1 bulk8 keepalive close memory; do
   [[ " $ONLY " == *" $kind "* ]] || continue
   run_workload "$kind"
   rows+=("$kind")
-  [[ $kind == keepalive ]] && rows+=(p99)
+  [[ $kind == keepalive ]] && rows+=(p99 cpu_keepalive)
+  [[ $kind == close ]] && rows+=(cpu_close)
 done
 
 # One table: medians with min-max, ratios of tandem to the other proxies (and to direct).
@@ -232,12 +262,15 @@ rows = {
     "bulk8": "bulk, 8 streams (Gbit/s)",
     "keepalive": "keepalive req/s (wrk, tiny responses)",
     "p99": "keepalive p99 latency (us, lower is better)",
+    "cpu_keepalive": "proxy CPU per keepalive request (us, lower is better)",
     "close": "new conns/s (Connection: close)",
+    "cpu_close": "proxy CPU per new connection (us, lower is better)",
     "memory": "bytes per held idle connection (lower is better)",
 }
 order = [r for r in rows if any(k.startswith(r + "/") for k in cells)]
 def fmt(v):
     return f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+# In the scaling run the ratio is 2 workers over 1.
 mine = "tandem" if "tandem" in labels else "tandem-w2"
 others = [l for l in labels if l not in ("direct", mine, "baseline")]
 head = ["workload"] + labels + [f"{mine}/{o}" for o in others + (["baseline"] if "baseline" in labels else [])]

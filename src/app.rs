@@ -13,11 +13,16 @@
 //! connections drain for `drain_timeout`; members removed or taken out of service keep their
 //! connections as long.
 //!
-//! [`App::start_with`] is the same start on listening sockets inherited from the process being
-//! upgraded (see [`crate::upgrade`]); every service keeps a duplicate of its socket
-//! ([`App::handoff_sockets`]) to hand over in turn. [`App::take_over`] is that start in the
-//! new process of an upgrade: its BGP peers wait for the old process's sessions
-//! ([`App::adopt_bgp`]), which [`App::hand_over_bgp`] sends once the new process serves.
+//! Every service listens on a socket group, one `SO_REUSEPORT` socket per data-path worker
+//! ([`crate::listeners`], [`crate::workers`]); socket `i`'s accept (or receive) loop and every
+//! connection it accepts run on worker `i`. [`App::start`] runs them all on the caller's runtime
+//! (one worker); [`App::start_on`] on the workers it is given.
+//!
+//! [`App::start_with`] and [`App::start_on`] start on listening sockets inherited from the
+//! process being upgraded (see [`crate::upgrade`]); every service keeps a duplicate of each
+//! socket of its group ([`App::handoff_sockets`]) to hand over in turn. [`App::take_over`] is
+//! that start in the new process of an upgrade: its BGP peers wait for the old process's
+//! sessions ([`App::adopt_bgp`]), which [`App::hand_over_bgp`] sends once the new process serves.
 //!
 //! [`App::shutdown`] stops accepting, waits for open connections up to a grace period, then cuts
 //! the rest. UDP services stop at once with their sessions: a session has no connection to
@@ -33,7 +38,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -47,14 +51,16 @@ use crate::config::{self, Config, ConfigError, Protocol, Service};
 use crate::events::{self, Event, EventSender, ReloadEvent};
 use crate::health::checker::{self, FirstRound};
 use crate::health::probe::ProbeSetupError;
+use crate::listeners::{self, Group, Listener};
 use crate::metrics::{Metrics, ReloadCounters, ServiceSample};
 use crate::pool::{PoolState, Snapshot, SnapshotError};
 use crate::proxy::source::{self, SourceError};
 use crate::proxy::tcp::{self, ServiceContext};
 use crate::proxy::udp::{self, UdpContext};
 use crate::reload::{self, Diff, PoolPlan, ServicePlan};
-use crate::stats::{ServiceStats, StatsSnapshot};
+use crate::stats::{ServiceStats, StatsSnapshot, WorkerCounter, WorkerStats};
 use crate::upgrade::{self, Inherited, SocketInfo};
+use crate::workers::Workers;
 
 /// Why a valid config cannot be served: at start, or as the new config of a reload.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +143,7 @@ pub struct AppView {
     ready: Arc<AtomicBool>,
     access_log: AccessLog,
     bgp: Arc<bgp::Status>,
+    workers: Arc<WorkerStats>,
 }
 
 impl AppView {
@@ -189,6 +196,7 @@ impl AppView {
             ready: Arc::new(AtomicBool::new(true)),
             access_log: AccessLog::new(),
             bgp: Arc::new(bgp::Status::default()),
+            workers: Arc::new(WorkerStats::new(1)),
         })
     }
 
@@ -211,6 +219,7 @@ impl AppView {
             .collect();
         let mut out = self.metrics.render(&snapshot, &samples, &self.reloads);
         crate::metrics::render_access_log(&mut out, self.access_log.counters());
+        crate::metrics::render_workers(&mut out, &self.workers);
         self.bgp.render_metrics(&mut out);
         out
     }
@@ -244,6 +253,9 @@ pub struct App {
     /// The BGP speaker, while `[bgp]` is configured and tandem has not begun to stop.
     bgp: Option<bgp::Speaker>,
     bgp_status: Arc<bgp::Status>,
+    /// The runtimes the data path runs on; dropped last, once connections have drained.
+    workers: Workers,
+    worker_stats: Arc<WorkerStats>,
 }
 
 /// How long shutdown waits for the access log to write what is queued; longer means its sink
@@ -257,10 +269,11 @@ struct RunningService {
     limiter: Arc<Semaphore>,
     stop_accepting: CancellationToken,
     removed: CancellationToken,
-    accept: JoinHandle<()>,
-    /// A duplicate of the listening socket, to hand over in a binary upgrade. Closed with the
-    /// service, so a removed service's port is free once its accept loop ends.
-    handoff: OwnedFd,
+    /// The accept (UDP: receive) loop of each socket of the group.
+    accept: Vec<JoinHandle<()>>,
+    /// Duplicates of the group's sockets, to hand over in a binary upgrade. Closed with the
+    /// service, so a removed service's port is free once its accept loops end.
+    handoff: Vec<OwnedFd>,
 }
 
 impl App {
@@ -270,22 +283,37 @@ impl App {
         App::start_with(config, &mut Inherited::default()).await
     }
 
-    /// [`App::start`], taking the listening socket of each service from `inherited` (a binary
-    /// upgrade) when the old process handed one over for it, and binding the others.
+    /// [`App::start`], taking the listening sockets of each service from `inherited` (a binary
+    /// upgrade) when the old process handed some over for it, and binding the others.
     pub async fn start_with(config: Config, inherited: &mut Inherited) -> Result<App, ServeError> {
-        App::start_inner(config, inherited, false).await
+        App::start_on(config, inherited, Workers::ambient()).await
     }
 
-    /// [`App::start_with`] in the new process of a binary upgrade: the BGP peers do not
+    /// [`App::start_with`], with the data path on `workers`: every service gets a socket per
+    /// worker. The control plane (checks, failover, reload) stays on the caller's runtime.
+    pub async fn start_on(
+        config: Config,
+        inherited: &mut Inherited,
+        workers: Workers,
+    ) -> Result<App, ServeError> {
+        App::start_inner(config, inherited, workers, false).await
+    }
+
+    /// [`App::start_on`] in the new process of a binary upgrade: the BGP peers do not
     /// connect until [`App::adopt_bgp`] gives them the sessions of the process being upgraded
     /// (or says there are none), so no peer gets a second session beside the one coming over.
-    pub async fn take_over(config: Config, inherited: &mut Inherited) -> Result<App, ServeError> {
-        App::start_inner(config, inherited, true).await
+    pub async fn take_over(
+        config: Config,
+        inherited: &mut Inherited,
+        workers: Workers,
+    ) -> Result<App, ServeError> {
+        App::start_inner(config, inherited, workers, true).await
     }
 
     async fn start_inner(
         config: Config,
         inherited: &mut Inherited,
+        workers: Workers,
         adopting_bgp: bool,
     ) -> Result<App, ServeError> {
         let events = events::channel();
@@ -298,12 +326,8 @@ impl App {
         // Bind everything first: a port already taken must fail the start, not half of it.
         let mut listeners = Vec::new();
         for service in &config.services {
-            let listener =
-                match inherited.take(kind(service.protocol), &service.name, service.listen) {
-                    Some(fd) => adopt(service, fd)?,
-                    None => bind(service)?,
-                };
-            listeners.push(Bound::new(service, listener)?);
+            let fds = inherited.take_all(kind(service.protocol), &service.name, service.listen);
+            listeners.push(Bound::new(service, fds, &workers)?);
         }
 
         let stop_background = CancellationToken::new();
@@ -366,6 +390,8 @@ impl App {
             access_log,
             bgp: speaker,
             bgp_status,
+            worker_stats: Arc::new(WorkerStats::new(workers.len())),
+            workers,
         };
         for bound in listeners {
             app.serve(bound, Arc::new(ServiceStats::default()));
@@ -390,6 +416,7 @@ impl App {
             ready: self.ready.clone(),
             access_log: self.access_log.clone(),
             bgp: self.bgp_status.clone(),
+            workers: self.worker_stats.clone(),
         }
     }
 
@@ -408,53 +435,64 @@ impl App {
         self.service_views.store(Arc::new(views));
     }
 
-    /// Starts the accept loop (TCP) or receive loop (UDP) of a bound service. Cannot fail:
-    /// whatever could was done by [`Bound::new`], so a reload calls this after its swap.
+    /// Starts the accept loops (TCP) or receive loops (UDP) of a bound service, socket `i` of
+    /// its group on worker `i`. Cannot fail: whatever could was done by [`Bound::new`], so a
+    /// reload calls this after its swap.
     fn serve(&mut self, bound: Bound, stats: Arc<ServiceStats>) {
         let Bound {
             service,
-            listener,
-            local_addr,
-            handoff,
+            group:
+                Group {
+                    local_addr,
+                    sockets,
+                    handoff,
+                },
         } = bound;
         let limiter = Arc::new(Semaphore::new(service.max_connections));
         let stop_accepting = CancellationToken::new();
         let removed = CancellationToken::new();
         info!(service = %service.name, listen = %local_addr, protocol = %service.protocol,
               pool = %service.pool, backup_pool = service.backup_pool.as_deref().unwrap_or("-"),
-              "listening");
+              sockets = sockets.len(), "listening");
         let name: Arc<str> = Arc::from(service.name.as_str());
-        let accept = match listener {
-            Listener::Tcp(listener) => tokio::spawn(tcp::serve(
-                listener,
-                ServiceContext {
-                    name,
-                    routes: self.routes.clone(),
-                    stats: stats.clone(),
-                    limiter: limiter.clone(),
-                    tracker: self.tracker.clone(),
-                    stop_accepting: stop_accepting.clone(),
-                    force_close: self.force_close.clone(),
-                    removed: removed.clone(),
-                    access_log: self.access_log.clone(),
-                    local_addr,
-                },
-            )),
-            // UDP sessions end with their service (shutdown or removal): there is no
-            // connection to drain, and the listening socket they reply from closes.
-            Listener::Udp(socket) => tokio::spawn(udp::serve(
-                socket,
-                UdpContext {
-                    name,
-                    routes: self.routes.clone(),
-                    stats: stats.clone(),
-                    limiter: limiter.clone(),
-                    tracker: self.tracker.clone(),
-                    stop: stop_accepting.clone(),
-                    access_log: self.access_log.clone(),
-                },
-            )),
-        };
+        let mut accept = Vec::with_capacity(sockets.len());
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let worker = self.workers.handle(i);
+            accept.push(match socket {
+                Listener::Tcp(listener) => worker.spawn(tcp::serve(
+                    listener,
+                    ServiceContext {
+                        name: name.clone(),
+                        routes: self.routes.clone(),
+                        stats: stats.clone(),
+                        limiter: limiter.clone(),
+                        tracker: self.tracker.clone(),
+                        stop_accepting: stop_accepting.clone(),
+                        force_close: self.force_close.clone(),
+                        removed: removed.clone(),
+                        access_log: self.access_log.clone(),
+                        local_addr,
+                        worker: WorkerCounter::new(&self.worker_stats, i % self.workers.len()),
+                    },
+                )),
+                // UDP sessions end with their service (shutdown or removal): there is no
+                // connection to drain, and the listening socket they reply from closes. Each
+                // socket of the group has its own sessions: a client's datagrams keep to one
+                // socket while the group is unchanged (the kernel hashes the 4-tuple).
+                Listener::Udp(socket) => worker.spawn(udp::serve(
+                    socket,
+                    UdpContext {
+                        name: name.clone(),
+                        routes: self.routes.clone(),
+                        stats: stats.clone(),
+                        limiter: limiter.clone(),
+                        tracker: self.tracker.clone(),
+                        stop: stop_accepting.clone(),
+                        access_log: self.access_log.clone(),
+                    },
+                )),
+            });
+        }
         self.services.insert(
             service.name.clone(),
             RunningService {
@@ -474,14 +512,14 @@ impl App {
     pub fn handoff_sockets(&self) -> Vec<(SocketInfo, BorrowedFd<'_>)> {
         self.services
             .values()
-            .map(|s| {
+            .flat_map(|s| {
                 let info = SocketInfo {
                     kind: kind(s.config.protocol),
                     name: s.config.name.clone(),
                     listen: s.config.listen,
                     local: s.local_addr,
                 };
-                (info, s.handoff.as_fd())
+                s.handoff.iter().map(move |fd| (info.clone(), fd.as_fd()))
             })
             .collect()
     }
@@ -570,7 +608,7 @@ impl App {
         let mut listeners = Vec::new();
         for service in &new.services {
             if plan.service(&service.name).is_some_and(ServicePlan::binds) {
-                listeners.push(Bound::new(service, bind(service)?)?);
+                listeners.push(Bound::new(service, Vec::new(), &self.workers)?);
             }
         }
 
@@ -787,7 +825,9 @@ impl App {
         }
         // Wait for the accept loops so every listener is closed before we report.
         for (_, s) in self.services.drain() {
-            let _ = s.accept.await;
+            for loop_ in s.accept {
+                let _ = loop_.await;
+            }
         }
         self.stop_background.cancel();
         while self.background.join_next().await.is_some() {}
@@ -843,51 +883,31 @@ impl App {
     }
 }
 
-/// A bound listener of either protocol.
-enum Listener {
-    Tcp(TcpListener),
-    Udp(UdpSocket),
-}
-
-impl Listener {
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        match self {
-            Listener::Tcp(l) => l.local_addr(),
-            Listener::Udp(s) => s.local_addr(),
-        }
-    }
-
-    fn dup(&self) -> io::Result<OwnedFd> {
-        match self {
-            Listener::Tcp(l) => l.as_fd().try_clone_to_owned(),
-            Listener::Udp(s) => s.as_fd().try_clone_to_owned(),
-        }
-    }
-}
-
-/// A service's listener ready to serve: its address read and its duplicate for a binary upgrade
-/// made. Everything about a listener that can fail is done here, so serving it cannot.
+/// A service's socket group ready to serve: bound (or inherited), registered with the workers
+/// and duplicated for a binary upgrade. Everything about the sockets that can fail is done
+/// here, so serving them cannot.
 struct Bound {
     service: Service,
-    listener: Listener,
-    local_addr: SocketAddr,
-    handoff: OwnedFd,
+    group: Group,
 }
 
 impl Bound {
-    fn new(service: &Service, listener: Listener) -> Result<Bound, ServeError> {
-        let failed = |source| ServeError::Bind {
-            service: service.name.clone(),
-            addr: service.listen,
-            source,
-        };
-        let local_addr = listener.local_addr().map_err(failed)?;
-        let handoff = listener.dup().map_err(failed)?;
+    /// The group of `service`: the `inherited` sockets (a binary upgrade) if any, else new ones.
+    fn new(
+        service: &Service,
+        inherited: Vec<OwnedFd>,
+        workers: &Workers,
+    ) -> Result<Bound, ServeError> {
+        let group = listeners::open(service.protocol, service.listen, inherited, workers).map_err(
+            |source| ServeError::Bind {
+                service: service.name.clone(),
+                addr: service.listen,
+                source,
+            },
+        )?;
         Ok(Bound {
             service: service.clone(),
-            listener,
-            local_addr,
-            handoff,
+            group,
         })
     }
 }
@@ -937,32 +957,6 @@ fn kind(protocol: Protocol) -> upgrade::Kind {
     }
 }
 
-/// Serves `service` on a socket inherited from the process being upgraded. The socket keeps
-/// its accept queue (TCP) or receive queue (UDP): nothing waiting in it is lost.
-fn adopt(service: &Service, fd: OwnedFd) -> Result<Listener, ServeError> {
-    let adopted = match service.protocol {
-        Protocol::Tcp => {
-            let l = std::net::TcpListener::from(fd);
-            l.set_nonblocking(true)
-                .and_then(|()| TcpListener::from_std(l))
-                .map(Listener::Tcp)
-        }
-        Protocol::Udp => {
-            let s = std::net::UdpSocket::from(fd);
-            s.set_nonblocking(true)
-                .and_then(|()| UdpSocket::from_std(s))
-                .map(Listener::Udp)
-        }
-    };
-    let adopted = adopted.map_err(|source| ServeError::Bind {
-        service: service.name.clone(),
-        addr: service.listen,
-        source,
-    })?;
-    info!(service = %service.name, listen = %service.listen, "upgrade: listener inherited");
-    Ok(adopted)
-}
-
 /// Opens the access log `config` asks for (none without `[access_log]`), counting into `log`'s
 /// counters; not installed yet.
 fn start_access_log(
@@ -981,19 +975,6 @@ fn start_access_log(
             },
             source,
         })
-}
-
-/// Binds the listener (TCP) or listening socket (UDP) of a service.
-fn bind(service: &Service) -> Result<Listener, ServeError> {
-    let bound = match service.protocol {
-        Protocol::Tcp => tcp::bind(service.listen).map(Listener::Tcp),
-        Protocol::Udp => udp::bind(service.listen).map(Listener::Udp),
-    };
-    bound.map_err(|source| ServeError::Bind {
-        service: service.name.clone(),
-        addr: service.listen,
-        source,
-    })
 }
 
 /// A service leaving: its listener closes now, its connections drain for `drain_timeout`

@@ -26,7 +26,9 @@
 //!   over what the plan names and [`app`] applies the rest; neither decides again.
 //!   [`watch`] notices the file changing.
 //! - [`app`] wires it together: binds listeners, runs the checks and the failover controller,
-//!   applies reloads with one snapshot swap, shuts down gracefully.
+//!   applies reloads with one snapshot swap, shuts down gracefully. The data path runs on
+//!   [`workers`] (one single-threaded runtime per thread), each service on a [`listeners`]
+//!   group of one `SO_REUSEPORT` socket per worker.
 //! - [`events`] broadcasts health, failover and reload transitions; [`stats`] holds the
 //!   counters the data path bumps; [`metrics`] renders them for Prometheus.
 //! - [`access_log`] writes one line per connection and UDP session on its own thread, fed by a
@@ -72,6 +74,7 @@ pub mod hash;
 pub mod health;
 pub mod history;
 pub mod limits;
+pub mod listeners;
 pub mod local_error;
 pub mod member;
 pub mod metrics;
@@ -86,3 +89,4 @@ pub mod stats;
 pub mod tls;
 pub mod upgrade;
 pub mod watch;
+pub mod workers;

@@ -57,9 +57,14 @@ enum Command {
         /// Do not reload when the config file changes (SIGHUP still reloads).
         #[arg(long)]
         no_watch: bool,
-        /// Worker threads of the data path (default: the CPUs this process may run on).
+        /// Worker threads of the data path, each with its own accept socket (SO_REUSEPORT) on
+        /// every service (default: the CPUs this process may run on).
         #[arg(long, env = "TANDEM_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
+        /// Where the data path runs: `per-worker` (a single-threaded runtime per worker thread)
+        /// or `shared` (one multi-threaded runtime with work stealing; for benchmarks).
+        #[arg(long, value_enum, default_value_t = RuntimeModel::PerWorker, hide = true)]
+        runtime: RuntimeModel,
         /// Control socket a new tandem connects to with `--upgrade-from` to take over the
         /// listeners (binary upgrade). Default: the `--upgrade-from` path, else
         /// /run/tandem/upgrade.sock. When it cannot be bound, tandem runs without it.
@@ -196,6 +201,12 @@ struct ConfigFile {
     config: PathBuf,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeModel {
+    PerWorker,
+    Shared,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Human,
@@ -212,6 +223,7 @@ fn main() -> ExitCode {
             shutdown_grace,
             no_watch,
             workers,
+            runtime,
             upgrade_socket,
             upgrade_from,
         } => {
@@ -220,8 +232,10 @@ fn main() -> ExitCode {
                 watch: !no_watch,
                 upgrade_socket,
                 upgrade_from,
+                workers: Some(worker_count(workers)),
+                shared_runtime: runtime == RuntimeModel::Shared,
             };
-            run(&file.config, workers, options)
+            run(&file.config, options)
         }
         Command::Member { command } => match command {
             MemberCommand::Set {
@@ -435,17 +449,20 @@ fn block_on(
     }
 }
 
-/// The runtime of `tandem run` and `tandem demo`: `workers` threads, else one per CPU this
-/// process may run on.
-fn multi_thread(workers: Option<u16>) -> io::Result<Runtime> {
+/// `--workers`, else one per CPU this process may run on.
+fn worker_count(workers: Option<u16>) -> usize {
     // tokio's default is the machine's CPU count; the CPUs we may run on (taskset, cgroups) is
     // what an operator pinning the process means.
-    let workers = workers
+    workers
         .map(usize::from)
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1);
+        .unwrap_or(1)
+}
+
+/// The runtime of `tandem demo`: one thread per CPU this process may run on.
+fn multi_thread(workers: Option<u16>) -> io::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(worker_count(workers))
         .enable_all()
         .build()
 }
@@ -456,8 +473,16 @@ fn current_thread() -> io::Result<Runtime> {
         .build()
 }
 
-fn run(path: &Path, workers: Option<u16>, options: server::Options) -> ExitCode {
-    block_on(multi_thread(workers), async move {
+/// `tandem run`: the control plane (checks, admin API, reloads, BGP) on this thread; the data
+/// path on `options.workers` threads of its own (see `tandem::workers`).
+fn run(path: &Path, options: server::Options) -> ExitCode {
+    let runtime = if options.shared_runtime {
+        // Control plane and data path on one work-stealing runtime of `workers` threads.
+        multi_thread(options.workers.and_then(|n| u16::try_from(n).ok()))
+    } else {
+        current_thread()
+    };
+    block_on(runtime, async move {
         match server::run(path, options).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(ServerError::Config(e)) => report(&e),

@@ -193,7 +193,7 @@ const SECTIONS: &[Section] = &[
             ),
             (
                 "TANDEM_WORKERS",
-                "Worker threads of the data path (tandem run).",
+                "Worker threads of the data path (tandem run), each with its own SO_REUSEPORT socket on every service.",
             ),
             (
                 "RUST_LOG",

@@ -384,6 +384,20 @@ pub fn render_access_log(out: &mut String, counters: &crate::access_log::Counter
     }
 }
 
+/// Appends the connections each data-path worker accepted (`--workers`; the spread of the
+/// `SO_REUSEPORT` socket groups). Labelled by worker index, bounded by the worker count.
+pub fn render_workers(out: &mut String, workers: &crate::stats::WorkerStats) {
+    let name = "tandem_worker_connections_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} TCP connections accepted by each data-path worker, all services."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (worker, n) in workers.accepted().iter().enumerate() {
+        let _ = writeln!(out, "{name}{{worker=\"{worker}\"}} {n}");
+    }
+}
+
 fn metrics_util_mask() -> metrics_util::MetricKindMask {
     metrics_util::MetricKindMask::ALL
 }

@@ -42,6 +42,7 @@ use crate::signals::{Request, Signals};
 use crate::tls::TlsError;
 use crate::upgrade::{self, Control, Inherited, SocketInfo, UpgradeError};
 use crate::watch::ConfigWatcher;
+use crate::workers::Workers;
 
 /// Quiet time after a config file change before reloading: editors write in several steps.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
@@ -65,6 +66,12 @@ pub struct Options {
     pub upgrade_socket: Option<PathBuf>,
     /// Control socket of the running tandem to take the listeners over from.
     pub upgrade_from: Option<PathBuf>,
+    /// Data-path worker threads, each with its own runtime and a socket of every service
+    /// (see [`crate::workers`]). `None`: the data path runs on the caller's runtime.
+    pub workers: Option<usize>,
+    /// With `workers`: run the data path on the caller's (multi-threaded) runtime instead, a
+    /// socket per worker still ([`Workers::shared`]); for measuring the two models.
+    pub shared_runtime: bool,
 }
 
 impl Default for Options {
@@ -74,6 +81,8 @@ impl Default for Options {
             watch: true,
             upgrade_socket: None,
             upgrade_from: None,
+            workers: None,
+            shared_runtime: false,
         }
     }
 }
@@ -114,6 +123,8 @@ pub enum ServerError {
     /// The admin TLS files passed the config check but no longer load (replaced meanwhile).
     #[error("admin: {0}")]
     AdminTls(#[source] TlsError),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(#[source] io::Error),
     #[error(transparent)]
     Start(#[from] ServeError),
 }
@@ -252,9 +263,14 @@ impl Server {
         // accepting, first health round done). All of it is a no-op without NOTIFY_SOCKET.
         let notifier = Notifier::from_env();
         let watchdog = notifier.start_watchdog();
+        let workers = match options.workers {
+            Some(n) if options.shared_runtime => Workers::shared(n),
+            Some(n) => Workers::start(n).map_err(ServerError::Workers)?,
+            None => Workers::ambient(),
+        };
         let mut app = match predecessor {
-            Some(_) => App::take_over(cfg, &mut inherited).await?,
-            None => App::start_with(cfg, &mut inherited).await?,
+            Some(_) => App::take_over(cfg, &mut inherited, workers).await?,
+            None => App::start_on(cfg, &mut inherited, workers).await?,
         };
         inherited.close_unused();
         // READY=1 carries MAINPID: after an upgrade systemd follows this process from here on.
@@ -422,8 +438,8 @@ impl Server {
         }
     }
 
-    /// Sends the service listeners and the admin listener to the process on `stream`; it is our
-    /// successor from then until it says "ready" or goes away.
+    /// Sends the service listeners (every socket of every group) and the admin listener to the
+    /// process on `stream`; it is our successor from then until it says "ready" or goes away.
     async fn hand_over(&mut self, mut stream: UnixStream) {
         let mut sockets = self.app.handoff_sockets();
         if let Some((info, fd)) = &self.admin_handoff {

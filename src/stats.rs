@@ -135,3 +135,55 @@ impl ServiceStats {
 pub fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
+
+/// TCP connections accepted by each data-path worker, across services: how evenly the kernel
+/// spreads a socket group (`tandem_worker_connections_total{worker}`).
+#[derive(Debug)]
+pub struct WorkerStats {
+    accepted: Vec<Padded>,
+}
+
+/// A counter alone on its cache line (128 bytes: two 64-byte lines, as the adjacent-line
+/// prefetcher of x86 pulls pairs), so two workers bumping theirs never share a line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+impl WorkerStats {
+    /// Counters for `workers` workers (at least one).
+    pub fn new(workers: usize) -> WorkerStats {
+        WorkerStats {
+            accepted: (0..workers.max(1)).map(|_| Padded::default()).collect(),
+        }
+    }
+
+    /// Connections accepted so far, by worker index.
+    pub fn accepted(&self) -> Vec<u64> {
+        self.accepted
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// One worker's counter in [`WorkerStats`], as an accept loop holds it.
+#[derive(Debug, Clone)]
+pub struct WorkerCounter {
+    stats: std::sync::Arc<WorkerStats>,
+    index: usize,
+}
+
+impl WorkerCounter {
+    /// Worker `index`'s counter (taken modulo the worker count).
+    pub fn new(stats: &std::sync::Arc<WorkerStats>, index: usize) -> WorkerCounter {
+        WorkerCounter {
+            stats: stats.clone(),
+            index: index % stats.accepted.len(),
+        }
+    }
+
+    /// Counts one accepted connection.
+    pub fn bump(&self) {
+        bump(&self.stats.accepted[self.index].0);
+    }
+}

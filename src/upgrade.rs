@@ -11,7 +11,13 @@
 //! The exchange on one connection to the control socket:
 //! 1. the new process connects;
 //! 2. the old one sends one frame: a 4-byte big-endian length, a JSON list of [`SocketInfo`],
-//!    and, as `SCM_RIGHTS` on the same message, one descriptor per entry in list order;
+//!    and, as `SCM_RIGHTS` on the same message, one descriptor per entry in list order. Linux
+//!    takes at most [`MAX_SOCKETS`] (253, `SCM_MAX_FD`) descriptors per message, and a tandem
+//!    with several workers has one socket per worker per service (24 services on 12 workers
+//!    are 288): past 253, the descriptors go in chunks of 253, the first on the frame's first
+//!    byte, each further chunk on one byte of its own after the frame (`+`), so the receiver
+//!    reads `4 + length + chunks - 1` bytes. With 253 sockets or fewer this is the one-message
+//!    frame of earlier versions, so either side may be the older binary;
 //! 3. the new one validates its config, starts (first health round included) and writes
 //!    `ready\n`; if it fails first, the connection closes without it and the old process keeps
 //!    serving.
@@ -47,6 +53,11 @@ use tracing::{info, warn};
 pub const DEFAULT_SOCKET: &str = "/run/tandem/upgrade.sock";
 /// Most descriptors one `SCM_RIGHTS` message carries on Linux (`SCM_MAX_FD`).
 pub const MAX_SOCKETS: usize = 253;
+/// Most sockets one handoff carries: 64 chunks, far past any config (a socket per worker per
+/// service), and a bound on what a malformed frame can make the receiver wait for.
+pub const MAX_HANDOFF: usize = 64 * MAX_SOCKETS;
+/// The byte each chunk of descriptors after the first travels on.
+const CHUNK_MARK: u8 = b'+';
 /// Largest handoff frame accepted (the JSON list, not the descriptors).
 const MAX_FRAME: usize = 1 << 20;
 /// What the new process writes once it serves.
@@ -112,6 +123,16 @@ impl Inherited {
             .iter()
             .position(|(s, _)| s.serves(kind, name, listen))?;
         Some(self.sockets.swap_remove(i).1)
+    }
+
+    /// Every socket for `kind` `name` on `listen` (a service's `SO_REUSEPORT` group: one per
+    /// worker of the old process), in the order the old process listed them.
+    pub fn take_all(&mut self, kind: Kind, name: &str, listen: SocketAddr) -> Vec<OwnedFd> {
+        let (taken, kept) = std::mem::take(&mut self.sockets)
+            .into_iter()
+            .partition(|(s, _)| s.serves(kind, name, listen));
+        self.sockets = kept;
+        taken.into_iter().map(|(_, fd)| fd).collect()
     }
 
     /// How many sockets are left.
@@ -199,40 +220,55 @@ impl Control {
     }
 }
 
-/// Old process: sends `sockets` (descriptions and descriptors) to the new process on `stream`.
+/// Old process: sends `sockets` (descriptions and descriptors) to the new process on `stream`:
+/// the frame with the first [`MAX_SOCKETS`] descriptors, then one marker byte per further chunk.
 pub async fn hand_over(
     stream: &mut UnixStream,
     sockets: &[(SocketInfo, BorrowedFd<'_>)],
 ) -> Result<(), UpgradeError> {
-    if sockets.len() > MAX_SOCKETS {
+    if sockets.len() > MAX_HANDOFF {
         return Err(UpgradeError::Protocol(format!(
-            "{} sockets, at most {MAX_SOCKETS} go in one handoff",
+            "{} sockets, at most {MAX_HANDOFF} go in one handoff",
             sockets.len()
         )));
     }
     let infos: Vec<&SocketInfo> = sockets.iter().map(|(s, _)| s).collect();
     let frame = encode(&infos)?;
     let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| *fd).collect();
+    let mut chunks = fds.chunks(MAX_SOCKETS);
+    let first = chunks.next().unwrap_or(&[]);
+    let sent = send_with_fds(stream, &frame, first).await?;
+    // The descriptors went with the first byte; the rest of a long frame follows plainly.
+    stream.write_all(&frame[sent..]).await?;
+    for chunk in chunks {
+        send_with_fds(stream, &[CHUNK_MARK], chunk).await?;
+    }
+    Ok(())
+}
+
+/// Sends `bytes` (at least its first byte) with `fds` attached; returns how many bytes went.
+async fn send_with_fds(
+    stream: &UnixStream,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SOCKETS))];
-    let sent = stream
+    stream
         .async_io(Interest::WRITABLE, || {
             let mut control = SendAncillaryBuffer::new(&mut space);
-            if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
                 return Err(io::Error::other(
                     "descriptors do not fit the control buffer",
                 ));
             }
             Ok(sendmsg(
-                &*stream,
-                &[IoSlice::new(&frame)],
+                stream,
+                &[IoSlice::new(bytes)],
                 &mut control,
                 SendFlags::NOSIGNAL,
             )?)
         })
-        .await?;
-    // The descriptors went with the first byte; the rest of a long frame follows plainly.
-    stream.write_all(&frame[sent..]).await?;
-    Ok(())
+        .await
 }
 
 /// Old process: waits for the new one to say it serves. `false` when the connection closed
@@ -252,15 +288,78 @@ pub async fn wait_ready(stream: &mut UnixStream) -> bool {
 /// stream until [`ready`].
 pub async fn receive(path: &Path) -> Result<(UnixStream, Inherited), UpgradeError> {
     let mut stream = UnixStream::connect(path).await?;
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SOCKETS))];
-    let mut buf = vec![0u8; 64 * 1024];
+    let (infos, fds) = receive_listeners(&mut stream).await?;
+    Ok((
+        stream,
+        Inherited {
+            sockets: infos.into_iter().zip(fds).collect(),
+        },
+    ))
+}
+
+/// Reads one handoff: the frame and every chunk of descriptors after it. Every read is a
+/// `recvmsg`, as a plain read would drop (close) descriptors arriving on the bytes it reads.
+async fn receive_listeners(
+    stream: &mut UnixStream,
+) -> Result<(Vec<SocketInfo>, Vec<OwnedFd>), UpgradeError> {
     let mut fds = Vec::new();
-    let got = stream
+    let mut frame = Vec::new();
+    // The length, then the JSON list.
+    while frame.len() < 4 {
+        receive_some(stream, &mut frame, 4, &mut fds).await?;
+    }
+    let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(UpgradeError::Protocol(format!("frame of {len} bytes")));
+    }
+    while frame.len() < 4 + len {
+        receive_some(stream, &mut frame, 4 + len, &mut fds).await?;
+    }
+    let infos = decode(&frame[4..4 + len])?;
+    if infos.len() > MAX_HANDOFF {
+        return Err(UpgradeError::Protocol(format!(
+            "{} sockets described",
+            infos.len()
+        )));
+    }
+    // One marker byte per chunk after the first.
+    let total = 4 + len + infos.len().div_ceil(MAX_SOCKETS).saturating_sub(1);
+    while frame.len() < total {
+        receive_some(stream, &mut frame, total, &mut fds).await?;
+    }
+    if frame[4 + len..].iter().any(|&b| b != CHUNK_MARK) {
+        return Err(UpgradeError::Protocol(
+            "unexpected bytes after the frame".into(),
+        ));
+    }
+    if infos.len() != fds.len() {
+        return Err(UpgradeError::Protocol(format!(
+            "{} sockets described, {} received",
+            infos.len(),
+            fds.len()
+        )));
+    }
+    Ok((infos, fds))
+}
+
+/// One `recvmsg`: appends at most `upto - got.len()` bytes to `got` and the descriptors that
+/// came with them to `fds`. The kernel ends a read after a message that carried descriptors, so
+/// one read never holds two chunks, and the control buffer has room for one.
+async fn receive_some(
+    stream: &mut UnixStream,
+    got: &mut Vec<u8>,
+    upto: usize,
+    fds: &mut Vec<OwnedFd>,
+) -> Result<(), UpgradeError> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SOCKETS))];
+    let start = got.len();
+    got.resize(upto, 0);
+    let read = stream
         .async_io(Interest::READABLE, || {
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let msg = recvmsg(
-                &stream,
-                &mut [IoSliceMut::new(&mut buf)],
+                &*stream,
+                &mut [IoSliceMut::new(&mut got[start..])],
                 &mut control,
                 RecvFlags::CMSG_CLOEXEC,
             )?;
@@ -269,37 +368,28 @@ pub async fn receive(path: &Path) -> Result<(UnixStream, Inherited), UpgradeErro
                     fds.extend(received);
                 }
             }
-            Ok(msg.bytes)
+            Ok((msg.bytes, msg.flags))
         })
-        .await?;
-    let mut frame = buf[..got].to_vec();
-    if frame.len() < 4 {
-        stream.read_exact(&mut buf[..4 - frame.len()]).await?;
-        frame.extend_from_slice(&buf[..4 - got]);
+        .await;
+    let (n, flags) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            got.truncate(start);
+            return Err(e.into());
+        }
+    };
+    got.truncate(start + n);
+    if flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        return Err(UpgradeError::Protocol(
+            "descriptors cut off (more than one chunk in a message)".into(),
+        ));
     }
-    let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
-    if len > MAX_FRAME {
-        return Err(UpgradeError::Protocol(format!("frame of {len} bytes")));
+    if n == 0 {
+        return Err(UpgradeError::Protocol(
+            "connection closed before the handoff was complete".into(),
+        ));
     }
-    if frame.len() < 4 + len {
-        let mut rest = vec![0u8; 4 + len - frame.len()];
-        stream.read_exact(&mut rest).await?;
-        frame.extend_from_slice(&rest);
-    }
-    let infos = decode(&frame[4..4 + len])?;
-    if infos.len() != fds.len() {
-        return Err(UpgradeError::Protocol(format!(
-            "{} sockets described, {} received",
-            infos.len(),
-            fds.len()
-        )));
-    }
-    Ok((
-        stream,
-        Inherited {
-            sockets: infos.into_iter().zip(fds).collect(),
-        },
-    ))
+    Ok(())
 }
 
 /// New process: tells the old one it serves; the old one stops accepting and drains. Keep the
@@ -498,6 +588,69 @@ mod tests {
         let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
         assert_eq!(len, frame.len() - 4);
         assert_eq!(decode(&frame[4..]).unwrap(), vec![a]);
+    }
+
+    /// More sockets than one `SCM_RIGHTS` message carries: three chunks (253, 253, 94), each
+    /// descriptor arriving in its place in the list.
+    #[tokio::test]
+    async fn a_handoff_past_253_sockets_goes_in_several_messages() {
+        let (mut old, mut new) = UnixStream::pair().unwrap();
+        let listeners: Vec<std::net::UdpSocket> = (0..600)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let sockets: Vec<(SocketInfo, BorrowedFd<'_>)> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let local = l.local_addr().unwrap().to_string();
+                (info(Kind::Udp, &format!("s{i}"), &local, &local), l.as_fd())
+            })
+            .collect();
+        let (sent, got) = tokio::join!(hand_over(&mut old, &sockets), receive_listeners(&mut new));
+        sent.unwrap();
+        let (infos, fds) = got.unwrap();
+        assert_eq!(infos.len(), 600);
+        assert_eq!(fds.len(), 600);
+        for ((info, fd), l) in infos.iter().zip(fds).zip(&listeners) {
+            let received = std::net::UdpSocket::from(fd);
+            assert_eq!(received.local_addr().unwrap(), l.local_addr().unwrap());
+            assert_eq!(info.local, l.local_addr().unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handoff_cut_short_is_an_error_not_a_hang() {
+        let (mut old, mut new) = UnixStream::pair().unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = l.local_addr().unwrap().to_string();
+        // 300 described, only the first chunk sent, then the old process goes away.
+        let infos: Vec<SocketInfo> = (0..300)
+            .map(|i| info(Kind::Tcp, &format!("s{i}"), &local, &local))
+            .collect();
+        let frame = encode(&infos.iter().collect::<Vec<_>>()).unwrap();
+        let fds = vec![l.as_fd(); MAX_SOCKETS];
+        let sent = send_with_fds(&old, &frame, &fds).await.unwrap();
+        old.write_all(&frame[sent..]).await.unwrap();
+        drop(old);
+        let err = receive_listeners(&mut new).await.unwrap_err();
+        assert!(err.to_string().contains("closed before"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_group_is_taken_whole_and_in_order() {
+        let mut inherited = Inherited::default();
+        for i in 0..3 {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let fd = l.as_fd().try_clone_to_owned().unwrap();
+            let name = if i == 1 { "other" } else { "fe" };
+            let local = l.local_addr().unwrap().to_string();
+            inherited
+                .sockets
+                .push((info(Kind::Tcp, name, "127.0.0.1:0", &local), fd));
+        }
+        let group = inherited.take_all(Kind::Tcp, "fe", "127.0.0.1:0".parse().unwrap());
+        assert_eq!(group.len(), 2);
+        assert_eq!(inherited.len(), 1);
     }
 
     #[tokio::test]

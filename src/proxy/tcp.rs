@@ -32,7 +32,7 @@ use crate::health::cell::MemberHealth;
 use crate::limits;
 use crate::local_error;
 use crate::pool::{ClientKey, MAX_CONNECT_TRIES, PoolState, Route, Snapshot, Target};
-use crate::stats::{ServiceStats, bump};
+use crate::stats::{ServiceStats, WorkerCounter, bump};
 
 /// Kernel accept queue length per listener (the kernel caps it at `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 4096;
@@ -46,17 +46,20 @@ const KEEPALIVE_RETRIES: u32 = 6;
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
-/// Binds a TCP listener with SO_REUSEADDR (so a restart does not wait out TIME_WAIT).
+/// Binds one TCP listener of a service's socket group: SO_REUSEADDR (so a restart does not wait
+/// out TIME_WAIT) and SO_REUSEPORT (one listener per worker on the same address, see
+/// [`crate::listeners`]). Not registered with a runtime yet: the worker that serves it does so.
 ///
 /// TCP_NODELAY and the keepalive options are set on the listener: Linux copies them to every
 /// accepted socket, which saves five syscalls per client connection (see the test below).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     // Best effort, as in `tune`: a listener that refuses them still serves.
     let _ = socket.set_tcp_nodelay(true);
@@ -64,7 +67,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     freebind(&socket, addr);
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// IP_FREEBIND (IPV6_FREEBIND): the listener binds to a VIP this host does not hold yet, as
@@ -101,9 +104,12 @@ pub struct ServiceContext {
     pub access_log: AccessLog,
     /// The listener's bound address: the access log's `frontend` unless it is a wildcard.
     pub local_addr: SocketAddr,
+    /// The accepted-connections counter of the worker this listener's loop runs on.
+    pub worker: WorkerCounter,
 }
 
-/// Accepts until `stop_accepting` fires; then drops the listener, which closes it.
+/// Accepts until `stop_accepting` fires; then drops the listener, which closes it. Runs on the
+/// worker the listener is registered with, and so does every connection it spawns.
 pub async fn serve(listener: TcpListener, cx: ServiceContext) {
     // One reference count per connection, rather than cloning every field (each
     // `CancellationToken` clone and drop takes a lock).
@@ -119,6 +125,7 @@ pub async fn serve(listener: TcpListener, cx: ServiceContext) {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 bump(&cx.stats.accepted);
+                cx.worker.bump();
                 let Ok(permit) = cx.limiter.clone().try_acquire_owned() else {
                     // Closing at once tells the client to go elsewhere; queueing it would hold
                     // a descriptor for a connection we cannot serve.
@@ -566,7 +573,8 @@ mod tests {
     /// `bind` relies on Linux copying these options from the listener to accepted sockets.
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay_and_keepalive() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener =
+            TcpListener::from_std(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();

@@ -1,5 +1,9 @@
-//! UDP services: one listening socket per service, a session per client address, one connected
-//! upstream socket per session.
+//! UDP services: a session per client address, one connected upstream socket per session.
+//!
+//! A service listens on one socket per worker (`SO_REUSEPORT`, see [`crate::listeners`]), and
+//! [`serve`] runs for each socket on its worker with a session table of its own: the kernel
+//! keeps a client's datagrams on one socket while the group is unchanged, so its session, its
+//! replies (sent from that socket) and its worker stay together.
 //!
 //! The receive loop owns the listening socket's read side. For each datagram it finds the
 //! client's session in a sharded table (`DashMap`, keyed by the client's full address) or opens
@@ -66,20 +70,25 @@ thread_local! {
     static REPLY_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
 }
 
-/// Binds the listening socket of a UDP service.
-pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// Binds one listening socket of a UDP service's socket group (see [`crate::listeners`]). Not
+/// registered with a runtime yet: the worker that serves it does so.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )?;
-    // No SO_REUSEADDR: on UDP it would let another socket share the port and split the traffic.
+    // SO_REUSEPORT, not SO_REUSEADDR: the port is shared only with sockets of this user that
+    // set it too (the group, one per worker), and the kernel keeps a client's datagrams on one
+    // of them by hashing the 4-tuple. `listeners` checks the port is free before binding a new
+    // group, so another process holding it is still an error.
+    socket.set_reuse_port(true)?;
     // Best effort: a smaller buffer still works, it only drops sooner under a burst.
     let _ = socket.set_recv_buffer_size(LISTEN_RECV_BUFFER);
     socket.set_nonblocking(true)?;
     super::tcp::freebind(&socket, addr);
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// What a UDP service's receive loop and its sessions share with the app.

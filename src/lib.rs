@@ -27,6 +27,8 @@
 //!   [`watch`] notices the file changing.
 //! - [`app`] wires it together: binds listeners, runs the checks and the failover controller,
 //!   applies reloads with one snapshot swap, shuts down gracefully.
+//! - [`kill`] holds one kill switch per open connection, flipped by shutdown, a removed
+//!   service or a retired member.
 //! - [`events`] broadcasts health, failover and reload transitions; [`stats`] holds the
 //!   counters the data path bumps; [`metrics`] renders them for Prometheus.
 //! - [`access_log`] writes one line per connection and UDP session on its own thread, fed by a
@@ -71,6 +73,7 @@ pub mod fuzzing;
 pub mod hash;
 pub mod health;
 pub mod history;
+pub mod kill;
 pub mod limits;
 pub mod local_error;
 pub mod member;

@@ -6,8 +6,8 @@
 //! concerned are flipped and their tasks woken. A connection's relay then pays one atomic load
 //! per wake-up to see whether it was woken for its switch, instead of polling three
 //! cancellation tokens (six mutex acquisitions per wake-up, two of them on the token every
-//! connection of the process shares). Registration costs one uncontended lock when the
-//! connection starts and one when it ends; the register is sharded by worker thread so that
+//! connection of the process shares). Registration costs one allocation and one uncontended
+//! lock when the connection starts, and one lock when it ends; the register is sharded by worker thread so that
 //! workers do not meet on one lock.
 //!
 //! What the signals mean is the caller's: [`Signal::Force`] ends a connection now; the two

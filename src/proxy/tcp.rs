@@ -176,7 +176,8 @@ fn keepalive() -> TcpKeepalive {
 /// Five setsockopt calls per connection (nodelay, and keepalive with its idle time, interval
 /// and count: Linux sets each separately). Kept: Nagle off is a Lync requirement, and without
 /// our interval and count a member that vanished would be noticed after the kernel's default
-/// 60 s + 9 x 75 s instead of 60 s + 6 x 10 s.
+/// 60 s + 9 x 75 s instead of 60 s + 6 x 10 s. All five took 1.4% of the proxy's CPU under
+/// wrk `Connection: close` (perf record, one worker): dropping two would save under 0.6%.
 fn tune(socket: &socket2::Socket) {
     // Both are best effort: a socket that refuses them still relays correctly.
     let _ = socket.set_tcp_nodelay(true);

@@ -14,8 +14,12 @@
 #                                                # with BASELINE, that build with 2 workers too
 #
 # Memory is RSS growth per held idle connection (benches/idle_memory.sh, N_IDLE=5000 held).
-# CPU per request is the proxy process's user+system time (/proc/PID/stat) over a wrk run,
-# divided by the requests wrk completed: the figure that says how many cores a site needs.
+# CPU per unit is the proxy process's utime+stime (/proc/PID/stat) over each timed run divided by
+# the units the load generator reported: requests (keepalive), connections (close, one request
+# each), GB received (bulk). Syscalls per short connection: after each round of `close` runs,
+# one more run per proxy with `perf stat -e raw_syscalls:sys_enter` attached (strace -c -f when
+# perf is missing), every syscall of the process divided by the connections wrk made; these runs
+# are not counted in the throughput rows.
 # Needs (installed with apt-get when missing and running as root): haproxy, iperf3, wrk, nginx
 # with its stream module, python3.
 set -euo pipefail
@@ -49,6 +53,7 @@ cargo build --release --quiet
 TANDEM=${CARGO_TARGET_DIR:-$PWD/target}/release/tandem
 work=$(mktemp -d)
 pids=()
+declare -A proxy_pid
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
@@ -173,9 +178,9 @@ for label in "${labels[@]}"; do
   wait_port "$host" "${port_iperf[$label]}"; wait_port "$host" "${port_http[$label]}"
 done
 
-iperf() { # host port streams -> Gbit/s
+iperf() { # host port streams -> "Gbit/s bytes-received"
   "${CPU0[@]}" iperf3 -c "$1" -p "$2" -P "$3" -t "$SECS" -J |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'
+    python3 -c 'import json,sys; r=json.load(sys.stdin)["end"]["sum_received"]; print(r["bits_per_second"]/1e9, r["bytes"])'
 }
 wrk_run() { # host port extra-header -> "requests/s p99-in-microseconds requests"
   local hdr=()
@@ -184,9 +189,39 @@ wrk_run() { # host port extra-header -> "requests/s p99-in-microseconds requests
     awk '
       function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1e6; return v }
       /Requests\/sec/ { rps = $2 }
-      / requests in / { total = $1 }
       $1 == "99%" { p99 = us($2) }
-      END { print rps, p99, total }'
+      / requests in / { n = $1 }
+      END { print rps, p99, n }'
+}
+# CPU time (utime+stime, all threads) a process has used, in clock ticks.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # pid
+  [[ -n $1 ]] || { echo 0; return; }
+  # Fields after the command name, which is in brackets: utime and stime are the 12th and 13th.
+  sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+# Records the proxy CPU per unit of a run that used ticks0..ticks1: microseconds per unit, or
+# seconds per unit when the unit is a GB.
+record_cpu() { # row label ticks0 ticks1 units scale
+  [[ $2 == direct || -z ${5:-} || $5 == 0 ]] && return
+  record "$1" "$2" "$(awk -v t="$(( $4 - $3 ))" -v hz="$CLK_TCK" -v n="$5" -v s="$6" 'BEGIN { print t / hz * s / n }')"
+}
+# Every syscall a proxy makes over one run of short connections, per connection.
+syscalls_run() { # label host port
+  local pid=${proxy_pid[$1]:-} out="$work/syscalls.$1" tracer rps p99 n calls
+  [[ -n $pid ]] || return 0
+  if command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+    perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$out" & tracer=$!
+  else
+    strace -c -f -p "$pid" -o "$out" & tracer=$!
+  fi
+  sleep 0.5 # attached before the first connection
+  read -r rps p99 n <<<"$(wrk_run "$2" "$3" "Connection: close")"
+  kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+  # perf: "COUNT,,raw_syscalls:sys_enter,..."; strace -c: the "total" line's calls column.
+  calls=$(awk -F, '/raw_syscalls:sys_enter/ { print $1 } / total$/ { split($0, f, " "); print f[3] }' "$out" | head -1)
+  [[ -n $calls && -n $n && $n != 0 ]] && record syscalls "$1" "$(awk -v c="$calls" -v n="$n" 'BEGIN { print c / n }')"
+  return 0
 }
 # Memory per held idle connection for every proxy in one run of benches/idle_memory.sh.
 memory_run() {
@@ -194,21 +229,10 @@ memory_run() {
     awk '/bytes per connection/ { print $1, $(NF-3) }'
 }
 
-# CPU time (clock ticks, user + system, all threads) of a proxy so far; 0 for direct.
-HZ=$(getconf CLK_TCK)
-cpu_ticks() { # label
-  local pid=${proxy_pid[$1]:-}
-  [[ -n $pid ]] || { echo 0; return; }
-  awk '{ print $14 + $15 }' "/proc/$pid/stat"
-}
-us_per() { # ticks-before ticks-after requests -> CPU microseconds per request
-  python3 -c "import sys; b, a, n = map(float, sys.argv[1:]); print((a - b) * 1e6 / $HZ / n if n else 0)" "$@"
-}
-
 declare -A vals
 record() { vals[$1/$2]+="$3 "; }
 run_workload() { # kind
-  local kind=$1 label host v rps p99
+  local kind=$1 label host v rps p99 n gbps bytes t0 t1
   for _ in $(seq "$RUNS"); do
     if [[ $kind == memory ]]; then
       while read -r label v; do record memory "$label" "$v"; done < <(memory_run)
@@ -216,21 +240,28 @@ run_workload() { # kind
     fi
     for label in "${labels[@]}"; do
       host=127.0.0.1; [[ $label == direct ]] && host=127.0.1.1
+      t0=$(cpu_ticks "${proxy_pid[$label]:-}")
       case $kind in
-        bulk1) record bulk1 "$label" "$(iperf "$host" "${port_iperf[$label]}" 1)" ;;
-        bulk8) record bulk8 "$label" "$(iperf "$host" "${port_iperf[$label]}" 8)" ;;
+        bulk1 | bulk8)
+          read -r gbps bytes <<<"$(iperf "$host" "${port_iperf[$label]}" "${kind#bulk}")"
+          t1=$(cpu_ticks "${proxy_pid[$label]:-}")
+          record "$kind" "$label" "$gbps"
+          record_cpu "cpu_$kind" "$label" "$t0" "$t1" "$(awk -v b="$bytes" 'BEGIN { print b / 1e9 }')" 1 ;;
         keepalive)
-          before=$(cpu_ticks "$label")
           read -r rps p99 n <<<"$(wrk_run "$host" "${port_http[$label]}" "")"
+          t1=$(cpu_ticks "${proxy_pid[$label]:-}")
           record keepalive "$label" "$rps"; record p99 "$label" "$p99"
-          [[ $label == direct ]] || record cpu_keepalive "$label" "$(us_per "$before" "$(cpu_ticks "$label")" "$n")" ;;
+          record_cpu cpu_keepalive "$label" "$t0" "$t1" "$n" 1e6 ;;
         close)
-          before=$(cpu_ticks "$label")
           read -r rps p99 n <<<"$(wrk_run "$host" "${port_http[$label]}" "Connection: close")"
+          t1=$(cpu_ticks "${proxy_pid[$label]:-}")
           record close "$label" "$rps"
-          [[ $label == direct ]] || record cpu_close "$label" "$(us_per "$before" "$(cpu_ticks "$label")" "$n")" ;;
+          record_cpu cpu_close "$label" "$t0" "$t1" "$n" 1e6 ;;
       esac
     done
+    if [[ $kind == close ]]; then
+      for label in "${labels[@]:1}"; do syscalls_run "$label" 127.0.0.1 "${port_http[$label]}"; done
+    fi
   done
 }
 
@@ -241,8 +272,11 @@ for kind in bulk1 bulk8 keepalive close memory; do
   [[ " $ONLY " == *" $kind "* ]] || continue
   run_workload "$kind"
   rows+=("$kind")
-  [[ $kind == keepalive ]] && rows+=(p99 cpu_keepalive)
-  [[ $kind == close ]] && rows+=(cpu_close)
+  case $kind in
+    bulk1 | bulk8) rows+=("cpu_$kind") ;;
+    keepalive) rows+=(p99 cpu_keepalive) ;;
+    close) rows+=(cpu_close syscalls) ;;
+  esac
 done
 
 # One table: medians with min-max, ratios of tandem to the other proxies (and to direct).
@@ -259,17 +293,20 @@ for a in sys.argv[4:]:
     cells[key] = [float(x) for x in v.split()]
 rows = {
     "bulk1": "bulk, 1 stream (Gbit/s)",
+    "cpu_bulk1": "proxy CPU per GB relayed, 1 stream (s/GB, lower is better)",
     "bulk8": "bulk, 8 streams (Gbit/s)",
+    "cpu_bulk8": "proxy CPU per GB relayed, 8 streams (s/GB, lower is better)",
     "keepalive": "keepalive req/s (wrk, tiny responses)",
     "p99": "keepalive p99 latency (us, lower is better)",
     "cpu_keepalive": "proxy CPU per keepalive request (us, lower is better)",
     "close": "new conns/s (Connection: close)",
     "cpu_close": "proxy CPU per new connection (us, lower is better)",
+    "syscalls": "syscalls per short connection (lower is better)",
     "memory": "bytes per held idle connection (lower is better)",
 }
 order = [r for r in rows if any(k.startswith(r + "/") for k in cells)]
 def fmt(v):
-    return f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+    return f"{v:,.3f}" if v < 1 else f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
 # In the scaling run the ratio is 2 workers over 1.
 mine = "tandem" if "tandem" in labels else "tandem-w2"
 others = [l for l in labels if l not in ("direct", mine, "baseline")]

@@ -51,6 +51,7 @@ use crate::config::{self, Config, ConfigError, Protocol, Service};
 use crate::events::{self, Event, EventSender, ReloadEvent};
 use crate::health::checker::{self, FirstRound};
 use crate::health::probe::ProbeSetupError;
+use crate::kill::{Scope, Switches};
 use crate::listeners::{self, Group, Listener};
 use crate::metrics::{Metrics, ReloadCounters, ServiceSample};
 use crate::pool::{PoolState, Snapshot, SnapshotError};
@@ -234,7 +235,9 @@ pub struct App {
     pool_checks: HashMap<String, CancellationToken>,
     /// Connection tasks, so shutdown can wait for them.
     tracker: TaskTracker,
-    force_close: CancellationToken,
+    /// The kill switches of open TCP connections (shutdown forces them; removed services and
+    /// retired members drain theirs).
+    switches: Arc<Switches>,
     /// Check loops and the failover controller.
     background: JoinSet<()>,
     stop_background: CancellationToken,
@@ -268,7 +271,8 @@ struct RunningService {
     stats: Arc<ServiceStats>,
     limiter: Arc<Semaphore>,
     stop_accepting: CancellationToken,
-    removed: CancellationToken,
+    /// Ended when the service is removed or moved: its connections drain.
+    removed: Arc<Scope>,
     /// The accept (UDP: receive) loop of each socket of the group.
     accept: Vec<JoinHandle<()>>,
     /// Duplicates of the group's sockets, to hand over in a binary upgrade. Closed with the
@@ -376,7 +380,7 @@ impl App {
             services: HashMap::new(),
             pool_checks: checks.stops.into_iter().collect(),
             tracker: TaskTracker::new(),
-            force_close: CancellationToken::new(),
+            switches: Arc::default(),
             background,
             stop_background,
             events,
@@ -450,7 +454,7 @@ impl App {
         } = bound;
         let limiter = Arc::new(Semaphore::new(service.max_connections));
         let stop_accepting = CancellationToken::new();
-        let removed = CancellationToken::new();
+        let removed = Arc::new(Scope::default());
         info!(service = %service.name, listen = %local_addr, protocol = %service.protocol,
               pool = %service.pool, backup_pool = service.backup_pool.as_deref().unwrap_or("-"),
               sockets = sockets.len(), "listening");
@@ -468,7 +472,7 @@ impl App {
                         limiter: limiter.clone(),
                         tracker: self.tracker.clone(),
                         stop_accepting: stop_accepting.clone(),
-                        force_close: self.force_close.clone(),
+                        switches: self.switches.clone(),
                         removed: removed.clone(),
                         access_log: self.access_log.clone(),
                         local_addr,
@@ -657,7 +661,7 @@ impl App {
             }
             for member in old.pool(name).iter().flat_map(|p| &p.members) {
                 if pool.retires(&member.addr) {
-                    member.retired.cancel();
+                    self.switches.retire_member(&member.retired);
                 }
             }
         }
@@ -667,7 +671,7 @@ impl App {
             // drain.
             let stats = match self.services.remove(&bound.service.name) {
                 Some(old) => {
-                    retire(&old);
+                    retire(&old, &self.switches);
                     old.stats
                 }
                 None => Arc::new(ServiceStats::default()),
@@ -690,7 +694,7 @@ impl App {
             if *service == ServicePlan::Removed
                 && let Some(old) = self.services.remove(name)
             {
-                retire(&old);
+                retire(&old, &self.switches);
             }
         }
         self.reconfigure_bgp(new.bgp.as_ref());
@@ -852,7 +856,7 @@ impl App {
             connections = forced,
             "shutdown grace over; closing remaining connections"
         );
-        self.force_close.cancel();
+        self.switches.force_all();
         self.tracker.wait().await;
         self.close_access_log().await;
         ShutdownReport { forced }
@@ -979,11 +983,11 @@ fn start_access_log(
 
 /// A service leaving: its listener closes now, its connections drain for `drain_timeout`
 /// (UDP: its socket and sessions close now).
-fn retire(service: &RunningService) {
+fn retire(service: &RunningService, switches: &Switches) {
     info!(service = %service.config.name, drain_s = service.config.drain_timeout.as_secs_f64(),
           "listener closed; open connections drain");
     service.stop_accepting.cancel();
-    service.removed.cancel();
+    switches.end_service(&service.removed);
 }
 
 /// Changes a live `max_connections`: permits held by open connections stay valid.

@@ -29,6 +29,8 @@
 //!   applies reloads with one snapshot swap, shuts down gracefully. The data path runs on
 //!   [`workers`] (one single-threaded runtime per thread), each service on a [`listeners`]
 //!   group of one `SO_REUSEPORT` socket per worker.
+//! - [`kill`] holds one kill switch per open connection, flipped by shutdown, a removed
+//!   service or a retired member.
 //! - [`events`] broadcasts health, failover and reload transitions; [`stats`] holds the
 //!   counters the data path bumps; [`metrics`] renders them for Prometheus.
 //! - [`access_log`] writes one line per connection and UDP session on its own thread, fed by a
@@ -73,6 +75,7 @@ pub mod fuzzing;
 pub mod hash;
 pub mod health;
 pub mod history;
+pub mod kill;
 pub mod limits;
 pub mod listeners;
 pub mod local_error;

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::{
@@ -501,9 +500,9 @@ pub struct MemberState {
     pub weight: u32,
     pub operator: OperatorState,
     pub health: Arc<MemberHealth>,
-    /// Cancelled when a reload removes the member or takes it out of service (drain, maint):
+    /// Ended when a reload removes the member or takes it out of service (drain, maint):
     /// its open connections then live on for their service's `drain_timeout`.
-    pub retired: Arc<CancellationToken>,
+    pub retired: Arc<crate::kill::Scope>,
 }
 
 impl MemberState {
@@ -576,7 +575,7 @@ impl PoolState {
                 };
                 let retired = match old {
                     Some((o, c)) if c.connections.contains(&m.addr) => o.retired.clone(),
-                    _ => Arc::new(CancellationToken::new()),
+                    _ => Arc::default(),
                 };
                 MemberState {
                     addr: m.addr,

@@ -418,6 +418,63 @@ async fn shutdown_grace_closes_lingering_connections() {
     assert!(rest.is_empty());
 }
 
+/// One kill switch per connection carries both kinds of end: a reload that removes a service
+/// lets its connections drain for its `drain_timeout` while another service's stay untouched,
+/// and shutdown grace over cuts what is left.
+#[tokio::test]
+async fn removed_service_drains_then_shutdown_forces_the_rest() {
+    let ms = members("m", 37, 1).await;
+    let pool = pool_toml("p", &ms);
+    let kept = service_toml("kept", "p", "");
+    let toml = pool.clone() + &service_toml("gone", "p", "drain_timeout = \"1s\"") + &kept;
+    let mut app = balancer(&toml).await;
+    let (gone, kept_addr) = (
+        app.local_addr("gone").expect("bound"),
+        app.local_addr("kept").expect("bound"),
+    );
+    let (_, mut draining) = greeting_from(client_ip(1), gone).await.expect("connects");
+    let (_, mut staying) = greeting_from(client_ip(2), kept_addr)
+        .await
+        .expect("connects");
+    let config = tandem::config::parse(&(pool + &kept), "t.toml").expect("valid");
+    app.reload(config).await.expect("reload");
+    let removed_at = std::time::Instant::now();
+
+    draining.write_all(b"still here").await.expect("write");
+    let mut buf = [0u8; 10];
+    draining
+        .read_exact(&mut buf)
+        .await
+        .expect("the removed service's connection still flows");
+    assert_eq!(&buf, b"still here");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), draining.read_to_end(&mut rest))
+        .await
+        .expect("closed when its drain_timeout is over")
+        .expect("a clean end");
+    assert!(
+        removed_at.elapsed() >= Duration::from_millis(900),
+        "closed {:?} after removal; drain_timeout is 1 s",
+        removed_at.elapsed()
+    );
+    staying.write_all(b"kept").await.expect("write");
+    let mut buf = [0u8; 4];
+    staying
+        .read_exact(&mut buf)
+        .await
+        .expect("the kept service's connection is untouched");
+
+    tokio::time::pause();
+    let report = app.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(
+        report.forced, 1,
+        "only the kept service's connection was left"
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), staying.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still open after the grace period");
+}
+
 #[tokio::test]
 #[ignore = "needs IPv6 loopback (::1), which containers often lack (CI runs it: cargo test -- --include-ignored)"]
 async fn ipv6_loopback_service() {

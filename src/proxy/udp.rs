@@ -350,7 +350,7 @@ fn forward(frontend: &Arc<Frontend>, flow: Flow, datagram: &[u8]) -> Forward {
     let usable = session
         .member
         .as_ref()
-        .is_some_and(|m| m.available() && !m.retired.is_cancelled());
+        .is_some_and(|m| m.available() && !m.retired.is_ended());
     if !usable {
         // The member cannot serve: move the client to the member its key picks now. The new
         // session takes over the old one's permit, so a full table never blocks a re-hash.

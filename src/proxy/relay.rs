@@ -96,122 +96,125 @@ pub async fn relay(
 
 /// [`relay`], with a progress report every `progress.every` (the first one `every` after the
 /// relay starts).
-pub async fn relay_reporting(
+pub fn relay_reporting(
     client: &mut TcpStream,
     member: &mut TcpStream,
     idle_timeout: Duration,
     mut stop: impl Future<Output = ()> + Unpin,
     mut progress: Option<Progress<'_>>,
-) -> (io::Result<RelayEnd>, Transferred) {
-    let mut up = Direction::default();
-    let mut down = Direction::default();
-    // The timer is re-armed only when it fires: activity just records when it happened, so a
-    // busy connection costs no timer operations.
-    let mut last_activity = Instant::now();
-    // The next progress report shares the idle timer: it sleeps until whichever comes first.
-    let mut next_report = progress.as_ref().map(|p| last_activity + p.every);
-    let first_wake = next_report.map_or(last_activity + idle_timeout, |r| {
-        r.min(last_activity + idle_timeout)
-    });
-    let mut idle = pin!(tokio::time::sleep_until(first_wake));
-    let mut first_fin = None;
-    // Which direction goes first alternates between polls, as in `tokio::join!`: a direction
-    // that always has bytes could otherwise spend the task's whole cooperative budget on every
-    // poll and starve the other.
-    let mut up_first = false;
+) -> impl Future<Output = (io::Result<RelayEnd>, Transferred)> {
+    // Not an `async fn`, which would store its arguments twice (rust-lang/rust#62958).
+    async move {
+        let mut up = Direction::default();
+        let mut down = Direction::default();
+        // The timer is re-armed only when it fires: activity just records when it happened, so a
+        // busy connection costs no timer operations.
+        let mut last_activity = Instant::now();
+        // The next progress report shares the idle timer: it sleeps until whichever comes first.
+        let mut next_report = progress.as_ref().map(|p| last_activity + p.every);
+        let first_wake = next_report.map_or(last_activity + idle_timeout, |r| {
+            r.min(last_activity + idle_timeout)
+        });
+        let mut idle = pin!(tokio::time::sleep_until(first_wake));
+        let mut first_fin = None;
+        // Which direction goes first alternates between polls, as in `tokio::join!`: a direction
+        // that always has bytes could otherwise spend the task's whole cooperative budget on every
+        // poll and starve the other.
+        let mut up_first = false;
 
-    let result = poll_fn(|cx| {
-        if Pin::new(&mut stop).poll(cx).is_ready() {
-            return Poll::Ready(Ok(RelayEnd::Forced));
-        }
-        up_first = !up_first;
-        // An error is tagged with the side whose socket it came from.
-        let (up_done, down_done) = if up_first {
-            let up_done = up
-                .poll_side(cx, client, member, Side::Client, down.done)?
-                .is_ready();
-            (
-                up_done,
-                down.poll_side(cx, member, client, Side::Member, up.done)?
-                    .is_ready(),
-            )
-        } else {
-            let down_done = down
-                .poll_side(cx, member, client, Side::Member, up.done)?
-                .is_ready();
-            (
-                up.poll_side(cx, client, member, Side::Client, down.done)?
-                    .is_ready(),
-                down_done,
-            )
-        };
-        if first_fin.is_none() {
-            first_fin = if up.eof {
-                Some(Side::Client)
-            } else if down.eof {
-                Some(Side::Member)
+        let result = poll_fn(|cx| {
+            if Pin::new(&mut stop).poll(cx).is_ready() {
+                return Poll::Ready(Ok(RelayEnd::Forced));
+            }
+            up_first = !up_first;
+            // An error is tagged with the side whose socket it came from.
+            let (up_done, down_done) = if up_first {
+                let up_done = up
+                    .poll_side(cx, client, member, Side::Client, down.done)?
+                    .is_ready();
+                (
+                    up_done,
+                    down.poll_side(cx, member, client, Side::Member, up.done)?
+                        .is_ready(),
+                )
             } else {
-                None
+                let down_done = down
+                    .poll_side(cx, member, client, Side::Member, up.done)?
+                    .is_ready();
+                (
+                    up.poll_side(cx, client, member, Side::Client, down.done)?
+                        .is_ready(),
+                    down_done,
+                )
             };
-        }
-        if up_done && down_done {
-            return Poll::Ready(Ok(RelayEnd::Closed));
-        }
-        if std::mem::take(&mut up.moved) | std::mem::take(&mut down.moved) {
-            last_activity = Instant::now();
-        }
-        // Only a full quiet period ends the connection; a timer that fires early (activity
-        // moved the deadline while it slept) is re-armed and polled once more to register.
-        while idle.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            if let (Some(at), Some(p)) = (next_report.as_mut(), progress.as_mut())
-                && *at <= now
-            {
-                let so_far = Transferred {
-                    to_member: up.count,
-                    to_client: down.count,
-                    first_fin,
-                    failed: None,
+            if first_fin.is_none() {
+                first_fin = if up.eof {
+                    Some(Side::Client)
+                } else if down.eof {
+                    Some(Side::Member)
+                } else {
+                    None
                 };
-                (p.report)(client, member, so_far);
-                // Reports missed while the task was not polled are not made up for.
-                while *at <= now {
-                    *at += p.every;
+            }
+            if up_done && down_done {
+                return Poll::Ready(Ok(RelayEnd::Closed));
+            }
+            if std::mem::take(&mut up.moved) | std::mem::take(&mut down.moved) {
+                last_activity = Instant::now();
+            }
+            // Only a full quiet period ends the connection; a timer that fires early (activity
+            // moved the deadline while it slept) is re-armed and polled once more to register.
+            while idle.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
+                if let (Some(at), Some(p)) = (next_report.as_mut(), progress.as_mut())
+                    && *at <= now
+                {
+                    let so_far = Transferred {
+                        to_member: up.count,
+                        to_client: down.count,
+                        first_fin,
+                        failed: None,
+                    };
+                    (p.report)(client, member, so_far);
+                    // Reports missed while the task was not polled are not made up for.
+                    while *at <= now {
+                        *at += p.every;
+                    }
                 }
+                let deadline = last_activity + idle_timeout;
+                if deadline <= now {
+                    return Poll::Ready(Ok(RelayEnd::Idle));
+                }
+                idle.as_mut()
+                    .reset(next_report.map_or(deadline, |r| r.min(deadline)));
             }
-            let deadline = last_activity + idle_timeout;
-            if deadline <= now {
-                return Poll::Ready(Ok(RelayEnd::Idle));
+            Poll::Pending
+        })
+        .await;
+        let mut failed = None;
+        let result = result.map_err(|(side, e)| {
+            failed = Some(side);
+            // `done`: that side's FIN was passed on. A reset after it ends a finished stream
+            // rather than aborting one, and passing it on would only discard data still queued
+            // for the other side.
+            let (finished, other) = match side {
+                Side::Client => (up.done, &*member),
+                Side::Member => (down.done, &*client),
+            };
+            if is_reset(&e) && !finished {
+                // Best effort: if the option cannot be set, the other side gets a FIN.
+                let _ = SockRef::from(other).set_linger(Some(Duration::ZERO));
             }
-            idle.as_mut()
-                .reset(next_report.map_or(deadline, |r| r.min(deadline)));
-        }
-        Poll::Pending
-    })
-    .await;
-    let mut failed = None;
-    let result = result.map_err(|(side, e)| {
-        failed = Some(side);
-        // `done`: that side's FIN was passed on. A reset after it ends a finished stream
-        // rather than aborting one, and passing it on would only discard data still queued
-        // for the other side.
-        let (finished, other) = match side {
-            Side::Client => (up.done, &*member),
-            Side::Member => (down.done, &*client),
+            e
+        });
+        let moved = Transferred {
+            to_member: up.count,
+            to_client: down.count,
+            first_fin,
+            failed,
         };
-        if is_reset(&e) && !finished {
-            // Best effort: if the option cannot be set, the other side gets a FIN.
-            let _ = SockRef::from(other).set_linger(Some(Duration::ZERO));
-        }
-        e
-    });
-    let moved = Transferred {
-        to_member: up.count,
-        to_client: down.count,
-        first_fin,
-        failed,
-    };
-    (result, moved)
+        (result, moved)
+    }
 }
 
 /// One direction of the relay: reads from one socket, writes to the other, and passes the FIN

@@ -141,8 +141,8 @@ pub async fn serve(listener: TcpListener, cx: ServiceContext) {
                     continue;
                 };
                 let cx2 = Arc::clone(&cx);
-                cx.tracker
-                    .spawn(async move { connection(stream, peer, cx2, permit).await });
+                // Spawned as is: an `async move` wrapper would store the arguments a second time.
+                cx.tracker.spawn(connection(stream, peer, cx2, permit));
             }
             Err(e) if is_transient(&e) => continue,
             Err(e) => {
@@ -191,252 +191,275 @@ fn tune(socket: &socket2::Socket) {
     let _ = socket.set_tcp_keepalive(&keepalive());
 }
 
-async fn connection(
+// Not an `async fn`: an `async fn` moves its arguments into locals of its state and keeps the
+// argument slots too (rust-lang/rust#62958), 88 bytes per held connection here; an `async
+// move` block uses the captured values in place.
+fn connection(
     mut client: TcpStream,
     peer: SocketAddr,
     cx: Arc<ServiceContext>,
-    _permit: OwnedSemaphorePermit,
-) {
-    // When the access log is on: the start of the connection, for its connect time and duration.
-    let started = cx.access_log.enabled().then(Instant::now);
-    let log_failed = |client: &TcpStream, failed: Failed| {
-        if let Some(started) = started {
-            access::failed(&cx, client, peer, started, failed);
-        }
-    };
-    let snapshot = cx.routes.load();
-    let Some(route) = snapshot.route(&cx.name).cloned() else {
-        // The service was removed between accept and here; its listener is closing.
-        log_failed(
-            &client,
-            Failed::new(Outcome::Rejected(Rejection::ServiceRemoved)),
-        );
-        return;
-    };
-    drop(snapshot);
-    let service = &route.service;
-    // Limits per client address come first: a refused source costs no read and no connect.
-    let _source = if service.per_source.is_active() {
-        match cx
-            .stats
-            .sources
-            .admit(peer.ip(), &service.per_source, tokio::time::Instant::now())
-        {
-            Ok(guard) => guard,
-            Err(why) => {
-                let (counter, rejection) = match why {
-                    limits::Rejection::Connections => (
-                        &cx.stats.rejected_per_source_connections,
-                        Rejection::PerSourceConnections,
-                    ),
-                    limits::Rejection::Rate => {
-                        (&cx.stats.rejected_per_source_rate, Rejection::PerSourceRate)
-                    }
-                };
-                bump(counter);
-                debug!(service = %cx.name, %peer, limit = rejection.as_str(), "source over its limit; connection closed");
-                log_failed(&client, Failed::new(Outcome::Rejected(rejection)));
-                return;
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Held until the connection ends (`max_connections`); named here so that the block
+        // captures it rather than letting it drop when this function returns.
+        let _permit = &permit;
+        // When the access log is on: the start of the connection, for its connect time and duration.
+        let started = cx.access_log.enabled().then(Instant::now);
+        let log_failed = |client: &TcpStream, failed: Failed| {
+            if let Some(started) = started {
+                access::failed(&cx, client, peer, started, failed);
             }
-        }
-    } else {
-        None
-    };
-    // With server-name routes, the ClientHello decides the pools; its bytes go to the member
-    // first. Boxed like the connect phase: its buffer and timer are gone once it is decided.
-    let (early, target) = if service.sni.reads_hello() {
-        match Box::pin(sni::read_hello(
-            &mut client,
-            &route,
-            service.connect_timeout,
-        ))
-        .await
-        {
-            Err(e) => {
-                debug!(service = %cx.name, client = %peer, error = %e, "client gone before its ClientHello");
-                log_failed(
-                    &client,
-                    Failed::new(Outcome::Error(crate::access_log::Peer::Client, e.kind())),
-                );
-                return;
-            }
-            Ok((bytes, choice)) => {
-                let readable = !matches!(
-                    choice,
-                    Choice::Default { readable: false } | Choice::Refuse { readable: false }
-                );
-                if !readable {
-                    bump(&cx.stats.sni_unreadable);
-                }
-                match choice {
-                    Choice::Route(i) => match route.sni.get(i) {
-                        Some(r) => {
-                            r.connections.fetch_add(1, Relaxed);
-                            (bytes, r.target())
-                        }
-                        None => (bytes, route.target()),
-                    },
-                    Choice::Default { .. } => {
-                        bump(&cx.stats.sni_default);
-                        (bytes, route.target())
-                    }
-                    Choice::Refuse { .. } => {
-                        bump(&cx.stats.rejected_sni_required);
-                        debug!(service = %cx.name, client = %peer, "no server name and sni_required; connection closed");
-                        log_failed(
-                            &client,
-                            Failed::new(Outcome::Rejected(Rejection::SniRequired)),
-                        );
-                        return;
-                    }
-                }
-            }
-        }
-    } else {
-        (Vec::new(), route.target())
-    };
-    // The connect phase (timeouts, connect futures, the retry loop) is boxed: it is freed when
-    // a member answers, so the task of a held connection is sized for the relay phase. Inline,
-    // the part of its state that rustc does not overlap with the relay's would be reserved for
-    // the connection's whole life (136 bytes per connection when measured), against one
-    // short-lived allocation per connection.
-    // The connection's kill switch, from the connect on: shutdown can cut a connect attempt.
-    let kill = cx.switches.register(&cx.removed);
-    let Connected {
-        stream: mut upstream,
-        addr: member_addr,
-        health: member_health,
-        pool,
-    } = match Box::pin(connect_member(&route, target, &cx, peer, &kill)).await {
-        Ok(connected) => connected,
-        Err(failed) => {
-            log_failed(&client, failed);
-            return;
-        }
-    };
-    let connect_time = started.map(|s| s.elapsed());
-
-    if service.proxy_protocol != ProxyProtocol::Off {
-        // Only now ask for the local address: it costs a syscall most services never need.
-        let header = client
-            .local_addr()
-            .ok()
-            .and_then(|local| proxy_protocol::header(service.proxy_protocol, peer, local));
-        let sent = match header {
-            Some(h) => upstream.write_all(h.as_bytes()).await,
-            None => Err(io::Error::other("client socket has no local address")),
         };
-        if let Err(e) = sent {
-            bump(&cx.stats.connect_failures);
-            debug!(service = %cx.name, member = %member_addr, error = %e, "sending PROXY header failed");
+        // The snapshot guard is scoped to this statement so that it takes no room in the state
+        // of a held connection (a local dropped by hand keeps its slot).
+        let Some(route) = cx.routes.load().route(&cx.name).cloned() else {
+            // The service was removed between accept and here; its listener is closing.
             log_failed(
                 &client,
-                Failed {
-                    outcome: Outcome::ConnectFailed(crate::access_log::ConnectFailure::ProxyHeader),
-                    member: Some(member_addr),
-                    pool: Some(pool),
-                },
+                Failed::new(Outcome::Rejected(Rejection::ServiceRemoved)),
             );
             return;
-        }
-    }
-
-    // The ClientHello read to choose the route goes first, unchanged, before anything else the
-    // client sends; its bytes count with the relay's.
-    let early_bytes = early.len() as u64;
-    if !early.is_empty()
-        && let Err(e) = upstream.write_all(&early).await
-    {
-        debug!(service = %cx.name, member = %member_addr, error = %e, "sending the ClientHello failed");
-        log_failed(
-            &client,
-            Failed {
-                outcome: Outcome::Error(crate::access_log::Peer::Member, e.kind()),
-                member: Some(member_addr),
-                pool: Some(pool),
-            },
-        );
-        return;
-    }
-    drop(early);
-
-    // The connection ends early when shutdown runs out of grace, or `drain_timeout` after a
-    // reload retired its member or removed its service: all three reach it through its one
-    // kill switch.
-    //
-    // This future lives as long as the connection, so its size counts in the memory of every
-    // idle one: it is pinned here and lent to `relay` (a future passed by value into an async
-    // fn is stored twice).
-    let stop = pin!(kill.stop(service.drain_timeout));
-    let traffic = &member_health.traffic;
-    traffic.connections.fetch_add(1, Relaxed);
-    traffic.active.fetch_add(1, Relaxed);
-    cx.stats.active.fetch_add(1, Relaxed);
-    // The access log's view of the connection, and its progress lines every `interval`.
-    let line = started
-        .zip(connect_time)
-        .map(|(started, connect)| access::Line {
-            cx: &cx,
-            peer: &peer,
-            pool: &pool,
-            member: &member_addr,
-            started,
-            connect,
-        });
-    let mut report = |c: &TcpStream, m: &TcpStream, so_far| {
-        if let Some(line) = &line {
-            line.write(c, m, so_far, Outcome::Open);
-        }
-    };
-    let progress = line
-        .as_ref()
-        .and_then(|_| cx.access_log.interval())
-        .map(|every| Progress {
-            every,
-            report: &mut report,
-        });
-    let (end, mut moved) = relay_reporting(
-        &mut client,
-        &mut upstream,
-        service.idle_timeout,
-        stop,
-        progress,
-    )
-    .await;
-    moved.to_member += early_bytes;
-    cx.stats.active.fetch_sub(1, Relaxed);
-    traffic.active.fetch_sub(1, Relaxed);
-    // Byte counts are added once per connection, not per read: the hot loop stays free of
-    // shared writes.
-    cx.stats
-        .bytes_to_members
-        .fetch_add(moved.to_member, Relaxed);
-    cx.stats
-        .bytes_to_clients
-        .fetch_add(moved.to_client, Relaxed);
-    traffic.bytes_to_member.fetch_add(moved.to_member, Relaxed);
-    traffic.bytes_to_client.fetch_add(moved.to_client, Relaxed);
-    if let Some(line) = &line {
-        let cut = match kill.signal() {
-            Signal::Force => Cut::Shutdown,
-            Signal::MemberRetired => Cut::MemberRetired,
-            Signal::ServiceRemoved | Signal::Running => Cut::ServiceRemoved,
         };
-        let outcome = access::relay_outcome(&end, &moved, cut);
-        line.write(&client, &upstream, moved, outcome);
+        let service = &route.service;
+        // Limits per client address come first: a refused source costs no read and no connect.
+        let _source = if service.per_source.is_active() {
+            match cx.stats.sources.admit(
+                peer.ip(),
+                &service.per_source,
+                tokio::time::Instant::now(),
+            ) {
+                Ok(guard) => guard,
+                Err(why) => {
+                    let (counter, rejection) = match why {
+                        limits::Rejection::Connections => (
+                            &cx.stats.rejected_per_source_connections,
+                            Rejection::PerSourceConnections,
+                        ),
+                        limits::Rejection::Rate => {
+                            (&cx.stats.rejected_per_source_rate, Rejection::PerSourceRate)
+                        }
+                    };
+                    bump(counter);
+                    debug!(service = %cx.name, %peer, limit = rejection.as_str(), "source over its limit; connection closed");
+                    log_failed(&client, Failed::new(Outcome::Rejected(rejection)));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        // With server-name routes, the ClientHello decides the pools; its bytes go to the member
+        // first. Boxed like the connect phase: its buffer and timer are gone once it is decided.
+        let (early, target) = if service.sni.reads_hello() {
+            match Box::pin(sni::read_hello(
+                &mut client,
+                &route,
+                service.connect_timeout,
+            ))
+            .await
+            {
+                Err(e) => {
+                    debug!(service = %cx.name, client = %peer, error = %e, "client gone before its ClientHello");
+                    log_failed(
+                        &client,
+                        Failed::new(Outcome::Error(crate::access_log::Peer::Client, e.kind())),
+                    );
+                    return;
+                }
+                Ok((bytes, choice)) => {
+                    let readable = !matches!(
+                        choice,
+                        Choice::Default { readable: false } | Choice::Refuse { readable: false }
+                    );
+                    if !readable {
+                        bump(&cx.stats.sni_unreadable);
+                    }
+                    match choice {
+                        Choice::Route(i) => match route.sni.get(i) {
+                            Some(r) => {
+                                r.connections.fetch_add(1, Relaxed);
+                                (bytes, r.target())
+                            }
+                            None => (bytes, route.target()),
+                        },
+                        Choice::Default { .. } => {
+                            bump(&cx.stats.sni_default);
+                            (bytes, route.target())
+                        }
+                        Choice::Refuse { .. } => {
+                            bump(&cx.stats.rejected_sni_required);
+                            debug!(service = %cx.name, client = %peer, "no server name and sni_required; connection closed");
+                            log_failed(
+                                &client,
+                                Failed::new(Outcome::Rejected(Rejection::SniRequired)),
+                            );
+                            return;
+                        }
+                    }
+                }
+            }
+        } else {
+            (Vec::new(), route.target())
+        };
+        // The connect phase (timeouts, connect futures, the retry loop) is boxed: it is freed when
+        // a member answers, so the task of a held connection is sized for the relay phase. Inline,
+        // the part of its state that rustc does not overlap with the relay's would be reserved for
+        // the connection's whole life (136 bytes per connection when measured), against one
+        // short-lived allocation per connection.
+        // The connection's kill switch, from the connect on: shutdown can cut a connect attempt.
+        let kill = cx.switches.register(&cx.removed);
+        let Connected {
+            stream: mut upstream,
+            addr: member_addr,
+            health: member_health,
+            pool,
+        } = match Box::pin(connect_member(&route, target, &cx, peer, &kill)).await {
+            Ok(connected) => connected,
+            Err(failed) => {
+                log_failed(&client, failed);
+                return;
+            }
+        };
+        let connect_time = started.map(|s| s.elapsed());
+
+        if service.proxy_protocol != ProxyProtocol::Off {
+            // Only now ask for the local address: it costs a syscall most services never need.
+            let header = client
+                .local_addr()
+                .ok()
+                .and_then(|local| proxy_protocol::header(service.proxy_protocol, peer, local));
+            let sent = match header {
+                Some(h) => upstream.write_all(h.as_bytes()).await,
+                None => Err(io::Error::other("client socket has no local address")),
+            };
+            if let Err(e) = sent {
+                bump(&cx.stats.connect_failures);
+                debug!(service = %cx.name, member = %member_addr, error = %e, "sending PROXY header failed");
+                log_failed(
+                    &client,
+                    Failed {
+                        outcome: Outcome::ConnectFailed(
+                            crate::access_log::ConnectFailure::ProxyHeader,
+                        ),
+                        member: Some(member_addr),
+                        pool: Some(pool),
+                    },
+                );
+                return;
+            }
+        }
+
+        // The ClientHello read to choose the route goes first, unchanged, before anything else the
+        // client sends; its bytes count with the relay's.
+        // `early` is moved, never borrowed, here: a borrowed local keeps its slot in the state
+        // of the whole connection, an unborrowed one is gone once moved.
+        let early_bytes = match send_early(&mut upstream, early).await {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(service = %cx.name, member = %member_addr, error = %e, "sending the ClientHello failed");
+                log_failed(
+                    &client,
+                    Failed {
+                        outcome: Outcome::Error(crate::access_log::Peer::Member, e.kind()),
+                        member: Some(member_addr),
+                        pool: Some(pool),
+                    },
+                );
+                return;
+            }
+        };
+
+        // The connection ends early when shutdown runs out of grace, or `drain_timeout` after a
+        // reload retired its member or removed its service: all three reach it through its one
+        // kill switch.
+        //
+        // This future lives as long as the connection, so its size counts in the memory of every
+        // idle one: it is pinned here and lent to `relay` (a future passed by value into an async
+        // fn is stored twice).
+        let stop = pin!(kill.stop(service.drain_timeout));
+        let traffic = &member_health.traffic;
+        traffic.connections.fetch_add(1, Relaxed);
+        traffic.active.fetch_add(1, Relaxed);
+        cx.stats.active.fetch_add(1, Relaxed);
+        // The access log's view of the connection, and its progress lines every `interval`.
+        let line = started
+            .zip(connect_time)
+            // Boxed: 64 bytes in the state of every held connection otherwise, log or not.
+            .map(|(started, connect)| {
+                Box::new(access::Line {
+                    cx: &cx,
+                    peer: &peer,
+                    pool: &pool,
+                    member: &member_addr,
+                    started,
+                    connect,
+                })
+            });
+        let mut report = |c: &TcpStream, m: &TcpStream, so_far| {
+            if let Some(line) = &line {
+                line.write(c, m, so_far, Outcome::Open);
+            }
+        };
+        let progress = line
+            .as_ref()
+            .and_then(|_| cx.access_log.interval())
+            .map(|every| Progress {
+                every,
+                report: &mut report,
+            });
+        let (end, mut moved) = relay_reporting(
+            &mut client,
+            &mut upstream,
+            service.idle_timeout,
+            stop,
+            progress,
+        )
+        .await;
+        moved.to_member += early_bytes;
+        cx.stats.active.fetch_sub(1, Relaxed);
+        traffic.active.fetch_sub(1, Relaxed);
+        // Byte counts are added once per connection, not per read: the hot loop stays free of
+        // shared writes.
+        cx.stats
+            .bytes_to_members
+            .fetch_add(moved.to_member, Relaxed);
+        cx.stats
+            .bytes_to_clients
+            .fetch_add(moved.to_client, Relaxed);
+        traffic.bytes_to_member.fetch_add(moved.to_member, Relaxed);
+        traffic.bytes_to_client.fetch_add(moved.to_client, Relaxed);
+        if let Some(line) = &line {
+            let cut = match kill.signal() {
+                Signal::Force => Cut::Shutdown,
+                Signal::MemberRetired => Cut::MemberRetired,
+                Signal::ServiceRemoved | Signal::Running => Cut::ServiceRemoved,
+            };
+            let outcome = access::relay_outcome(&end, &moved, cut);
+            line.write(&client, &upstream, moved, outcome);
+        }
+        match end {
+            Ok(RelayEnd::Closed) => {}
+            Ok(RelayEnd::Idle) => {
+                debug!(service = %cx.name, client = %peer, member = %member_addr, "idle timeout");
+            }
+            Ok(RelayEnd::Forced) => {
+                debug!(service = %cx.name, client = %peer, "closed at end of shutdown grace");
+            }
+            Err(e) => {
+                debug!(service = %cx.name, client = %peer, member = %member_addr, error = %e, "relay ended with error");
+            }
+        }
     }
-    match end {
-        Ok(RelayEnd::Closed) => {}
-        Ok(RelayEnd::Idle) => {
-            debug!(service = %cx.name, client = %peer, member = %member_addr, "idle timeout");
-        }
-        Ok(RelayEnd::Forced) => {
-            debug!(service = %cx.name, client = %peer, "closed at end of shutdown grace");
-        }
-        Err(e) => {
-            debug!(service = %cx.name, client = %peer, member = %member_addr, error = %e, "relay ended with error");
-        }
+}
+
+/// Writes the bytes read before the member was chosen (the ClientHello), if any; returns how
+/// many.
+async fn send_early(upstream: &mut TcpStream, early: Vec<u8>) -> io::Result<u64> {
+    if !early.is_empty() {
+        upstream.write_all(&early).await?;
     }
+    Ok(early.len() as u64)
 }
 
 /// The member connection that a client is relayed to, with what the relay needs of the member.

@@ -19,8 +19,10 @@ pub const MAX_BYTES: usize = 384 * 1024;
 /// Hang guard for one connection: a stall is a failure, not a wait.
 pub const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
 
-/// One member kill: from the moment it started to the moment every socket of the member was
-/// closed (`done`), and to the moment it listened again (`revived`, once known).
+/// One member kill: from the moment it started to the moment the member refused new connects
+/// and its task was gone (`done`: `DemoMember::kill` shuts the listening socket down, so a
+/// process forked meanwhile cannot keep it listening), and to the moment it listened again
+/// (`revived`, once known).
 #[derive(Debug, Clone)]
 pub struct Kill {
     pub member: String,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin;
@@ -29,6 +29,8 @@ pub struct DemoMember {
     name: Arc<str>,
     addr: SocketAddr,
     task: Option<JoinHandle<()>>,
+    /// The task's listener, kept here too so that stopping shuts the socket itself down.
+    listener: Option<Arc<TcpListener>>,
 }
 
 impl DemoMember {
@@ -38,6 +40,7 @@ impl DemoMember {
             name: Arc::from(name),
             addr,
             task: None,
+            listener: None,
         };
         member.restart().await?;
         Ok(member)
@@ -55,18 +58,35 @@ impl DemoMember {
 
     /// Closes the listener and every open connection: new connects are refused.
     pub fn stop(&mut self) {
+        self.shut_listener();
         if let Some(task) = self.task.take() {
             task.abort();
         }
     }
 
-    /// [`DemoMember::stop`], returning only once the listener and every connection are closed
-    /// (an abort takes effect at the task's next poll, on whichever worker gets to it), so a
-    /// test knows the moment after which nothing it serves is alive.
+    /// [`DemoMember::stop`], returning once new connects are refused and the server task (the
+    /// listener's, which owns every connection's task) is gone, so a test knows the moment
+    /// after which the member takes nothing new. Its connections close as their aborted tasks
+    /// are dropped, on whichever worker gets to each.
     pub async fn kill(&mut self) {
+        self.shut_listener();
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
+        }
+    }
+
+    /// Stops the listening socket itself, not only our descriptor of it. Closing a descriptor
+    /// closes the socket only when it is the last one: a process forked meanwhile (a test
+    /// running `kill -HUP` or spawning a balancer) holds a copy of every descriptor until its
+    /// exec, and meanwhile the kernel still completes handshakes into the accept queue, so a
+    /// balancer's connect "succeeds" to a member that is gone and is reset once the copy closes
+    /// (the chaos soak saw 8 clients reset together 13 ms after their member's kill returned).
+    /// shutdown(2) on a listener resets its queue and refuses connects from now on, whoever
+    /// else holds it.
+    fn shut_listener(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            let _ = socket2::SockRef::from(&*listener).shutdown(std::net::Shutdown::Both);
         }
     }
 
@@ -81,8 +101,9 @@ impl DemoMember {
         };
         socket.set_reuseaddr(true)?;
         socket.bind(self.addr)?;
-        let listener = socket.listen(1024)?;
+        let listener = Arc::new(socket.listen(1024)?);
         self.addr = listener.local_addr()?;
+        self.listener = Some(listener.clone());
         let name = self.name.clone();
         self.task = Some(tokio::spawn(async move {
             // Connections live in this set, so aborting the server task closes them too.

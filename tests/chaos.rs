@@ -728,6 +728,8 @@ async fn chaos_soak() {
 
     // Reloads and upgrades from this task, one after the other, as an operator's tooling would.
     let started = Instant::now();
+    // The same moment on the wall clock, which the access log's times are in.
+    let started_wall = std::time::SystemTime::now();
     let mut retiring = Vec::new();
     let mut upgrade_windows = Vec::new();
     let mut reloads = 0u64;
@@ -922,6 +924,24 @@ async fn chaos_soak() {
         }
     }
 
+    if !(tcp_verdict.broken.is_empty() && tcp_verdict.unserved.is_empty()) {
+        // What a failure is matched against in the access log: the run's start on the wall
+        // clock, and the kills around the failures.
+        println!(
+            "chaos: run started at {} (wall clock); kills started +s, done +s, revived +s:",
+            humantime::format_rfc3339_millis(started_wall)
+        );
+        let at = |t: Instant| t.saturating_duration_since(started).as_secs_f64();
+        for k in churned.tcp_kills.iter().chain(&churned.udp_kills) {
+            println!(
+                "  {} {:.4} {:.4} {:?}",
+                k.member,
+                at(k.started),
+                at(k.done),
+                k.revived.map(at)
+            );
+        }
+    }
     tcp_verdict.assert_clean();
     assert!(
         bad.is_empty(),

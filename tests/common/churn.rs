@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::common::{client_ip, greeting_from, pseudo_random};
+use crate::common::{client_ip, connect_from, pseudo_random};
 
 /// Bytes per connection: between these, chosen by the connection's seed.
 pub const MIN_BYTES: usize = 64 * 1024;
@@ -19,8 +19,10 @@ pub const MAX_BYTES: usize = 384 * 1024;
 /// Hang guard for one connection: a stall is a failure, not a wait.
 pub const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
 
-/// One member kill: from the moment it started to the moment every socket of the member was
-/// closed (`done`), and to the moment it listened again (`revived`, once known).
+/// One member kill: from the moment it started to the moment the member refused new connects
+/// and its task was gone (`done`: `DemoMember::kill` shuts the listening socket down, so a
+/// process forked meanwhile cannot keep it listening), and to the moment it listened again
+/// (`revived`, once known).
 #[derive(Debug, Clone)]
 pub struct Kill {
     pub member: String,
@@ -46,6 +48,8 @@ impl Kill {
 pub struct Attempt {
     pub start: Instant,
     pub end: Instant,
+    /// The client's address, once connected: what the access log names it by.
+    pub client: Option<SocketAddr>,
     /// The member that greeted, if one did.
     pub member: Option<String>,
     /// Bytes sent, and bytes echoed back that matched, in order.
@@ -62,6 +66,7 @@ pub async fn one_connection(source: IpAddr, addr: SocketAddr, seed: u64, len: us
     let mut attempt = Attempt {
         start,
         end: start,
+        client: None,
         member: None,
         sent: 0,
         verified: 0,
@@ -69,10 +74,22 @@ pub async fn one_connection(source: IpAddr, addr: SocketAddr, seed: u64, len: us
     };
     let data = pseudo_random(seed, len);
     let result = tokio::time::timeout(CONNECTION_LIMIT, async {
-        let (member, mut conn) = greeting_from(source, addr)
+        let conn = connect_from(source, addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        attempt.client = conn.local_addr().ok();
+        // The greeting, read as `greeting_from` does, with the client's port known first.
+        let mut reader = BufReader::new(conn);
+        let mut member = String::new();
+        match reader.read_line(&mut member).await {
+            Ok(_) if member.ends_with('\n') => {}
+            Ok(_) => return Err("greeting: closed before a greeting".to_string()),
+            Err(e) => return Err(format!("greeting: {e}")),
+        }
+        member.pop();
         attempt.member = Some(member);
+        // The member sends nothing after its greeting until we send, so nothing is buffered.
+        let mut conn = reader.into_inner();
         let (mut r, mut w) = conn.split();
         // Writes in chunks of varying size, then passes the FIN on.
         let write = async {
@@ -194,8 +211,9 @@ impl TcpVerdict {
         let any_kill_during = |a: &Attempt| kills.iter().any(|k| k.overlaps(a.start, a.end));
         let describe = |a: &Attempt| {
             format!(
-                "\n  {:?} at +{:?} for {:?}: sent {} verified {}: {}",
+                "\n  {:?} from {:?} at +{:?} for {:?}: sent {} verified {}: {}",
                 a.member,
+                a.client,
                 a.start.saturating_duration_since(origin),
                 a.end - a.start,
                 a.sent,

@@ -96,6 +96,10 @@ pub async fn relay(
 
 /// [`relay`], with a progress report every `progress.every` (the first one `every` after the
 /// relay starts).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
 pub fn relay_reporting(
     client: &mut TcpStream,
     member: &mut TcpStream,

@@ -194,6 +194,10 @@ fn tune(socket: &socket2::Socket) {
 // Not an `async fn`: an `async fn` moves its arguments into locals of its state and keeps the
 // argument slots too (rust-lang/rust#62958), 88 bytes per held connection here; an `async
 // move` block uses the captured values in place.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
 fn connection(
     mut client: TcpStream,
     peer: SocketAddr,

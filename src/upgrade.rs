@@ -306,14 +306,14 @@ async fn receive_listeners(
     let mut frame = Vec::new();
     // The length, then the JSON list.
     while frame.len() < 4 {
-        receive_some(stream, &mut frame, 4, &mut fds).await?;
+        receive_more(stream, &mut frame, 4, &mut fds).await?;
     }
     let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
     if len > MAX_FRAME {
         return Err(UpgradeError::Protocol(format!("frame of {len} bytes")));
     }
     while frame.len() < 4 + len {
-        receive_some(stream, &mut frame, 4 + len, &mut fds).await?;
+        receive_more(stream, &mut frame, 4 + len, &mut fds).await?;
     }
     let infos = decode(&frame[4..4 + len])?;
     if infos.len() > MAX_HANDOFF {
@@ -325,7 +325,7 @@ async fn receive_listeners(
     // One marker byte per chunk after the first.
     let total = 4 + len + infos.len().div_ceil(MAX_SOCKETS).saturating_sub(1);
     while frame.len() < total {
-        receive_some(stream, &mut frame, total, &mut fds).await?;
+        receive_more(stream, &mut frame, total, &mut fds).await?;
     }
     if frame[4 + len..].iter().any(|&b| b != CHUNK_MARK) {
         return Err(UpgradeError::Protocol(
@@ -350,7 +350,7 @@ async fn receive_some(
     got: &mut Vec<u8>,
     upto: usize,
     fds: &mut Vec<OwnedFd>,
-) -> Result<(), UpgradeError> {
+) -> Result<usize, UpgradeError> {
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SOCKETS))];
     let start = got.len();
     got.resize(upto, 0);
@@ -384,12 +384,22 @@ async fn receive_some(
             "descriptors cut off (more than one chunk in a message)".into(),
         ));
     }
-    if n == 0 {
-        return Err(UpgradeError::Protocol(
+    Ok(n)
+}
+
+/// [`receive_some`], where the connection closing is an error: the handoff is incomplete.
+async fn receive_more(
+    stream: &mut UnixStream,
+    got: &mut Vec<u8>,
+    upto: usize,
+    fds: &mut Vec<OwnedFd>,
+) -> Result<(), UpgradeError> {
+    match receive_some(stream, got, upto, fds).await? {
+        0 => Err(UpgradeError::Protocol(
             "connection closed before the handoff was complete".into(),
-        ));
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// New process: tells the old one it serves; the old one stops accepting and drains. Keep the
@@ -425,30 +435,8 @@ pub async fn send_frame<T: Serialize + ?Sized>(
             fds.len()
         )));
     }
-    let json = serde_json::to_vec(value).map_err(|e| UpgradeError::Protocol(e.to_string()))?;
-    let len = u32::try_from(json.len())
-        .ok()
-        .filter(|&n| n as usize <= MAX_FRAME)
-        .ok_or_else(|| UpgradeError::Protocol(format!("frame of {} bytes", json.len())))?;
-    let mut frame = len.to_be_bytes().to_vec();
-    frame.extend_from_slice(&json);
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SOCKETS))];
-    let sent = stream
-        .async_io(Interest::WRITABLE, || {
-            let mut control = SendAncillaryBuffer::new(&mut space);
-            if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-                return Err(io::Error::other(
-                    "descriptors do not fit the control buffer",
-                ));
-            }
-            Ok(sendmsg(
-                &*stream,
-                &[IoSlice::new(&frame)],
-                &mut control,
-                SendFlags::NOSIGNAL,
-            )?)
-        })
-        .await?;
+    let frame = encode(value)?;
+    let sent = send_with_fds(stream, &frame, fds).await?;
     stream.write_all(&frame[sent..]).await?;
     Ok(())
 }
@@ -459,32 +447,16 @@ pub async fn send_frame<T: Serialize + ?Sized>(
 pub async fn receive_frame<T: serde::de::DeserializeOwned>(
     stream: &mut UnixStream,
 ) -> Result<Option<(T, Vec<OwnedFd>)>, UpgradeError> {
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SOCKETS))];
-    let mut head = [0u8; 4];
+    let mut head = Vec::with_capacity(4);
     let mut fds = Vec::new();
     // The descriptors ride on the first byte: read that one alone with recvmsg, the rest plainly.
-    let got = stream
-        .async_io(Interest::READABLE, || {
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let msg = recvmsg(
-                &*stream,
-                &mut [IoSliceMut::new(&mut head[..1])],
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC,
-            )?;
-            for message in control.drain() {
-                if let RecvAncillaryMessage::ScmRights(received) = message {
-                    fds.extend(received);
-                }
-            }
-            Ok(msg.bytes)
-        })
-        .await?;
+    let got = receive_some(stream, &mut head, 1, &mut fds).await?;
     if got == 0 {
         return Ok(None);
     }
+    head.resize(4, 0);
     stream.read_exact(&mut head[1..]).await?;
-    let len = u32::from_be_bytes(head) as usize;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
     if len > MAX_FRAME {
         return Err(UpgradeError::Protocol(format!("frame of {len} bytes")));
     }
@@ -536,9 +508,9 @@ pub fn start_successor(socket: &Path) {
     }
 }
 
-/// The frame: big-endian length, then the JSON list.
-fn encode(infos: &[&SocketInfo]) -> Result<Vec<u8>, UpgradeError> {
-    let json = serde_json::to_vec(infos).map_err(|e| UpgradeError::Protocol(e.to_string()))?;
+/// A frame: big-endian length, then `value` as JSON.
+fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, UpgradeError> {
+    let json = serde_json::to_vec(value).map_err(|e| UpgradeError::Protocol(e.to_string()))?;
     let len = u32::try_from(json.len())
         .ok()
         .filter(|&n| n as usize <= MAX_FRAME)

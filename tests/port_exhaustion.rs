@@ -103,8 +103,18 @@ async fn scenario(source: &'static str) -> Outcome {
     );
     assert_eq!(st.rejected_no_member, 0);
 
-    // Let the health check probe a few times while the ports are gone (interval 100 ms).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The health check probes at least three times while the ports are gone (interval 100 ms).
+    let probes = || check_results(&view.render_metrics());
+    let before = probes();
+    eventually(
+        "the member's check runs three times while the ports are gone",
+        Duration::from_secs(10),
+        || {
+            let now = probes();
+            async move { now >= before + 3 }
+        },
+    )
+    .await;
     let metrics = view.render_metrics();
 
     // The clients leave; new ones are served at once.
@@ -144,6 +154,15 @@ async fn scenario(source: &'static str) -> Outcome {
     }
     app.shutdown(Duration::from_secs(1)).await;
     outcome
+}
+
+/// Health check results so far, every result and member summed (`tandem_check_results_total`).
+fn check_results(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("tandem_check_results_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// A namespace whose ephemeral range holds 100 ports, with 127.0.0.2 as a second source address.

@@ -732,26 +732,43 @@ backup_pool = "b"
         assert_eq!(snap.route("s").expect("route").active_pool().name, "b");
     }
 
-    #[test]
-    fn an_older_snapshot_cannot_undo_a_newer_decision() {
-        // A reload evaluates the new snapshot while the failover controller may still hold the
-        // old one; both share the service's failover cell.
-        let events = crate::events::channel();
-        let remote_cfg = parse(
+    /// [`CONFIG`] in the `remote` drill.
+    fn drill_config() -> Config {
+        parse(
             &CONFIG.replace(
                 "backup_pool = \"b\"",
                 "backup_pool = \"b\"\nfailover = \"remote\"",
             ),
             "t.toml",
         )
-        .expect("valid");
+        .expect("valid")
+    }
+
+    /// The snapshot a reload from `from` to `to` builds on `old`, its failover evaluated.
+    fn reloaded(
+        old: &Snapshot,
+        from: &Config,
+        to: &Config,
+        generation: u64,
+        events: &crate::events::EventSender,
+    ) -> Snapshot {
+        let plan = crate::reload::plan(from, to);
+        let new = Snapshot::build(to, generation, events, Some((old, &plan))).expect("builds");
+        new.evaluate_failover(Instant::now());
+        new
+    }
+
+    #[test]
+    fn an_older_snapshot_cannot_undo_a_newer_decision() {
+        // A reload evaluates the new snapshot while the failover controller may still hold the
+        // old one; both share the service's failover cell.
+        let events = crate::events::channel();
+        let remote_cfg = drill_config();
         let old = Snapshot::build(&remote_cfg, 1, &events, None).expect("builds");
         old.evaluate_failover(Instant::now());
         assert_eq!(old.route("s").expect("route").active_pool().name, "b");
         let auto_cfg = parse(CONFIG, "t.toml").expect("valid");
-        let plan = crate::reload::plan(&remote_cfg, &auto_cfg);
-        let new = Snapshot::build(&auto_cfg, 2, &events, Some((&old, &plan))).expect("builds");
-        new.evaluate_failover(Instant::now());
+        let new = reloaded(&old, &remote_cfg, &auto_cfg, 2, &events);
         assert_eq!(new.route("s").expect("route").active_pool().name, "a");
         old.evaluate_failover(Instant::now());
         assert_eq!(
@@ -768,14 +785,7 @@ backup_pool = "b"
         // failed), and the connection must get the spill that comes with `auto`, not the
         // drill's "never spill" with the local side (issue 18).
         let events = crate::events::channel();
-        let remote_cfg = parse(
-            &CONFIG.replace(
-                "backup_pool = \"b\"",
-                "backup_pool = \"b\"\nfailover = \"remote\"",
-            ),
-            "t.toml",
-        )
-        .expect("valid");
+        let remote_cfg = drill_config();
         let old = Snapshot::build(&remote_cfg, 1, &events, None).expect("builds");
         old.evaluate_failover(Instant::now());
         let held = old.route("s").expect("route").clone();
@@ -790,9 +800,7 @@ backup_pool = "b"
         );
 
         let auto_cfg = parse(CONFIG, "t.toml").expect("valid");
-        let plan = crate::reload::plan(&remote_cfg, &auto_cfg);
-        let new = Snapshot::build(&auto_cfg, 2, &events, Some((&old, &plan))).expect("builds");
-        new.evaluate_failover(Instant::now());
+        let new = reloaded(&old, &remote_cfg, &auto_cfg, 2, &events);
         let want = ("a".to_string(), Some("b".to_string()));
         assert_eq!(names(new.route("s").expect("route")), want);
         assert_eq!(
@@ -802,9 +810,7 @@ backup_pool = "b"
         );
 
         // Into the drill again: the held `auto` route now pins to the backup pool too.
-        let plan = crate::reload::plan(&auto_cfg, &remote_cfg);
-        let again = Snapshot::build(&remote_cfg, 3, &events, Some((&new, &plan))).expect("builds");
-        again.evaluate_failover(Instant::now());
+        let _again = reloaded(&new, &auto_cfg, &remote_cfg, 3, &events);
         let held = new.route("s").expect("route");
         assert_eq!(names(held), ("b".to_string(), None));
     }

@@ -22,17 +22,8 @@ SECS=${SECONDS_PER_RUN:-3}
 FORMAT=${FORMAT:-json}
 CONNS=${CONNS:-50}
 
-need=()
-for tool in wrk nginx python3; do command -v "$tool" >/dev/null || need+=("$tool"); done
-if ((${#need[@]})); then
-  if [[ $(id -u) == 0 ]]; then
-    pkgs=("${need[@]/#nginx/nginx-light}")
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
-  else
-    echo "missing: ${need[*]} (e.g. apt-get install wrk nginx-light python3)" >&2
-    exit 1
-  fi
-fi
+source benches/common.sh
+need_tools wrk nginx=nginx-light python3
 
 cargo build --release --quiet
 TANDEM=${CARGO_TARGET_DIR:-$PWD/target}/release/tandem
@@ -41,8 +32,6 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1:$2" >&2; exit 1; }
 metric() { # admin-port name
   python3 - "$1" "$2" <<'PY'
 import sys, urllib.request

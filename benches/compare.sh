@@ -36,18 +36,8 @@ if [[ -z $SCALING && ( -z ${ONLY:-} || " $ONLY " == *" storm "* ) ]]; then
 fi
 STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 
-need=()
-for tool in haproxy iperf3 wrk nginx python3; do command -v "$tool" >/dev/null || need+=("$tool"); done
-[[ -f $STREAM_MODULE ]] || need+=(libnginx-mod-stream)
-if ((${#need[@]})); then
-  if [[ $(id -u) == 0 ]]; then
-    pkgs=("${need[@]/#nginx/nginx-light}")
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
-  else
-    echo "missing: ${need[*]} (e.g. apt-get install haproxy iperf3 wrk nginx-light libnginx-mod-stream)" >&2
-    exit 1
-  fi
-fi
+source benches/common.sh
+need_tools haproxy iperf3 wrk nginx=nginx-light python3 "$STREAM_MODULE=libnginx-mod-stream"
 
 cargo build --release --quiet
 TANDEM=${CARGO_TARGET_DIR:-$PWD/target}/release/tandem
@@ -61,8 +51,6 @@ trap cleanup EXIT
 # run nothing is pinned. A prefix rather than a function: started with `&`, `$!` is then the
 # command itself, so the cleanup's kill reaches it.
 if [[ -n $SCALING ]]; then CPU0=(); CPU1=(); else CPU0=(taskset -c 0); CPU1=(taskset -c 1); fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1:$2" >&2; exit 1; }
 
 IPERF_PORT=$(free_port); HTTP_PORT=$(free_port)
 if [[ -n $SCALING ]]; then

@@ -26,7 +26,7 @@ work=$(mktemp -d)
 cleanup() { rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/common.sh
 MEMBER=$(free_port); T_PORT=$(free_port); H_PORT=$(free_port); N_PORT=$(free_port)
 STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 

@@ -18,14 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUNS=${RUNS:-3}
 
-if ! command -v haproxy >/dev/null; then
-  if [[ $(id -u) == 0 ]]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
-  else
-    echo "missing: haproxy (apt-get install haproxy)" >&2
-    exit 1
-  fi
-fi
+source benches/common.sh
+need_tools haproxy
 command -v taskset >/dev/null || { echo "missing: taskset (util-linux)" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)"
 

@@ -23,12 +23,8 @@ SECS=${SECONDS_PER_RUN:-10}
 HELD_CLIENTS=${HELD_CLIENTS:-2500}
 [[ $(id -u) == 0 ]] || { echo "benches/transparent.sh: needs root (network namespaces)" >&2; exit 1; }
 
-need=()
-for tool in wrk nginx iperf3 python3 curl iptables-legacy; do command -v "$tool" >/dev/null || need+=("$tool"); done
-if ((${#need[@]})); then
-  pkgs=("${need[@]/#nginx/nginx-light}"); pkgs=("${pkgs[@]/#iptables-legacy/iptables}")
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
-fi
+source benches/common.sh
+need_tools wrk nginx=nginx-light iperf3 python3 curl iptables-legacy=iptables
 
 TANDEM=${TANDEM_BIN:-}
 if [[ -z $TANDEM ]]; then

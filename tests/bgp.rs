@@ -66,17 +66,6 @@ fn missing(test: &str, what: &str) -> ! {
     )
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 fn runs(program: &str, arg: &str) -> bool {
     Command::new(program)
         .arg(arg)
@@ -103,7 +92,7 @@ struct Lab {
 
 impl Lab {
     fn create(test: &'static str) -> Lab {
-        if !is_root() {
+        if !command::is_root() {
             missing(test, "root (network namespaces need CAP_SYS_ADMIN)");
         }
         if !Path::new(IP).exists() {

@@ -59,7 +59,7 @@ struct Lab {
 
 impl Lab {
     fn create(test: &str) -> Lab {
-        if !netns::is_root() {
+        if !netns::command::is_root() {
             missing(test, "root (network namespaces need CAP_SYS_ADMIN)");
         }
         if !Path::new(IP).exists() {

@@ -21,3 +21,8 @@ pub fn output(program: &str, args: &[&str]) -> Result<String, String> {
         ))
     }
 }
+
+/// Whether this process runs as root (the namespace tests need it).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}

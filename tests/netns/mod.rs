@@ -12,7 +12,7 @@
 //! and member behaviour on command (reset a connection, stop answering new ones).
 
 #[path = "../common/command.rs"]
-mod command;
+pub mod command;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -98,17 +98,6 @@ pub fn in_ns(ns: &str, program: &str, args: &[&str]) -> Result<String, String> {
     let mut all = vec!["netns", "exec", ns, program];
     all.extend_from_slice(args);
     output(IP, &all)
-}
-
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 /// Runs `f` on a thread of its own that has joined the network namespace `ns` (setns(2) moves
@@ -354,7 +343,7 @@ impl Drop for NsMember {
 /// missing, where namespaces cannot be made: the tests that call this are `#[ignore]`d for that
 /// reason, so whoever runs them asked for them.
 pub async fn ns_members(test: &str, prefix: &str, n: usize) -> Vec<NsMember> {
-    if !is_root() {
+    if !command::is_root() {
         missing(test, "root (network namespaces need CAP_SYS_ADMIN)");
     }
     if !std::path::Path::new(IP).exists() || !std::path::Path::new(TC).exists() {

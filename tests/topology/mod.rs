@@ -31,10 +31,6 @@ pub fn missing(test: &str, what: &str) -> ! {
     )
 }
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 /// Runs `program args`; `Err` says why it could not run or did not succeed.
 pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
     command::output(program, args)
@@ -50,7 +46,7 @@ impl Ns {
     /// A new namespace with `lo` up. Fails the test, naming what is missing, without root or
     /// iproute2.
     pub fn new(test: &str, tag: &str) -> Ns {
-        if !is_root() {
+        if !command::is_root() {
             missing(test, "root (network namespaces need CAP_SYS_ADMIN)");
         }
         if !std::path::Path::new(IP).exists() {

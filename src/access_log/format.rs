@@ -178,20 +178,36 @@ fn millis(out: &mut Vec<u8>, d: Duration) {
     ]);
 }
 
-/// `a.b.c.d:port` by hand, `[v6]:port` through `Display` (rare in these deployments).
+/// `a.b.c.d:port` by hand, gathered on the stack and appended with one copy; `[v6]:port`
+/// through `Display` (rare in these deployments).
 fn addr(out: &mut Vec<u8>, a: SocketAddr) {
     match a {
         SocketAddr::V4(v4) => {
-            let [a, b, c, d] = v4.ip().octets();
-            number(out, a);
-            out.push(b'.');
-            number(out, b);
-            out.push(b'.');
-            number(out, c);
-            out.push(b'.');
-            number(out, d);
-            out.push(b':');
-            number(out, v4.port());
+            // The longest is `255.255.255.255:65535`.
+            let mut buf = [0u8; 21];
+            let mut n = 0;
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            buf[n] = b':';
+            n += 1;
+            let mut port = itoa::Buffer::new();
+            let port = port.format(v4.port()).as_bytes();
+            buf[n..n + port.len()].copy_from_slice(port);
+            out.extend_from_slice(&buf[..n + port.len()]);
         }
         SocketAddr::V6(_) => {
             let _ = write!(out, "{a}");

@@ -9,6 +9,8 @@
 #   ONLY="keepalive close" benches/compare.sh    # a subset: bulk1 bulk8 keepalive close memory
 #   BASELINE=/tmp/tandem-old benches/compare.sh  # adds a column for another tandem binary,
 #                                                # e.g. a build of main, measured in the same run
+#   PROFILE=1 benches/compare.sh                 # adds, per workload, where each proxy's CPU goes
+#                                                # (perf record -g, benches/profile.py)
 #   SCALING=1 benches/compare.sh                 # no pinning: tandem with 1 worker vs 2 workers
 #                                                # (and direct), load generators with 2 threads;
 #                                                # with BASELINE, that build with 2 workers too
@@ -211,6 +213,32 @@ syscalls_run() { # label host port
   [[ -n $calls && -n $n && $n != 0 ]] && record syscalls "$1" "$(awk -v c="$calls" -v n="$n" 'BEGIN { print c / n }')"
   return 0
 }
+# One run of a workload against one target; prints what the load generator reported:
+# "Gbit/s bytes" (bulk) or "requests/s p99-us requests" (keepalive, close).
+load() { # kind host label
+  case $1 in
+    bulk1 | bulk8) iperf "$2" "${port_iperf[$3]}" "${1#bulk}" ;;
+    keepalive) wrk_run "$2" "${port_http[$3]}" "" ;;
+    close) wrk_run "$2" "${port_http[$3]}" "Connection: close" ;;
+  esac
+}
+# PROFILE=1: one more run of a workload per proxy with `perf record -g` attached, sorted by
+# benches/profile.py into CPU time per unit by system call; not counted in the other rows.
+PROFILE_HZ=999
+profile_run() { # kind label
+  local pid=${proxy_pid[$2]:-} out="$work/perf.$1.$2" tracer a b n units scale=1e6
+  [[ -n $pid ]] || return 0
+  perf record -q -F "$PROFILE_HZ" -g -p "$pid" -o "$out" 2>/dev/null & tracer=$!
+  sleep 0.5 # attached before the first connection
+  read -r a b n <<<"$(load "$1" 127.0.0.1 "$2")"
+  kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+  case $1 in
+    bulk*) units=$(awk -v b="$b" 'BEGIN { print b / 1e9 }'); scale=1 ;;
+    *) units=$n ;;
+  esac
+  perf script -i "$out" -F ip,sym 2>/dev/null |
+    python3 benches/profile.py "$PROFILE_HZ" "$units" "$scale" >"$work/profile.$1.$2"
+}
 # Memory per held idle connection for every proxy in one run of benches/idle_memory.sh.
 memory_run() {
   TANDEM=$TANDEM N=${N_IDLE:-5000} bash benches/idle_memory.sh |
@@ -231,17 +259,17 @@ run_workload() { # kind
       t0=$(cpu_ticks "${proxy_pid[$label]:-}")
       case $kind in
         bulk1 | bulk8)
-          read -r gbps bytes <<<"$(iperf "$host" "${port_iperf[$label]}" "${kind#bulk}")"
+          read -r gbps bytes <<<"$(load "$kind" "$host" "$label")"
           t1=$(cpu_ticks "${proxy_pid[$label]:-}")
           record "$kind" "$label" "$gbps"
           record_cpu "cpu_$kind" "$label" "$t0" "$t1" "$(awk -v b="$bytes" 'BEGIN { print b / 1e9 }')" 1 ;;
         keepalive)
-          read -r rps p99 n <<<"$(wrk_run "$host" "${port_http[$label]}" "")"
+          read -r rps p99 n <<<"$(load "$kind" "$host" "$label")"
           t1=$(cpu_ticks "${proxy_pid[$label]:-}")
           record keepalive "$label" "$rps"; record p99 "$label" "$p99"
           record_cpu cpu_keepalive "$label" "$t0" "$t1" "$n" 1e6 ;;
         close)
-          read -r rps p99 n <<<"$(wrk_run "$host" "${port_http[$label]}" "Connection: close")"
+          read -r rps p99 n <<<"$(load "$kind" "$host" "$label")"
           t1=$(cpu_ticks "${proxy_pid[$label]:-}")
           record close "$label" "$rps"
           record_cpu cpu_close "$label" "$t0" "$t1" "$n" 1e6 ;;
@@ -251,6 +279,9 @@ run_workload() { # kind
       for label in "${labels[@]:1}"; do syscalls_run "$label" 127.0.0.1 "${port_http[$label]}"; done
     fi
   done
+  if [[ -n ${PROFILE:-} && $kind != memory ]]; then
+    for label in "${labels[@]:1}"; do profile_run "$kind" "$label"; done
+  fi
 }
 
 ONLY=${ONLY:-bulk1 bulk8 keepalive close memory}
@@ -315,3 +346,35 @@ for r in order:
     print("| " + " | ".join(line) + " |")
 print(f"(medians of {runs} runs of {secs}s with min-max in brackets; targets take turns within each run)")
 PY
+
+# PROFILE=1: per workload, the CPU time per unit in each bucket (largest first for tandem).
+for kind in "${rows[@]}"; do
+  [[ -n ${PROFILE:-} ]] || break
+  ls "$work"/profile."$kind".* >/dev/null 2>&1 || continue
+  python3 - "$kind" "$work" "${labels[@]:1}" <<'PY'
+import sys
+kind, work, labels = sys.argv[1], sys.argv[2], sys.argv[3:]
+unit = "s/GB" if kind.startswith("bulk") else "us per " + ("request" if kind == "keepalive" else "connection")
+data = {}
+for l in labels:
+    try:
+        rows = [line.split("\t") for line in open(f"{work}/profile.{kind}.{l}") if line.strip()]
+    except FileNotFoundError:
+        continue
+    data[l] = {b: (float(share), float(t)) for b, share, t in rows}
+mine = "tandem" if "tandem" in data else next(iter(data), None)
+if mine is None:
+    sys.exit()
+# Largest first for tandem; then what only the others spend time on.
+buckets = sorted({b for d in data.values() for b in d},
+                 key=lambda b: (-data[mine].get(b, (0, 0))[1], -max(d.get(b, (0, 0))[1] for d in data.values())))
+print(f"\nwhere the CPU goes, {kind} ({unit}; share of the proxy's samples in brackets; one profiled run each)")
+print("| bucket | " + " | ".join(data) + " |")
+print("|---|" + "---|" * len(data))
+# Buckets under 1% of every proxy's samples are left out.
+for b in [b for b in buckets if max(d.get(b, (0, 0))[0] for d in data.values()) >= 0.01]:
+    cells = [f"{d[b][1]:.3f} ({100 * d[b][0]:.0f}%)" if b in d else "-" for d in data.values()]
+    print(f"| {b} | " + " | ".join(cells) + " |")
+print("| total | " + " | ".join(f"{sum(t for _, t in d.values()):.3f}" for d in data.values()) + " |")
+PY
+done

@@ -31,8 +31,13 @@ use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Bytes read per syscall in each direction.
-const BUFFER_SIZE: usize = 16 * 1024;
+/// Bytes read per syscall in each direction, at most. A bulk stream that is behind fills it on
+/// every read, so the size sets the syscalls per GB: 64 KiB took 15-30% less proxy CPU per GB
+/// than 16 KiB (HAProxy's and NGINX's default) with iperf3 through one worker (benches/compare.sh
+/// `bulk1`, `bulk8`). Request-response traffic holds a buffer only for the microseconds between
+/// a read and its write, and an idle connection holds none, so the size counts only for streams
+/// whose reader is slower than their writer (64 KiB each way while the write waits).
+const BUFFER_SIZE: usize = 64 * 1024;
 /// A read shorter than this (and than the buffer) is taken as a whole message and the socket as
 /// drained: its readiness is cleared and the next read waits for the next epoll event, instead
 /// of a read that finds nothing. Request-response traffic (a SIP message, an HTTP request, a
@@ -40,9 +45,9 @@ const BUFFER_SIZE: usize = 16 * 1024;
 /// syscalls per request were EAGAIN reads (strace -c), one per direction. A bulk stream reads
 /// more than this whenever it is behind, and keeps reading at once (see `poll_copy`).
 const MESSAGE_MAX: usize = 4 * 1024;
-/// Free buffers kept per worker thread (16 KiB each); more are freed when given back. Enough
+/// Free buffers kept per worker thread (1 MiB in all); more are freed when given back. Enough
 /// for the connections one thread has bytes in flight on at once.
-const POOL_KEEP: usize = 64;
+const POOL_KEEP: usize = 16;
 
 /// How a relayed connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,10 @@
 //! far every interval, from the same timer as the idle timeout: no timer of its own, and a
 //! connection costs one more wake-up per interval.
 //!
+//! The same timer applies the caller's late socket options (the member leg's keepalive) once the
+//! connection has lived [`SETTLE`]: options that only a lasting connection needs then cost a
+//! short one no syscall, and a lasting one one more wake-up in its life.
+//!
 //! An idle connection holds no buffer: each direction waits for readiness first, then borrows a
 //! buffer from a small per-thread pool only while bytes are in flight, and gives it back as soon
 //! as a read would block. Memory per held idle connection is then the task and two sockets.
@@ -40,6 +44,10 @@ const BUFFER_SIZE: usize = 16 * 1024;
 /// syscalls per request were EAGAIN reads (strace -c), one per direction. A bulk stream reads
 /// more than this whenever it is behind, and keeps reading at once (see `poll_copy`).
 const MESSAGE_MAX: usize = 4 * 1024;
+/// Age of a connection at which the caller's late options are applied (see `relay_reporting`).
+/// Keepalive, the option deferred, first acts after 60 s of silence, so a second changes nothing
+/// for it; most short connections (a request and its answer) are over well before.
+pub const SETTLE: Duration = Duration::from_secs(1);
 /// Free buffers kept per worker thread (16 KiB each); more are freed when given back. Enough
 /// for the connections one thread has bytes in flight on at once.
 const POOL_KEEP: usize = 64;
@@ -91,11 +99,13 @@ pub async fn relay(
     idle_timeout: Duration,
     stop: impl Future<Output = ()> + Unpin,
 ) -> (io::Result<RelayEnd>, Transferred) {
-    relay_reporting(client, member, idle_timeout, stop, None).await
+    relay_reporting(client, member, idle_timeout, stop, None, None).await
 }
 
 /// [`relay`], with a progress report every `progress.every` (the first one `every` after the
-/// relay starts).
+/// relay starts), and `settled` called once with the member's socket at the relay's first timer
+/// wake: [`SETTLE`] after the start, or sooner if the idle timeout or the progress interval is
+/// shorter. A connection that ends before never gets it.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice"
@@ -106,6 +116,7 @@ pub fn relay_reporting(
     idle_timeout: Duration,
     mut stop: impl Future<Output = ()> + Unpin,
     mut progress: Option<Progress<'_>>,
+    mut settled: Option<fn(&TcpStream)>,
 ) -> impl Future<Output = (io::Result<RelayEnd>, Transferred)> {
     // Not an `async fn`, which would store its arguments twice (rust-lang/rust#62958).
     async move {
@@ -116,9 +127,12 @@ pub fn relay_reporting(
         let mut last_activity = Instant::now();
         // The next progress report shares the idle timer: it sleeps until whichever comes first.
         let mut next_report = progress.as_ref().map(|p| last_activity + p.every);
-        let first_wake = next_report.map_or(last_activity + idle_timeout, |r| {
+        let mut first_wake = next_report.map_or(last_activity + idle_timeout, |r| {
             r.min(last_activity + idle_timeout)
         });
+        if settled.is_some() {
+            first_wake = first_wake.min(last_activity + SETTLE);
+        }
         let mut idle = pin!(tokio::time::sleep_until(first_wake));
         let mut first_fin = None;
         // Which direction goes first alternates between polls, as in `tokio::join!`: a direction
@@ -169,6 +183,9 @@ pub fn relay_reporting(
             // Only a full quiet period ends the connection; a timer that fires early (activity
             // moved the deadline while it slept) is re-armed and polled once more to register.
             while idle.as_mut().poll(cx).is_ready() {
+                if let Some(apply) = settled.take() {
+                    apply(member);
+                }
                 let now = Instant::now();
                 if let (Some(at), Some(p)) = (next_report.as_mut(), progress.as_mut())
                     && *at <= now
@@ -473,5 +490,54 @@ mod tests {
         let err = member_end.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
         assert!(task.await.unwrap().is_err());
+    }
+
+    fn set_keepalive(member: &TcpStream) {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(10))
+            .with_retries(6);
+        SockRef::from(member).set_tcp_keepalive(&keepalive).unwrap();
+    }
+
+    /// Polls `f` once; true when it completed.
+    async fn poll_once<F: Future + Unpin>(f: &mut F) -> bool {
+        poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx).is_ready())).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_options_reach_the_member_socket_once_the_connection_has_settled() {
+        let (_client_end, mut client) = pair().await;
+        let (mut member, _member_end) = pair().await;
+        // A second descriptor of the member socket: its options are the socket's, read while
+        // the relay holds the stream.
+        let probe = SockRef::from(&member).try_clone().unwrap();
+        assert!(!probe.keepalive().unwrap());
+        let mut relay = pin!(relay_reporting(
+            &mut client,
+            &mut member,
+            Duration::from_secs(1800),
+            std::future::pending::<()>(),
+            None,
+            Some(set_keepalive),
+        ));
+        assert!(!poll_once(&mut relay).await);
+        tokio::time::advance(SETTLE - Duration::from_millis(1)).await;
+        assert!(!poll_once(&mut relay).await);
+        assert!(!probe.keepalive().unwrap(), "applied before SETTLE");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!poll_once(&mut relay).await, "the relay goes on");
+        assert!(probe.keepalive().unwrap());
+        assert_eq!(probe.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(
+            probe.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(probe.tcp_keepalive_retries().unwrap(), 6);
+        // The timer is re-armed for the idle timeout as before.
+        tokio::time::advance(Duration::from_secs(1800) - SETTLE - Duration::from_millis(1)).await;
+        assert!(!poll_once(&mut relay).await);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(poll_once(&mut relay).await, "idle timeout");
     }
 }

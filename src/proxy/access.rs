@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::relay::{RelayEnd, Side, Transferred};
+use super::relay::{RelayEnd, Report, Side, Transferred};
 use super::tcp::ServiceContext;
 use crate::access_log::{ConnectFailure, Cut, Outcome, Peer, Record};
 use crate::config::Protocol;
@@ -86,9 +86,21 @@ pub(super) struct Line<'a> {
     pub cx: &'a ServiceContext,
     pub peer: &'a SocketAddr,
     pub pool: &'a Arc<PoolState>,
-    pub member: &'a SocketAddr,
+    pub member: SocketAddr,
     pub started: Instant,
     pub connect: Duration,
+    /// The progress interval, when the relay reports progress through this line.
+    pub every: Duration,
+}
+
+impl Report for Line<'_> {
+    fn every(&self) -> Duration {
+        self.every
+    }
+
+    fn report(&self, client: &TcpStream, member: &TcpStream, so_far: Transferred) {
+        self.write(client, member, so_far, Outcome::Open);
+    }
 }
 
 impl Line<'_> {
@@ -103,7 +115,7 @@ impl Line<'_> {
         let mut r = Record::new(Protocol::Tcp, self.cx.name.clone(), *self.peer);
         r.frontend = frontend(self.cx, client);
         r.pool = Some(self.pool.clone());
-        r.member = Some(*self.member);
+        r.member = Some(self.member);
         r.source = upstream.local_addr().ok();
         r.outcome = outcome;
         r.bytes_to_member = moved.to_member;

@@ -23,16 +23,15 @@ use tracing::{debug, info, warn};
 
 use super::access::{self, Failed};
 use super::proxy_protocol;
-use super::relay::{Progress, RelayEnd, relay_reporting};
+use super::relay::{self, RelayEnd, relay_reporting};
 use super::sni::{self, Choice};
 use super::source;
 use crate::access_log::{AccessLog, Cut, Outcome, Rejection};
 use crate::config::ProxyProtocol;
-use crate::health::cell::MemberHealth;
 use crate::kill::{Registration, Scope, Signal, Switches};
 use crate::limits;
 use crate::local_error;
-use crate::pool::{ClientKey, MAX_CONNECT_TRIES, PoolState, Route, Snapshot, Target};
+use crate::pool::{ClientKey, MAX_CONNECT_TRIES, MemberState, PoolState, Route, Snapshot, Target};
 use crate::stats::{ServiceStats, WorkerCounter, bump};
 
 /// Kernel accept queue length per listener (the kernel caps it at `net.core.somaxconn`).
@@ -201,6 +200,11 @@ fn member_keepalive(member: &TcpStream) {
 // Not an `async fn`: an `async fn` moves its arguments into locals of its state and keeps the
 // argument slots too (rust-lang/rust#62958), 88 bytes per held connection here; an `async
 // move` block uses the captured values in place.
+//
+// Its state is what a held connection costs: tokio allocates the task as one 128-byte aligned
+// cell of this future plus 112 bytes, rounded up to 128, so every 128 bytes saved here save as
+// much per connection. Everything before the relay (`open`) is therefore boxed and gone once the
+// member answers, and the relay phase keeps only what the relay and the last log lines need.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice"
@@ -215,170 +219,8 @@ fn connection(
         // Held until the connection ends (`max_connections`); named here so that the block
         // captures it rather than letting it drop when this function returns.
         let _permit = &permit;
-        // When the access log is on: the start of the connection, for its connect time and duration.
-        let started = cx.access_log.enabled().then(Instant::now);
-        let log_failed = |client: &TcpStream, failed: Failed| {
-            if let Some(started) = started {
-                access::failed(&cx, client, peer, started, failed);
-            }
-        };
-        // The snapshot guard is scoped to this statement so that it takes no room in the state
-        // of a held connection (a local dropped by hand keeps its slot).
-        let Some(route) = cx.routes.load().route(&cx.name).cloned() else {
-            // The service was removed between accept and here; its listener is closing.
-            log_failed(
-                &client,
-                Failed::new(Outcome::Rejected(Rejection::ServiceRemoved)),
-            );
+        let Some((mut open, timing)) = Box::pin(open(&mut client, peer, &cx)).await else {
             return;
-        };
-        let service = &route.service;
-        // Limits per client address come first: a refused source costs no read and no connect.
-        let _source = if service.per_source.is_active() {
-            match cx.stats.sources.admit(
-                peer.ip(),
-                &service.per_source,
-                tokio::time::Instant::now(),
-            ) {
-                Ok(guard) => guard,
-                Err(why) => {
-                    let (counter, rejection) = match why {
-                        limits::Rejection::Connections => (
-                            &cx.stats.rejected_per_source_connections,
-                            Rejection::PerSourceConnections,
-                        ),
-                        limits::Rejection::Rate => {
-                            (&cx.stats.rejected_per_source_rate, Rejection::PerSourceRate)
-                        }
-                    };
-                    bump(counter);
-                    debug!(service = %cx.name, %peer, limit = rejection.as_str(), "source over its limit; connection closed");
-                    log_failed(&client, Failed::new(Outcome::Rejected(rejection)));
-                    return;
-                }
-            }
-        } else {
-            None
-        };
-        // With server-name routes, the ClientHello decides the pools; its bytes go to the member
-        // first. Boxed like the connect phase: its buffer and timer are gone once it is decided.
-        let (early, target) = if service.sni.reads_hello() {
-            match Box::pin(sni::read_hello(
-                &mut client,
-                &route,
-                service.connect_timeout,
-            ))
-            .await
-            {
-                Err(e) => {
-                    debug!(service = %cx.name, client = %peer, error = %e, "client gone before its ClientHello");
-                    log_failed(
-                        &client,
-                        Failed::new(Outcome::Error(crate::access_log::Peer::Client, e.kind())),
-                    );
-                    return;
-                }
-                Ok((bytes, choice)) => {
-                    let readable = !matches!(
-                        choice,
-                        Choice::Default { readable: false } | Choice::Refuse { readable: false }
-                    );
-                    if !readable {
-                        bump(&cx.stats.sni_unreadable);
-                    }
-                    match choice {
-                        Choice::Route(i) => match route.sni.get(i) {
-                            Some(r) => {
-                                r.connections.fetch_add(1, Relaxed);
-                                (bytes, r.target())
-                            }
-                            None => (bytes, route.target()),
-                        },
-                        Choice::Default { .. } => {
-                            bump(&cx.stats.sni_default);
-                            (bytes, route.target())
-                        }
-                        Choice::Refuse { .. } => {
-                            bump(&cx.stats.rejected_sni_required);
-                            debug!(service = %cx.name, client = %peer, "no server name and sni_required; connection closed");
-                            log_failed(
-                                &client,
-                                Failed::new(Outcome::Rejected(Rejection::SniRequired)),
-                            );
-                            return;
-                        }
-                    }
-                }
-            }
-        } else {
-            (Vec::new(), route.target())
-        };
-        // The connect phase (timeouts, connect futures, the retry loop) is boxed: it is freed when
-        // a member answers, so the task of a held connection is sized for the relay phase. Inline,
-        // the part of its state that rustc does not overlap with the relay's would be reserved for
-        // the connection's whole life (136 bytes per connection when measured), against one
-        // short-lived allocation per connection.
-        // The connection's kill switch, from the connect on: shutdown can cut a connect attempt.
-        let kill = cx.switches.register(&cx.removed);
-        let Connected {
-            stream: mut upstream,
-            addr: member_addr,
-            health: member_health,
-            pool,
-        } = match Box::pin(connect_member(&route, target, &cx, peer, &kill)).await {
-            Ok(connected) => connected,
-            Err(failed) => {
-                log_failed(&client, failed);
-                return;
-            }
-        };
-        let connect_time = started.map(|s| s.elapsed());
-
-        if service.proxy_protocol != ProxyProtocol::Off {
-            // Only now ask for the local address: it costs a syscall most services never need.
-            let header = client
-                .local_addr()
-                .ok()
-                .and_then(|local| proxy_protocol::header(service.proxy_protocol, peer, local));
-            let sent = match header {
-                Some(h) => upstream.write_all(h.as_bytes()).await,
-                None => Err(io::Error::other("client socket has no local address")),
-            };
-            if let Err(e) = sent {
-                bump(&cx.stats.connect_failures);
-                debug!(service = %cx.name, member = %member_addr, error = %e, "sending PROXY header failed");
-                log_failed(
-                    &client,
-                    Failed {
-                        outcome: Outcome::ConnectFailed(
-                            crate::access_log::ConnectFailure::ProxyHeader,
-                        ),
-                        member: Some(member_addr),
-                        pool: Some(pool),
-                    },
-                );
-                return;
-            }
-        }
-
-        // The ClientHello read to choose the route goes first, unchanged, before anything else the
-        // client sends; its bytes count with the relay's.
-        // `early` is moved, never borrowed, here: a borrowed local keeps its slot in the state
-        // of the whole connection, an unborrowed one is gone once moved.
-        let early_bytes = match send_early(&mut upstream, early).await {
-            Ok(n) => n,
-            Err(e) => {
-                debug!(service = %cx.name, member = %member_addr, error = %e, "sending the ClientHello failed");
-                log_failed(
-                    &client,
-                    Failed {
-                        outcome: Outcome::Error(crate::access_log::Peer::Member, e.kind()),
-                        member: Some(member_addr),
-                        pool: Some(pool),
-                    },
-                );
-                return;
-            }
         };
 
         // The connection ends early when shutdown runs out of grace, or `drain_timeout` after a
@@ -388,47 +230,41 @@ fn connection(
         // This future lives as long as the connection, so its size counts in the memory of every
         // idle one: it is pinned here and lent to `relay` (a future passed by value into an async
         // fn is stored twice).
-        let stop = pin!(kill.stop(service.drain_timeout));
-        let traffic = &member_health.traffic;
+        let stop = pin!(open.kill.stop(open.route.service.drain_timeout));
+        let traffic = &open.member().health.traffic;
         traffic.connections.fetch_add(1, Relaxed);
         traffic.active.fetch_add(1, Relaxed);
         cx.stats.active.fetch_add(1, Relaxed);
         // The access log's view of the connection, and its progress lines every `interval`.
-        let line = started
-            .zip(connect_time)
-            // Boxed: 64 bytes in the state of every held connection otherwise, log or not.
-            .map(|(started, connect)| {
-                Box::new(access::Line {
-                    cx: &cx,
-                    peer: &peer,
-                    pool: &pool,
-                    member: &member_addr,
-                    started,
-                    connect,
-                })
-            });
-        let mut report = |c: &TcpStream, m: &TcpStream, so_far| {
-            if let Some(line) = &line {
-                line.write(c, m, so_far, Outcome::Open);
-            }
+        let interval = cx.access_log.interval();
+        // Boxed: it would take room in every held connection's state otherwise, log or not.
+        // A `match` rather than a closure, which would keep `interval` alive across the relay.
+        let line = match timing {
+            Some((started, connect)) => Some(Box::new(access::Line {
+                cx: &cx,
+                peer: &peer,
+                pool: &open.pool,
+                member: open.member_addr(),
+                started,
+                connect,
+                every: interval.unwrap_or_default(),
+            })),
+            None => None,
         };
-        let progress = line
-            .as_ref()
-            .and_then(|_| cx.access_log.interval())
-            .map(|every| Progress {
-                every,
-                report: &mut report,
-            });
+        let progress = interval
+            .and(line.as_deref())
+            .map(|l| l as &(dyn relay::Report + Sync));
         let (end, mut moved) = relay_reporting(
             &mut client,
-            &mut upstream,
-            service.idle_timeout,
+            &mut open.member,
+            open.route.service.idle_timeout,
             stop,
             progress,
             Some(member_keepalive),
         )
         .await;
-        moved.to_member += early_bytes;
+        moved.to_member += open.early_bytes;
+        let traffic = &open.member().health.traffic;
         cx.stats.active.fetch_sub(1, Relaxed);
         traffic.active.fetch_sub(1, Relaxed);
         // Byte counts are added once per connection, not per read: the hot loop stays free of
@@ -442,14 +278,15 @@ fn connection(
         traffic.bytes_to_member.fetch_add(moved.to_member, Relaxed);
         traffic.bytes_to_client.fetch_add(moved.to_client, Relaxed);
         if let Some(line) = &line {
-            let cut = match kill.signal() {
+            let cut = match open.kill.signal() {
                 Signal::Force => Cut::Shutdown,
                 Signal::MemberRetired => Cut::MemberRetired,
                 Signal::ServiceRemoved | Signal::Running => Cut::ServiceRemoved,
             };
             let outcome = access::relay_outcome(&end, &moved, cut);
-            line.write(&client, &upstream, moved, outcome);
+            line.write(&client, &open.member, moved, outcome);
         }
+        let member_addr = open.member_addr();
         match end {
             Ok(RelayEnd::Closed) => {}
             Ok(RelayEnd::Idle) => {
@@ -465,6 +302,204 @@ fn connection(
     }
 }
 
+/// A connection whose member answered, as the relay phase needs it.
+struct Opened<'a> {
+    member: TcpStream,
+    /// The pool the member was picked from, and its index there: the member's address and
+    /// health are looked up when needed rather than kept (36 bytes per held connection).
+    pool: Arc<PoolState>,
+    index: usize,
+    /// The service's route as the connection found it: its timeouts hold for its whole life.
+    route: Arc<Route>,
+    /// The connection's count with `max_connections_per_source`, when that is on.
+    _source: Option<limits::SourceGuard>,
+    kill: Registration<'a>,
+    /// The bytes sent before the relay (the ClientHello read to route by server name).
+    early_bytes: u64,
+}
+
+impl Opened<'_> {
+    fn member(&self) -> &MemberState {
+        // The index came from this pool, whose members never change.
+        &self.pool.members[self.index]
+    }
+
+    fn member_addr(&self) -> SocketAddr {
+        self.member().addr.socket_addr(self.route.service.port)
+    }
+}
+
+/// When the access log is on: when the connection started, and how long its connect took.
+type Timing = (Instant, Duration);
+
+/// Everything between accept and relay: limits, the ClientHello when routing by server name,
+/// the connect, the PROXY header and the early bytes. None when the client is closed instead,
+/// which has been counted and logged.
+async fn open<'a>(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    cx: &'a ServiceContext,
+) -> Option<(Opened<'a>, Option<Timing>)> {
+    // When the access log is on: the start of the connection, for its connect time and duration.
+    let started = cx.access_log.enabled().then(Instant::now);
+    let log_failed = |client: &TcpStream, failed: Failed| {
+        if let Some(started) = started {
+            access::failed(cx, client, peer, started, failed);
+        }
+    };
+    let Some(route) = cx.routes.load().route(&cx.name).cloned() else {
+        // The service was removed between accept and here; its listener is closing.
+        log_failed(
+            client,
+            Failed::new(Outcome::Rejected(Rejection::ServiceRemoved)),
+        );
+        return None;
+    };
+    let service = &route.service;
+    // Limits per client address come first: a refused source costs no read and no connect.
+    let source = if service.per_source.is_active() {
+        match cx
+            .stats
+            .sources
+            .admit(peer.ip(), &service.per_source, Instant::now())
+        {
+            Ok(guard) => guard,
+            Err(why) => {
+                let (counter, rejection) = match why {
+                    limits::Rejection::Connections => (
+                        &cx.stats.rejected_per_source_connections,
+                        Rejection::PerSourceConnections,
+                    ),
+                    limits::Rejection::Rate => {
+                        (&cx.stats.rejected_per_source_rate, Rejection::PerSourceRate)
+                    }
+                };
+                bump(counter);
+                debug!(service = %cx.name, %peer, limit = rejection.as_str(), "source over its limit; connection closed");
+                log_failed(client, Failed::new(Outcome::Rejected(rejection)));
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    // With server-name routes, the ClientHello decides the pools; its bytes go to the member
+    // first.
+    let (early, target) = if service.sni.reads_hello() {
+        match sni::read_hello(client, &route, service.connect_timeout).await {
+            Err(e) => {
+                debug!(service = %cx.name, client = %peer, error = %e, "client gone before its ClientHello");
+                log_failed(
+                    client,
+                    Failed::new(Outcome::Error(crate::access_log::Peer::Client, e.kind())),
+                );
+                return None;
+            }
+            Ok((bytes, choice)) => {
+                let readable = !matches!(
+                    choice,
+                    Choice::Default { readable: false } | Choice::Refuse { readable: false }
+                );
+                if !readable {
+                    bump(&cx.stats.sni_unreadable);
+                }
+                match choice {
+                    Choice::Route(i) => match route.sni.get(i) {
+                        Some(r) => {
+                            r.connections.fetch_add(1, Relaxed);
+                            (bytes, r.target())
+                        }
+                        None => (bytes, route.target()),
+                    },
+                    Choice::Default { .. } => {
+                        bump(&cx.stats.sni_default);
+                        (bytes, route.target())
+                    }
+                    Choice::Refuse { .. } => {
+                        bump(&cx.stats.rejected_sni_required);
+                        debug!(service = %cx.name, client = %peer, "no server name and sni_required; connection closed");
+                        log_failed(
+                            client,
+                            Failed::new(Outcome::Rejected(Rejection::SniRequired)),
+                        );
+                        return None;
+                    }
+                }
+            }
+        }
+    } else {
+        (Vec::new(), route.target())
+    };
+    // The connection's kill switch, from the connect on: shutdown can cut a connect attempt.
+    let kill = cx.switches.register(&cx.removed);
+    let Connected {
+        stream: mut member,
+        addr,
+        pool,
+        index,
+    } = match connect_member(&route, target, cx, peer, &kill).await {
+        Ok(connected) => connected,
+        Err(failed) => {
+            log_failed(client, failed);
+            return None;
+        }
+    };
+    let connect_time = started.map(|s| s.elapsed());
+
+    if service.proxy_protocol != ProxyProtocol::Off {
+        // Only now ask for the local address: it costs a syscall most services never need.
+        let header = client
+            .local_addr()
+            .ok()
+            .and_then(|local| proxy_protocol::header(service.proxy_protocol, peer, local));
+        let sent = match header {
+            Some(h) => member.write_all(h.as_bytes()).await,
+            None => Err(io::Error::other("client socket has no local address")),
+        };
+        if let Err(e) = sent {
+            bump(&cx.stats.connect_failures);
+            debug!(service = %cx.name, member = %addr, error = %e, "sending PROXY header failed");
+            log_failed(
+                client,
+                Failed {
+                    outcome: Outcome::ConnectFailed(crate::access_log::ConnectFailure::ProxyHeader),
+                    member: Some(addr),
+                    pool: Some(pool),
+                },
+            );
+            return None;
+        }
+    }
+
+    // The ClientHello read to choose the route goes first, unchanged, before anything else the
+    // client sends; its bytes count with the relay's.
+    let early_bytes = match send_early(&mut member, early).await {
+        Ok(n) => n,
+        Err(e) => {
+            debug!(service = %cx.name, member = %addr, error = %e, "sending the ClientHello failed");
+            log_failed(
+                client,
+                Failed {
+                    outcome: Outcome::Error(crate::access_log::Peer::Member, e.kind()),
+                    member: Some(addr),
+                    pool: Some(pool),
+                },
+            );
+            return None;
+        }
+    };
+    let opened = Opened {
+        member,
+        pool,
+        index,
+        route,
+        _source: source,
+        kill,
+        early_bytes,
+    };
+    Some((opened, started.zip(connect_time)))
+}
+
 /// Writes the bytes read before the member was chosen (the ClientHello), if any; returns how
 /// many.
 async fn send_early(upstream: &mut TcpStream, early: Vec<u8>) -> io::Result<u64> {
@@ -478,9 +513,10 @@ async fn send_early(upstream: &mut TcpStream, early: Vec<u8>) -> io::Result<u64>
 struct Connected {
     stream: TcpStream,
     addr: SocketAddr,
-    health: Arc<MemberHealth>,
     /// The pool the member was picked from.
     pool: Arc<PoolState>,
+    /// The member's index in `pool.members`.
+    index: usize,
 }
 
 /// Connects to the client's member: along its preference order in the active pool, up to
@@ -541,8 +577,8 @@ async fn connect_member(
                     return Ok(Connected {
                         stream,
                         addr,
-                        health: target.health.clone(),
                         pool: pool.clone(),
+                        index,
                     });
                 }
                 Ok(Err(e)) => {
@@ -609,5 +645,27 @@ mod tests {
         assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
         assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
         assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+    }
+
+    /// The size of the future a function returns, without calling it.
+    fn returned_size<F, A, B, C, D, R>(_: F) -> usize
+    where
+        F: Fn(A, B, C, D) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// A held connection costs tokio's task cell around `connection`'s future: the future plus
+    /// 112 bytes, rounded up to 128 (x86_64). At most 528 bytes keeps it in a 640-byte cell;
+    /// `cargo +nightly rustc --release --lib -- -Zprint-type-sizes` shows what takes the room.
+    /// Debug builds lay out tokio's types larger (a `TcpStream` is 40 bytes there, not 32).
+    #[test]
+    fn a_held_connection_fits_a_640_byte_task_cell() {
+        let limit = if cfg!(debug_assertions) { 544 } else { 528 };
+        let size = returned_size(connection);
+        assert!(
+            size <= limit,
+            "connection future is {size} bytes, more than {limit}"
+        );
     }
 }

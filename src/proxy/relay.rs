@@ -45,7 +45,7 @@ const BUFFER_SIZE: usize = 16 * 1024;
 /// syscalls per request were EAGAIN reads (strace -c), one per direction. A bulk stream reads
 /// more than this whenever it is behind, and keeps reading at once (see `poll_copy`).
 const MESSAGE_MAX: usize = 4 * 1024;
-/// Age of a connection at which the caller's late options are applied (see `relay_reporting`).
+/// Age of a connection at which the caller's late options are applied (see [`RelayState::new`]).
 /// Keepalive, the option deferred, first acts after 60 s of silence, so a second changes nothing
 /// for it; most short connections (a request and its answer) are over well before.
 pub const SETTLE: Duration = Duration::from_secs(1);
@@ -77,10 +77,28 @@ pub struct Transferred {
 
 /// Progress reports while the relay runs: the access log's lines of a connection still open.
 pub trait Report {
-    /// The time between two reports; the first one comes this long after the relay starts.
-    fn every(&self) -> Duration;
+    /// When the next report is due and the time between two; kept by the reporter, so that a
+    /// connection without reports carries neither.
+    fn schedule(&mut self) -> &mut Schedule;
     /// Reports the bytes moved so far, given the two sockets (client, member).
-    fn report(&self, client: &TcpStream, member: &TcpStream, so_far: Transferred);
+    fn report(&mut self, client: &TcpStream, member: &TcpStream, so_far: Transferred);
+}
+
+/// When a [`Report`] is due.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub next: Instant,
+    pub every: Duration,
+}
+
+impl Schedule {
+    /// Reports every `every`, the first one `every` from now.
+    pub fn every(every: Duration) -> Schedule {
+        Schedule {
+            next: Instant::now() + every,
+            every,
+        }
+    }
 }
 
 /// Relays until both directions end, the connection idles out, or `stop` completes.
@@ -94,78 +112,96 @@ pub fn relay<'a, S>(
     member: &'a mut TcpStream,
     idle_timeout: Duration,
     stop: S,
-) -> Relay<'a, S, fn(&TcpStream)>
+) -> Relay<'a, S>
 where
     S: Future<Output = ()> + Unpin,
 {
-    relay_reporting(client, member, idle_timeout, stop, None, None)
+    relay_settling(client, member, idle_timeout, stop, None)
 }
 
-/// [`relay`], with a progress report every `progress.every()` (the first one that long after
-/// the relay starts), and `settled` called once with the member's socket at the relay's first
-/// timer wake: [`SETTLE`] after the start, or sooner if the idle timeout or the progress
-/// interval is shorter. A connection that ends before never gets it.
-pub fn relay_reporting<'a, S, T>(
+/// [`relay`], with `settled` called once with the member's socket at the relay's first timer
+/// wake (see [`RelayState::new`]).
+pub fn relay_settling<'a, S>(
     client: &'a mut TcpStream,
     member: &'a mut TcpStream,
     idle_timeout: Duration,
     stop: S,
-    progress: Option<&'a (dyn Report + Sync)>,
-    settled: Option<T>,
-) -> Relay<'a, S, T>
+    settled: Option<fn(&TcpStream)>,
+) -> Relay<'a, S>
 where
     S: Future<Output = ()> + Unpin,
-    T: FnOnce(&TcpStream),
 {
-    let now = Instant::now();
-    // The next progress report shares the idle timer: it sleeps until whichever comes first.
-    let next_report = progress.map(|p| now + p.every());
-    let mut first_wake = next_report.map_or(now + idle_timeout, |r| r.min(now + idle_timeout));
-    if settled.is_some() {
-        first_wake = first_wake.min(now + SETTLE);
-    }
     Relay {
         client,
         member,
         stop,
         idle_timeout,
-        progress,
         settled,
-        up: Direction::default(),
-        down: Direction::default(),
-        last_activity: now,
-        next_report,
-        idle: tokio::time::sleep_until(first_wake),
-        first_fin: None,
-        up_first: false,
+        state: RelayState::new(idle_timeout, None, settled.is_some()),
     }
 }
 
 pin_project! {
-    /// The future of [`relay_reporting`].
-    ///
-    /// Written by hand rather than as an `async` block around a `poll_fn`: its state is exactly
-    /// these fields, where the `async` form also kept the closure's references to each of them
-    /// (104 bytes per held connection when measured). The two directions are plain state
-    /// machines polled in turn, rather than two `async` pumps joined: an `async` pump keeps a
-    /// readiness future (168 bytes in tokio 1.x) in its state for as long as it waits, whereas
-    /// `poll_read_ready` leaves the waker with the socket's own registration.
+    /// The future of [`relay`]: the sockets and the stop future lent by the caller, around a
+    /// [`RelayState`].
     #[must_use = "a relay moves nothing unless polled"]
-    #[project = RelayProj]
-    pub struct Relay<'a, S, T> {
+    pub struct Relay<'a, S> {
         client: &'a mut TcpStream,
         member: &'a mut TcpStream,
         stop: S,
         idle_timeout: Duration,
-        progress: Option<&'a (dyn Report + Sync)>,
-        // A function item, so that `Some` costs a flag, not a pointer.
-        settled: Option<T>,
+        settled: Option<fn(&TcpStream)>,
+        #[pin]
+        state: RelayState,
+    }
+}
+
+impl<S> Future for Relay<'_, S>
+where
+    S: Future<Output = ()> + Unpin,
+{
+    type Output = (io::Result<RelayEnd>, Transferred);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let stopped = Pin::new(this.stop).poll(cx).is_ready();
+        this.state.poll_relay(
+            cx,
+            Sides {
+                client: this.client,
+                member: this.member,
+            },
+            *this.idle_timeout,
+            stopped,
+            None,
+            this.settled.unwrap_or(|_| {}),
+        )
+    }
+}
+
+/// The two sockets of a relayed connection, lent to [`RelayState::poll_relay`].
+pub struct Sides<'a> {
+    pub client: &'a mut TcpStream,
+    pub member: &'a mut TcpStream,
+}
+
+pin_project! {
+    /// What a relay keeps between polls, for a caller that owns the sockets itself (the TCP
+    /// proxy's held connection) and lends them to each poll.
+    ///
+    /// Polled by hand rather than written as an `async` block around a `poll_fn`, so that its
+    /// state is exactly these fields: the `async` form also kept the closure's references to
+    /// each of them (104 bytes per held connection when measured). The two directions are
+    /// plain state machines polled in turn, rather than two `async` pumps joined: an `async`
+    /// pump keeps a readiness future (168 bytes in tokio 1.x) in its state for as long as it
+    /// waits, whereas `poll_read_ready` leaves the waker with the socket's own registration.
+    #[project = RelayStateProj]
+    pub struct RelayState {
         up: Direction,
         down: Direction,
-        // The timer is re-armed only when it fires: activity just records when it happened, so
-        // a busy connection costs no timer operations.
+        // The timer is re-armed only when it fires: activity just records when it happened,
+        // so a busy connection costs no timer operations.
         last_activity: Instant,
-        next_report: Option<Instant>,
         #[pin]
         idle: Sleep,
         first_fin: Option<Side>,
@@ -173,21 +209,63 @@ pin_project! {
         // direction that always has bytes could otherwise spend the task's whole cooperative
         // budget on every poll and starve the other.
         up_first: bool,
+        // The `settled` call of `poll_relay` is still to come.
+        settling: bool,
     }
 }
 
-impl<S, T> Future for Relay<'_, S, T>
-where
-    S: Future<Output = ()> + Unpin,
-    T: FnOnce(&TcpStream),
-{
-    type Output = (io::Result<RelayEnd>, Transferred);
+impl RelayState {
+    /// A relay starting now. Its timer first wakes at the earliest of: the idle timeout, the
+    /// first progress report (`report`), and [`SETTLE`] from now when `settle` is set. On
+    /// that first wake `poll_relay` calls its `settled` with the member's socket: options only a
+    /// lasting connection needs. A connection that ends before never gets them.
+    pub fn new(idle_timeout: Duration, report: Option<Instant>, settle: bool) -> RelayState {
+        let now = Instant::now();
+        // The progress reports share the idle timer: it sleeps until whichever comes first.
+        let mut first_wake = report.map_or(now + idle_timeout, |r| r.min(now + idle_timeout));
+        if settle {
+            first_wake = first_wake.min(now + SETTLE);
+        }
+        RelayState {
+            up: Direction::default(),
+            down: Direction::default(),
+            last_activity: now,
+            idle: tokio::time::sleep_until(first_wake),
+            first_fin: None,
+            up_first: false,
+            settling: settle,
+        }
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    /// Moves what the sockets have; Ready with the end reason and the bytes moved once both
+    /// directions ended, the connection idled out, or `stopped` (the caller's stop signal
+    /// fired), else Pending.
+    pub fn poll_relay(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        sides: Sides<'_>,
+        idle_timeout: Duration,
+        stopped: bool,
+        progress: Option<&mut dyn Report>,
+        settled: fn(&TcpStream),
+    ) -> Poll<(io::Result<RelayEnd>, Transferred)> {
         let mut this = self.project();
-        let result = match poll_end(&mut this, cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(result) => result,
+        let Sides { client, member } = sides;
+        let result = if stopped {
+            Ok(RelayEnd::Forced)
+        } else {
+            match poll_end(
+                &mut this,
+                cx,
+                client,
+                member,
+                idle_timeout,
+                progress,
+                settled,
+            ) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(result) => result,
+            }
         };
         let mut failed = None;
         let result = result.map_err(|(side, e)| {
@@ -196,8 +274,8 @@ where
             // rather than aborting one, and passing it on would only discard data still queued
             // for the other side.
             let (finished, other) = match side {
-                Side::Client => (this.up.done, &**this.member),
-                Side::Member => (this.down.done, &**this.client),
+                Side::Client => (this.up.done, &*member),
+                Side::Member => (this.down.done, &*client),
             };
             if is_reset(&e) && !finished {
                 // Best effort: if the option cannot be set, the other side gets a FIN.
@@ -217,19 +295,16 @@ where
 
 /// One poll of the relay: how it ended, or Pending. An error is tagged with the side whose
 /// socket it came from.
-fn poll_end<S, T>(
-    this: &mut RelayProj<'_, '_, S, T>,
+fn poll_end(
+    this: &mut RelayStateProj<'_>,
     cx: &mut Context<'_>,
-) -> Poll<Result<RelayEnd, (Side, io::Error)>>
-where
-    S: Future<Output = ()> + Unpin,
-    T: FnOnce(&TcpStream),
-{
-    if Pin::new(&mut *this.stop).poll(cx).is_ready() {
-        return Poll::Ready(Ok(RelayEnd::Forced));
-    }
+    client: &mut TcpStream,
+    member: &mut TcpStream,
+    idle_timeout: Duration,
+    mut progress: Option<&mut dyn Report>,
+    settled: fn(&TcpStream),
+) -> Poll<Result<RelayEnd, (Side, io::Error)>> {
     let (up, down) = (&mut *this.up, &mut *this.down);
-    let (client, member) = (&mut **this.client, &mut **this.member);
     *this.up_first = !*this.up_first;
     let (up_done, down_done) = if *this.up_first {
         let up_done = up
@@ -268,32 +343,35 @@ where
     // Only a full quiet period ends the connection; a timer that fires early (activity
     // moved the deadline while it slept) is re-armed and polled once more to register.
     while this.idle.as_mut().poll(cx).is_ready() {
-        if let Some(apply) = this.settled.take() {
-            apply(member);
+        if std::mem::take(this.settling) {
+            settled(member);
         }
         let now = Instant::now();
-        if let (Some(at), Some(p)) = (this.next_report.as_mut(), *this.progress)
-            && *at <= now
-        {
-            let so_far = Transferred {
-                to_member: up.count,
-                to_client: down.count,
-                first_fin: *this.first_fin,
-                failed: None,
-            };
-            p.report(client, member, so_far);
-            // Reports missed while the task was not polled are not made up for.
-            while *at <= now {
-                *at += p.every();
+        let mut next_report = None;
+        if let Some(p) = progress.as_deref_mut() {
+            if p.schedule().next <= now {
+                let so_far = Transferred {
+                    to_member: up.count,
+                    to_client: down.count,
+                    first_fin: *this.first_fin,
+                    failed: None,
+                };
+                p.report(client, member, so_far);
+                // Reports missed while the task was not polled are not made up for.
+                let schedule = p.schedule();
+                while schedule.next <= now {
+                    schedule.next += schedule.every;
+                }
             }
+            next_report = Some(p.schedule().next);
         }
-        let deadline = *this.last_activity + *this.idle_timeout;
+        let deadline = *this.last_activity + idle_timeout;
         if deadline <= now {
             return Poll::Ready(Ok(RelayEnd::Idle));
         }
         this.idle
             .as_mut()
-            .reset(this.next_report.map_or(deadline, |r| r.min(deadline)));
+            .reset(next_report.map_or(deadline, |r| r.min(deadline)));
     }
     Poll::Pending
 }
@@ -590,12 +668,11 @@ mod tests {
         // the relay holds the stream.
         let probe = SockRef::from(&member).try_clone().unwrap();
         assert!(!probe.keepalive().unwrap());
-        let mut relay = pin!(relay_reporting(
+        let mut relay = pin!(relay_settling(
             &mut client,
             &mut member,
             Duration::from_secs(1800),
             std::future::pending::<()>(),
-            None,
             Some(set_keepalive),
         ));
         assert!(!poll_once(&mut relay).await);

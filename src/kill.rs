@@ -134,7 +134,7 @@ pub struct Switches {
 #[derive(Debug, Default)]
 struct Slots {
     entries: Vec<Option<Arc<Switch>>>,
-    free: Vec<usize>,
+    free: Vec<u32>,
 }
 
 impl Default for Switches {
@@ -177,12 +177,13 @@ impl Switches {
             let entry = Some(switch.clone());
             match slots.free.pop() {
                 Some(i) => {
-                    slots.entries[i] = entry;
+                    slots.entries[i as usize] = entry;
                     i
                 }
                 None => {
                     slots.entries.push(entry);
-                    slots.entries.len() - 1
+                    // Fewer than 2^32 connections per shard: each holds two descriptors.
+                    (slots.entries.len() - 1) as u32
                 }
             }
         };
@@ -194,10 +195,13 @@ impl Switches {
             switch.raise(Signal::ServiceRemoved);
         }
         Registration {
-            switches: self,
-            shard,
-            slot,
-            switch,
+            switches: Some(self),
+            ticket: Ticket {
+                switch,
+                // One of `SHARDS`.
+                shard: shard as u32,
+                slot,
+            },
         }
     }
 
@@ -211,6 +215,15 @@ impl Switches {
     pub fn end_service(&self, service: &Scope) {
         service.ended.store(true, SeqCst);
         self.each(|s| s.service == service.id, Signal::ServiceRemoved);
+    }
+
+    /// Takes a connection's ticket out of the register (see [`Registration::into_ticket`]).
+    pub fn unregister(&self, ticket: &Ticket) {
+        let mut slots = lock(&self.shards[ticket.shard as usize]);
+        if let Some(entry) = slots.entries.get_mut(ticket.slot as usize) {
+            *entry = None;
+            slots.free.push(ticket.slot);
+        }
     }
 
     /// Tells the connections to a retired member to drain.
@@ -253,36 +266,35 @@ impl Switches {
 /// A connection's place in the register; leaves it when dropped.
 #[derive(Debug)]
 pub struct Registration<'a> {
-    switches: &'a Switches,
-    shard: usize,
-    slot: usize,
-    switch: Arc<Switch>,
+    /// None once the ticket was handed over.
+    switches: Option<&'a Switches>,
+    ticket: Ticket,
 }
 
 impl Registration<'_> {
     /// The connection is now relayed to the member of `scope`: it drains when that member
     /// retires, including if it already has.
     pub fn attach_member(&self, member: &Scope) {
+        let switch = &self.ticket.switch;
         // Both sides store then load with SeqCst: either `retire_member` sees the id, or this
         // sees the flag.
-        self.switch.member.store(member.id, SeqCst);
+        switch.member.store(member.id, SeqCst);
         if member.ended.load(SeqCst) {
-            self.switch.raise(Signal::MemberRetired);
+            switch.raise(Signal::MemberRetired);
         }
     }
 
     /// The strongest signal received so far.
     pub fn signal(&self) -> Signal {
-        self.switch.signal()
+        self.ticket.signal()
     }
 
     /// Completes when the connection is told to end now.
     pub fn forced(&self) -> Stop<'_> {
         Stop {
-            switch: &self.switch,
+            ticket: &self.ticket,
             drain: None,
-            waker: None,
-            timer: None,
+            state: StopState::default(),
         }
     }
 
@@ -290,36 +302,90 @@ impl Registration<'_> {
     /// drain signal.
     pub fn stop(&self, drain: Duration) -> Stop<'_> {
         Stop {
-            switch: &self.switch,
+            ticket: &self.ticket,
             drain: Some(drain),
-            waker: None,
-            timer: None,
+            state: StopState::default(),
+        }
+    }
+
+    /// The place in the register without the borrow of the register, for a connection that
+    /// keeps the register's owner itself: it leaves the register only when that connection
+    /// hands it to [`Switches::unregister`], exactly once.
+    pub fn into_ticket(mut self) -> Ticket {
+        // Dropped without leaving the register: the ticket now holds the place.
+        self.switches = None;
+        Ticket {
+            switch: Arc::clone(&self.ticket.switch),
+            shard: self.ticket.shard,
+            slot: self.ticket.slot,
         }
     }
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        let mut slots = lock(&self.switches.shards[self.shard]);
-        if let Some(entry) = slots.entries.get_mut(self.slot) {
-            *entry = None;
-            slots.free.push(self.slot);
+        if let Some(switches) = self.switches {
+            switches.unregister(&self.ticket);
         }
     }
 }
 
-/// See [`Registration::stop`] and [`Registration::forced`].
-///
-/// Polling it costs one atomic load and a waker comparison; the waker is handed to the switch
-/// once. The drain timer, which almost never runs, is boxed when it starts rather than kept in
-/// every connection's state.
+/// A connection's place in the register: its switch and where the register keeps it.
 #[derive(Debug)]
-pub struct Stop<'a> {
-    switch: &'a Switch,
-    /// None: only `Force` completes it.
-    drain: Option<Duration>,
+pub struct Ticket {
+    switch: Arc<Switch>,
+    // 32-bit: a ticket lives as long as its connection, and is 8 bytes smaller so.
+    shard: u32,
+    slot: u32,
+}
+
+impl Ticket {
+    /// The strongest signal received so far.
+    pub fn signal(&self) -> Signal {
+        self.switch.signal()
+    }
+
+    /// Ready when the connection must end: at once on [`Signal::Force`], `drain` after a drain
+    /// signal (never, with `drain` None). `state` is the caller's, kept between polls.
+    ///
+    /// Polling costs one atomic load and a waker comparison; the waker is handed to the switch
+    /// once. The drain timer, which almost never runs, is boxed when it starts rather than kept
+    /// in every connection's state.
+    pub fn poll_stop(
+        &self,
+        cx: &mut Context<'_>,
+        state: &mut StopState,
+        drain: Option<Duration>,
+    ) -> Poll<()> {
+        match self.switch.poll_signal(cx, &mut state.waker) {
+            Signal::Running => Poll::Pending,
+            Signal::Force => Poll::Ready(()),
+            Signal::ServiceRemoved | Signal::MemberRetired => match drain {
+                None => Poll::Pending,
+                Some(drain) => state
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(drain)))
+                    .as_mut()
+                    .poll(cx),
+            },
+        }
+    }
+}
+
+/// What [`Ticket::poll_stop`] keeps between polls.
+#[derive(Debug, Default)]
+pub struct StopState {
     waker: Option<Waker>,
     timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// See [`Registration::stop`] and [`Registration::forced`].
+#[derive(Debug)]
+pub struct Stop<'a> {
+    ticket: &'a Ticket,
+    /// None: only `Force` completes it.
+    drain: Option<Duration>,
+    state: StopState,
 }
 
 impl Future for Stop<'_> {
@@ -327,18 +393,7 @@ impl Future for Stop<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        match this.switch.poll_signal(cx, &mut this.waker) {
-            Signal::Running => Poll::Pending,
-            Signal::Force => Poll::Ready(()),
-            Signal::ServiceRemoved | Signal::MemberRetired => match this.drain {
-                None => Poll::Pending,
-                Some(drain) => this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(drain)))
-                    .as_mut()
-                    .poll(cx),
-            },
-        }
+        this.ticket.poll_stop(cx, &mut this.state, this.drain)
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::relay::{RelayEnd, Side, Transferred};
+use super::relay::{RelayEnd, Report, Schedule, Side, Transferred};
 use super::tcp::ServiceContext;
 use crate::access_log::{ConnectFailure, Cut, Outcome, Peer, Record};
 use crate::config::Protocol;
@@ -80,38 +80,103 @@ pub(super) fn failed(
     cx.access_log.log(r);
 }
 
-/// The connection being relayed, as its lines describe it. Borrowed from the connection's
-/// task, so it adds a few pointers to a held connection, not the addresses themselves.
-pub(super) struct Line<'a> {
-    pub cx: &'a ServiceContext,
-    pub peer: &'a SocketAddr,
-    pub pool: &'a Arc<PoolState>,
-    pub member: &'a SocketAddr,
+/// What a relayed connection's lines say beyond the connection's own state (its addresses,
+/// pool and member, lent in [`Ends`]). Kept boxed by the connection, only when the log is on.
+pub(super) struct Line {
     pub started: Instant,
     pub connect: Duration,
+    /// Bytes sent to the member before the relay (the ClientHello), added to the last line.
+    pub early: u64,
+    /// The progress lines, when the log has an interval.
+    pub progress: Option<Schedule>,
 }
 
-impl Line<'_> {
+/// The parts of a connection a line names.
+pub(super) struct Ends<'a> {
+    pub cx: &'a ServiceContext,
+    pub peer: SocketAddr,
+    pub pool: &'a Arc<PoolState>,
+    pub member: SocketAddr,
+}
+
+impl Line {
     /// Logs the connection's state: `outcome` [`Outcome::Open`] for a progress line.
     pub fn write(
         &self,
+        ends: &Ends<'_>,
         client: &TcpStream,
         upstream: &TcpStream,
         moved: Transferred,
         outcome: Outcome,
     ) {
-        let mut r = Record::new(Protocol::Tcp, self.cx.name.clone(), *self.peer);
-        r.frontend = frontend(self.cx, client);
-        r.pool = Some(self.pool.clone());
-        r.member = Some(*self.member);
-        r.source = upstream.local_addr().ok();
-        r.outcome = outcome;
-        r.bytes_to_member = moved.to_member;
-        r.bytes_to_client = moved.to_client;
-        r.connect = Some(self.connect);
-        r.lasted(self.started.elapsed());
-        self.cx.access_log.log(r);
+        record(
+            ends,
+            self.started,
+            self.connect,
+            (client, upstream),
+            moved,
+            outcome,
+        );
     }
+
+    /// The relay's reporter of progress lines, when the log has an interval.
+    pub fn progress<'a>(&'a mut self, ends: Ends<'a>) -> Option<Progress<'a>> {
+        let (started, connect) = (self.started, self.connect);
+        self.progress.as_mut().map(|schedule| Progress {
+            schedule,
+            started,
+            connect,
+            ends,
+        })
+    }
+}
+
+/// A line's progress reports, for one poll of the relay.
+pub(super) struct Progress<'a> {
+    schedule: &'a mut Schedule,
+    started: Instant,
+    connect: Duration,
+    ends: Ends<'a>,
+}
+
+impl Report for Progress<'_> {
+    fn schedule(&mut self) -> &mut Schedule {
+        self.schedule
+    }
+
+    fn report(&mut self, client: &TcpStream, member: &TcpStream, so_far: Transferred) {
+        let (started, connect) = (self.started, self.connect);
+        record(
+            &self.ends,
+            started,
+            connect,
+            (client, member),
+            so_far,
+            Outcome::Open,
+        );
+    }
+}
+
+/// Logs a relayed connection (its `client` and `upstream` sockets) as it stands.
+fn record(
+    ends: &Ends<'_>,
+    started: Instant,
+    connect: Duration,
+    (client, upstream): (&TcpStream, &TcpStream),
+    moved: Transferred,
+    outcome: Outcome,
+) {
+    let mut r = Record::new(Protocol::Tcp, ends.cx.name.clone(), ends.peer);
+    r.frontend = frontend(ends.cx, client);
+    r.pool = Some(ends.pool.clone());
+    r.member = Some(ends.member);
+    r.source = upstream.local_addr().ok();
+    r.outcome = outcome;
+    r.bytes_to_member = moved.to_member;
+    r.bytes_to_client = moved.to_client;
+    r.connect = Some(connect);
+    r.lasted(started.elapsed());
+    ends.cx.access_log.log(r);
 }
 
 /// How a relay ended, for the log. `cut`: what the stop future stood for, when it fired.

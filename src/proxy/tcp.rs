@@ -6,12 +6,14 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use pin_project_lite::pin_project;
 use socket2::TcpKeepalive;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -23,16 +25,15 @@ use tracing::{debug, info, warn};
 
 use super::access::{self, Failed};
 use super::proxy_protocol;
-use super::relay::{Progress, RelayEnd, relay_reporting};
+use super::relay::{RelayEnd, RelayState, Report, Schedule, Sides};
 use super::sni::{self, Choice};
 use super::source;
 use crate::access_log::{AccessLog, Cut, Outcome, Rejection};
 use crate::config::ProxyProtocol;
-use crate::health::cell::MemberHealth;
-use crate::kill::{Registration, Scope, Signal, Switches};
+use crate::kill::{Registration, Scope, Signal, StopState, Switches, Ticket};
 use crate::limits;
 use crate::local_error;
-use crate::pool::{ClientKey, MAX_CONNECT_TRIES, PoolState, Route, Snapshot, Target};
+use crate::pool::{ClientKey, MAX_CONNECT_TRIES, MemberState, PoolState, Route, Snapshot, Target};
 use crate::stats::{ServiceStats, WorkerCounter, bump};
 
 /// Kernel accept queue length per listener (the kernel caps it at `net.core.somaxconn`).
@@ -178,61 +179,327 @@ fn keepalive() -> TcpKeepalive {
 }
 
 /// Options for the member leg, set on its socket before the connect (the client leg inherits
-/// them from the listener, see `bind`).
-///
-/// Five setsockopt calls per connection (nodelay, and keepalive with its idle time, interval
-/// and count: Linux sets each separately). Kept: Nagle off is a Lync requirement, and without
-/// our interval and count a member that vanished would be noticed after the kernel's default
-/// 60 s + 9 x 75 s instead of 60 s + 6 x 10 s. All five took 1.4% of the proxy's CPU under
-/// wrk `Connection: close` (perf record, one worker): dropping two would save under 0.6%.
+/// them from the listener, see `bind`): TCP_NODELAY, a Lync requirement that must hold from the
+/// first byte. Keepalive comes later, from the relay (`member_keepalive`).
 fn tune(socket: &socket2::Socket) {
-    // Both are best effort: a socket that refuses them still relays correctly.
+    // Best effort: a socket that refuses it still relays correctly.
     let _ = socket.set_tcp_nodelay(true);
-    let _ = socket.set_tcp_keepalive(&keepalive());
 }
 
-// Not an `async fn`: an `async fn` moves its arguments into locals of its state and keeps the
-// argument slots too (rust-lang/rust#62958), 88 bytes per held connection here; an `async
-// move` block uses the captured values in place.
+/// The member leg's keepalive, applied by the relay once the connection has lived
+/// [`SETTLE`](super::relay::SETTLE) (1 s) rather than before the connect: it only acts after
+/// `KEEPALIVE_IDLE` of silence, and it takes four setsockopt calls (Linux sets SO_KEEPALIVE,
+/// the idle time, the interval and the count separately), which most connections, over in
+/// well under a second, would pay for nothing. Kept for lasting ones: without our interval and
+/// count a member that vanished would be noticed after the kernel's default 60 s + 9 x 75 s
+/// instead of 60 s + 6 x 10 s. Deferring them took a short connection from 22.3 to 17.9
+/// syscalls (`perf stat` on one worker under wrk `Connection: close`).
+fn member_keepalive(member: &TcpStream) {
+    // Best effort, like `tune`.
+    let _ = socket2::SockRef::from(member).set_tcp_keepalive(&keepalive());
+}
+
+/// The task of one client connection: `open` (everything up to a connected member) in its own
+/// allocation, then the connection as [`Held`] until it ends.
+///
+/// Written by hand rather than as an `async` block: the task of a held connection is tokio's
+/// cell around this future, the future plus 112 bytes, rounded up to 128 (x86_64), so every 128
+/// bytes saved here are saved per connection. An `async` block keeps its captured arguments
+/// for its whole life and lends them to the relay by reference, with the `Stop` future, the
+/// access-log line and the relay's own references beside them (520 bytes when measured, a
+/// 640-byte cell); [`Held`] owns each thing once (384 bytes, a 512-byte cell).
+fn connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    cx: Arc<ServiceContext>,
+    permit: OwnedSemaphorePermit,
+) -> Connection {
+    Connection::Opening {
+        open: Box::pin(open(client, peer, cx, permit)),
+    }
+}
+
+pin_project! {
+    #[project = ConnectionProj]
+    enum Connection {
+        Opening { open: Pin<Box<dyn Future<Output = Option<Held>> + Send>> },
+        Held { #[pin] held: Held },
+        Done,
+    }
+}
+
+impl Future for Connection {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.as_mut().project() {
+                ConnectionProj::Opening { open } => match ready!(open.as_mut().poll(cx)) {
+                    Some(held) => self.set(Connection::Held { held }),
+                    None => {
+                        self.set(Connection::Done);
+                        return Poll::Ready(());
+                    }
+                },
+                ConnectionProj::Held { held } => {
+                    ready!(held.poll(cx));
+                    // Dropped here: the sockets close and the permit returns as the task ends.
+                    self.set(Connection::Done);
+                    return Poll::Ready(());
+                }
+                ConnectionProj::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// A connection whose member answered, for as long as it is relayed: everything the relay
+    /// and the connection's last log lines need, each kept once. The member is kept as its
+    /// pool and index there: its address and health are looked up when needed (36 bytes fewer
+    /// per held connection).
+    struct Held {
+        #[pin]
+        relay: RelayState,
+        client: TcpStream,
+        member: TcpStream,
+        peer: SocketAddr,
+        registered: Registered,
+        // The service's route as the connection found it: its timeouts hold for its life.
+        route: Arc<Route>,
+        // The pool the member was picked from, and its index in `pool.members`.
+        pool: Arc<PoolState>,
+        index: usize,
+        stop: StopState,
+        // Boxed: it would take room in every held connection otherwise, log or not.
+        line: Option<Box<access::Line>>,
+        // Boxed: limits per source are off by default, and the guard is 24 bytes.
+        _source: Option<Box<limits::SourceGuard>>,
+        // Last: `max_connections` counts the connection until its sockets are closed.
+        _permit: OwnedSemaphorePermit,
+    }
+}
+
+/// The connection's service context and its place in the kill-switch register, which it
+/// leaves when dropped.
+struct Registered {
+    cx: Arc<ServiceContext>,
+    kill: Ticket,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.cx.switches.unregister(&self.kill);
+    }
+}
+
+/// The member at `index` of `pool`, which the connection was relayed to.
+fn member_of(pool: &PoolState, index: usize) -> &MemberState {
+    // The index came from this pool, whose members never change.
+    &pool.members[index]
+}
+
+impl Future for Held {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let cx = &*this.registered.cx;
+        let service = &this.route.service;
+        // The connection ends early when shutdown runs out of grace, or `drain_timeout` after
+        // a reload retired its member or removed its service: all three reach it through its
+        // one kill switch.
+        let stopped = this
+            .registered
+            .kill
+            .poll_stop(task, this.stop, Some(service.drain_timeout))
+            .is_ready();
+        let mut progress = this.line.as_deref_mut().and_then(|line| {
+            let ends = access::Ends {
+                cx,
+                peer: *this.peer,
+                pool: this.pool,
+                member: member_of(this.pool, *this.index)
+                    .addr
+                    .socket_addr(service.port),
+            };
+            line.progress(ends)
+        });
+        let (end, mut moved) = ready!(this.relay.poll_relay(
+            task,
+            Sides {
+                client: this.client,
+                member: this.member,
+            },
+            service.idle_timeout,
+            stopped,
+            progress.as_mut().map(|p| p as &mut dyn Report),
+            member_keepalive,
+        ));
+        let member_addr = member_of(this.pool, *this.index)
+            .addr
+            .socket_addr(service.port);
+        let traffic = &member_of(this.pool, *this.index).health.traffic;
+        cx.stats.active.fetch_sub(1, Relaxed);
+        traffic.active.fetch_sub(1, Relaxed);
+        // Byte counts are added once per connection, not per read: the hot loop stays free of
+        // shared writes.
+        cx.stats
+            .bytes_to_members
+            .fetch_add(moved.to_member, Relaxed);
+        cx.stats
+            .bytes_to_clients
+            .fetch_add(moved.to_client, Relaxed);
+        traffic.bytes_to_member.fetch_add(moved.to_member, Relaxed);
+        traffic.bytes_to_client.fetch_add(moved.to_client, Relaxed);
+        if let Some(line) = this.line.as_deref() {
+            let cut = match this.registered.kill.signal() {
+                Signal::Force => Cut::Shutdown,
+                Signal::MemberRetired => Cut::MemberRetired,
+                Signal::ServiceRemoved | Signal::Running => Cut::ServiceRemoved,
+            };
+            // The bytes sent before the relay (the ClientHello) count in the last line; the
+            // counters had them when they were sent.
+            moved.to_member += line.early;
+            let outcome = access::relay_outcome(&end, &moved, cut);
+            let ends = access::Ends {
+                cx,
+                peer: *this.peer,
+                pool: this.pool,
+                member: member_addr,
+            };
+            line.write(&ends, this.client, this.member, moved, outcome);
+        }
+        let peer = *this.peer;
+        match end {
+            Ok(RelayEnd::Closed) => {}
+            Ok(RelayEnd::Idle) => {
+                debug!(service = %cx.name, client = %peer, member = %member_addr, "idle timeout");
+            }
+            Ok(RelayEnd::Forced) => {
+                debug!(service = %cx.name, client = %peer, "closed at end of shutdown grace");
+            }
+            Err(e) => {
+                debug!(service = %cx.name, client = %peer, member = %member_addr, error = %e, "relay ended with error");
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
+/// A connection whose member answered, as `setup` hands it to `open`.
+struct Opened<'a> {
+    member: TcpStream,
+    pool: Arc<PoolState>,
+    index: usize,
+    route: Arc<Route>,
+    source: Option<limits::SourceGuard>,
+    kill: Registration<'a>,
+    early_bytes: u64,
+}
+
+/// When the access log is on: when the connection started, and how long its connect took.
+type Timing = (Instant, Duration);
+
+/// Everything between accept and relay (see `setup`), then the connection as it is held. None
+/// when the client is closed instead, which has been counted and logged.
+// Not an `async fn`, which would store its arguments twice (rust-lang/rust#62958).
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice"
 )]
-fn connection(
+fn open(
     mut client: TcpStream,
     peer: SocketAddr,
     cx: Arc<ServiceContext>,
     permit: OwnedSemaphorePermit,
-) -> impl Future<Output = ()> + Send {
+) -> impl Future<Output = Option<Held>> + Send {
     async move {
-        // Held until the connection ends (`max_connections`); named here so that the block
-        // captures it rather than letting it drop when this function returns.
-        let _permit = &permit;
+        let (
+            Opened {
+                member,
+                pool,
+                index,
+                route,
+                source,
+                kill,
+                early_bytes,
+            },
+            timing,
+        ) = setup(&mut client, &peer, &cx).await?;
+        let kill = kill.into_ticket();
+        let traffic = &member_of(&pool, index).health.traffic;
+        traffic.connections.fetch_add(1, Relaxed);
+        traffic.active.fetch_add(1, Relaxed);
+        cx.stats.active.fetch_add(1, Relaxed);
+        if early_bytes > 0 {
+            cx.stats.bytes_to_members.fetch_add(early_bytes, Relaxed);
+            traffic.bytes_to_member.fetch_add(early_bytes, Relaxed);
+        }
+        let interval = cx.access_log.interval();
+        let line = timing.map(|(started, connect)| {
+            Box::new(access::Line {
+                started,
+                connect,
+                early: early_bytes,
+                progress: interval.map(Schedule::every),
+            })
+        });
+        let relay = RelayState::new(
+            route.service.idle_timeout,
+            line.as_ref().and_then(|l| l.progress).map(|s| s.next),
+            true,
+        );
+        Some(Held {
+            relay,
+            client,
+            member,
+            peer,
+            registered: Registered { cx, kill },
+            route,
+            pool,
+            index,
+            stop: StopState::default(),
+            line,
+            _source: source.map(Box::new),
+            _permit: permit,
+        })
+    }
+}
+
+/// The limits, the ClientHello when routing by server name, the connect, the PROXY header and
+/// the early bytes. None when the client is closed instead, which has been counted and logged.
+// Not an `async fn`, for the reason `open` gives.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
+fn setup<'a>(
+    client: &mut TcpStream,
+    peer: &SocketAddr,
+    cx: &'a ServiceContext,
+) -> impl Future<Output = Option<(Opened<'a>, Option<Timing>)>> + Send {
+    async move {
         // When the access log is on: the start of the connection, for its connect time and duration.
         let started = cx.access_log.enabled().then(Instant::now);
-        let log_failed = |client: &TcpStream, failed: Failed| {
-            if let Some(started) = started {
-                access::failed(&cx, client, peer, started, failed);
-            }
-        };
-        // The snapshot guard is scoped to this statement so that it takes no room in the state
-        // of a held connection (a local dropped by hand keeps its slot).
         let Some(route) = cx.routes.load().route(&cx.name).cloned() else {
             // The service was removed between accept and here; its listener is closing.
             log_failed(
-                &client,
+                cx,
+                client,
+                peer,
+                started,
                 Failed::new(Outcome::Rejected(Rejection::ServiceRemoved)),
             );
-            return;
+            return None;
         };
-        let service = &route.service;
         // Limits per client address come first: a refused source costs no read and no connect.
-        let _source = if service.per_source.is_active() {
-            match cx.stats.sources.admit(
-                peer.ip(),
-                &service.per_source,
-                tokio::time::Instant::now(),
-            ) {
+        let source = if route.service.per_source.is_active() {
+            match cx
+                .stats
+                .sources
+                .admit(peer.ip(), &route.service.per_source, Instant::now())
+            {
                 Ok(guard) => guard,
                 Err(why) => {
                     let (counter, rejection) = match why {
@@ -246,30 +513,33 @@ fn connection(
                     };
                     bump(counter);
                     debug!(service = %cx.name, %peer, limit = rejection.as_str(), "source over its limit; connection closed");
-                    log_failed(&client, Failed::new(Outcome::Rejected(rejection)));
-                    return;
+                    log_failed(
+                        cx,
+                        client,
+                        peer,
+                        started,
+                        Failed::new(Outcome::Rejected(rejection)),
+                    );
+                    return None;
                 }
             }
         } else {
             None
         };
         // With server-name routes, the ClientHello decides the pools; its bytes go to the member
-        // first. Boxed like the connect phase: its buffer and timer are gone once it is decided.
-        let (early, target) = if service.sni.reads_hello() {
-            match Box::pin(sni::read_hello(
-                &mut client,
-                &route,
-                service.connect_timeout,
-            ))
-            .await
-            {
+        // first.
+        let (early, target) = if route.service.sni.reads_hello() {
+            match sni::read_hello(client, &route, route.service.connect_timeout).await {
                 Err(e) => {
                     debug!(service = %cx.name, client = %peer, error = %e, "client gone before its ClientHello");
                     log_failed(
-                        &client,
+                        cx,
+                        client,
+                        peer,
+                        started,
                         Failed::new(Outcome::Error(crate::access_log::Peer::Client, e.kind())),
                     );
-                    return;
+                    return None;
                 }
                 Ok((bytes, choice)) => {
                     let readable = !matches!(
@@ -295,10 +565,13 @@ fn connection(
                             bump(&cx.stats.rejected_sni_required);
                             debug!(service = %cx.name, client = %peer, "no server name and sni_required; connection closed");
                             log_failed(
-                                &client,
+                                cx,
+                                client,
+                                peer,
+                                started,
                                 Failed::new(Outcome::Rejected(Rejection::SniRequired)),
                             );
-                            return;
+                            return None;
                         }
                     }
                 }
@@ -306,154 +579,94 @@ fn connection(
         } else {
             (Vec::new(), route.target())
         };
-        // The connect phase (timeouts, connect futures, the retry loop) is boxed: it is freed when
-        // a member answers, so the task of a held connection is sized for the relay phase. Inline,
-        // the part of its state that rustc does not overlap with the relay's would be reserved for
-        // the connection's whole life (136 bytes per connection when measured), against one
-        // short-lived allocation per connection.
         // The connection's kill switch, from the connect on: shutdown can cut a connect attempt.
         let kill = cx.switches.register(&cx.removed);
         let Connected {
-            stream: mut upstream,
-            addr: member_addr,
-            health: member_health,
+            stream: mut member,
+            addr,
             pool,
-        } = match Box::pin(connect_member(&route, target, &cx, peer, &kill)).await {
+            index,
+        } = match connect_member(&route, target, cx, *peer, &kill).await {
             Ok(connected) => connected,
             Err(failed) => {
-                log_failed(&client, failed);
-                return;
+                log_failed(cx, client, peer, started, failed);
+                return None;
             }
         };
         let connect_time = started.map(|s| s.elapsed());
 
-        if service.proxy_protocol != ProxyProtocol::Off {
+        if route.service.proxy_protocol != ProxyProtocol::Off {
             // Only now ask for the local address: it costs a syscall most services never need.
-            let header = client
-                .local_addr()
-                .ok()
-                .and_then(|local| proxy_protocol::header(service.proxy_protocol, peer, local));
+            let header = client.local_addr().ok().and_then(|local| {
+                proxy_protocol::header(route.service.proxy_protocol, *peer, local)
+            });
             let sent = match header {
-                Some(h) => upstream.write_all(h.as_bytes()).await,
+                Some(h) => member.write_all(h.as_bytes()).await,
                 None => Err(io::Error::other("client socket has no local address")),
             };
             if let Err(e) = sent {
                 bump(&cx.stats.connect_failures);
-                debug!(service = %cx.name, member = %member_addr, error = %e, "sending PROXY header failed");
+                debug!(service = %cx.name, member = %addr, error = %e, "sending PROXY header failed");
                 log_failed(
-                    &client,
+                    cx,
+                    client,
+                    peer,
+                    started,
                     Failed {
                         outcome: Outcome::ConnectFailed(
                             crate::access_log::ConnectFailure::ProxyHeader,
                         ),
-                        member: Some(member_addr),
+                        member: Some(addr),
                         pool: Some(pool),
                     },
                 );
-                return;
+                return None;
             }
         }
 
         // The ClientHello read to choose the route goes first, unchanged, before anything else the
         // client sends; its bytes count with the relay's.
-        // `early` is moved, never borrowed, here: a borrowed local keeps its slot in the state
-        // of the whole connection, an unborrowed one is gone once moved.
-        let early_bytes = match send_early(&mut upstream, early).await {
+        let early_bytes = match send_early(&mut member, early).await {
             Ok(n) => n,
             Err(e) => {
-                debug!(service = %cx.name, member = %member_addr, error = %e, "sending the ClientHello failed");
+                debug!(service = %cx.name, member = %addr, error = %e, "sending the ClientHello failed");
                 log_failed(
-                    &client,
+                    cx,
+                    client,
+                    peer,
+                    started,
                     Failed {
                         outcome: Outcome::Error(crate::access_log::Peer::Member, e.kind()),
-                        member: Some(member_addr),
+                        member: Some(addr),
                         pool: Some(pool),
                     },
                 );
-                return;
+                return None;
             }
         };
+        let opened = Opened {
+            member,
+            pool,
+            index,
+            route,
+            source,
+            kill,
+            early_bytes,
+        };
+        Some((opened, started.zip(connect_time)))
+    }
+}
 
-        // The connection ends early when shutdown runs out of grace, or `drain_timeout` after a
-        // reload retired its member or removed its service: all three reach it through its one
-        // kill switch.
-        //
-        // This future lives as long as the connection, so its size counts in the memory of every
-        // idle one: it is pinned here and lent to `relay` (a future passed by value into an async
-        // fn is stored twice).
-        let stop = pin!(kill.stop(service.drain_timeout));
-        let traffic = &member_health.traffic;
-        traffic.connections.fetch_add(1, Relaxed);
-        traffic.active.fetch_add(1, Relaxed);
-        cx.stats.active.fetch_add(1, Relaxed);
-        // The access log's view of the connection, and its progress lines every `interval`.
-        let line = started
-            .zip(connect_time)
-            // Boxed: 64 bytes in the state of every held connection otherwise, log or not.
-            .map(|(started, connect)| {
-                Box::new(access::Line {
-                    cx: &cx,
-                    peer: &peer,
-                    pool: &pool,
-                    member: &member_addr,
-                    started,
-                    connect,
-                })
-            });
-        let mut report = |c: &TcpStream, m: &TcpStream, so_far| {
-            if let Some(line) = &line {
-                line.write(c, m, so_far, Outcome::Open);
-            }
-        };
-        let progress = line
-            .as_ref()
-            .and_then(|_| cx.access_log.interval())
-            .map(|every| Progress {
-                every,
-                report: &mut report,
-            });
-        let (end, mut moved) = relay_reporting(
-            &mut client,
-            &mut upstream,
-            service.idle_timeout,
-            stop,
-            progress,
-        )
-        .await;
-        moved.to_member += early_bytes;
-        cx.stats.active.fetch_sub(1, Relaxed);
-        traffic.active.fetch_sub(1, Relaxed);
-        // Byte counts are added once per connection, not per read: the hot loop stays free of
-        // shared writes.
-        cx.stats
-            .bytes_to_members
-            .fetch_add(moved.to_member, Relaxed);
-        cx.stats
-            .bytes_to_clients
-            .fetch_add(moved.to_client, Relaxed);
-        traffic.bytes_to_member.fetch_add(moved.to_member, Relaxed);
-        traffic.bytes_to_client.fetch_add(moved.to_client, Relaxed);
-        if let Some(line) = &line {
-            let cut = match kill.signal() {
-                Signal::Force => Cut::Shutdown,
-                Signal::MemberRetired => Cut::MemberRetired,
-                Signal::ServiceRemoved | Signal::Running => Cut::ServiceRemoved,
-            };
-            let outcome = access::relay_outcome(&end, &moved, cut);
-            line.write(&client, &upstream, moved, outcome);
-        }
-        match end {
-            Ok(RelayEnd::Closed) => {}
-            Ok(RelayEnd::Idle) => {
-                debug!(service = %cx.name, client = %peer, member = %member_addr, "idle timeout");
-            }
-            Ok(RelayEnd::Forced) => {
-                debug!(service = %cx.name, client = %peer, "closed at end of shutdown grace");
-            }
-            Err(e) => {
-                debug!(service = %cx.name, client = %peer, member = %member_addr, error = %e, "relay ended with error");
-            }
-        }
+/// Logs a client closed before its relay, when the access log is on (`started`).
+fn log_failed(
+    cx: &ServiceContext,
+    client: &TcpStream,
+    peer: &SocketAddr,
+    started: Option<Instant>,
+    failed: Failed,
+) {
+    if let Some(started) = started {
+        access::failed(cx, client, *peer, started, failed);
     }
 }
 
@@ -470,117 +683,126 @@ async fn send_early(upstream: &mut TcpStream, early: Vec<u8>) -> io::Result<u64>
 struct Connected {
     stream: TcpStream,
     addr: SocketAddr,
-    health: Arc<MemberHealth>,
     /// The pool the member was picked from.
     pool: Arc<PoolState>,
+    /// The member's index in `pool.members`.
+    index: usize,
 }
 
 /// Connects to the client's member: along its preference order in the active pool, up to
 /// `MAX_CONNECT_TRIES`, then under `auto` in the paired pool. An error when the client is to
 /// be closed (no member reachable, out of local resources, or forced close during the attempt);
 /// the reason has been counted and logged, and is returned for the access log.
-async fn connect_member(
+// Not an `async fn`, which would store its arguments twice (rust-lang/rust#62958): this
+// future sits in the connect phase's allocation.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
+fn connect_member(
     route: &Route,
     target: Target<'_>,
     cx: &ServiceContext,
     peer: SocketAddr,
     kill: &Registration<'_>,
-) -> Result<Connected, Failed> {
-    let service = &route.service;
-    let key = ClientKey::new(peer, service.hash);
-    // The active pool first. Under `auto`, when none of its members can be reached (the
-    // moments between a whole pool dying and the health checks noticing), the paired pool is
-    // tried too rather than turning the client away; pinned modes never spill over.
-    let (active, spill) = target.pools();
-    let (active, spill) = (active.clone(), spill.cloned());
+) -> impl Future<Output = Result<Connected, Failed>> + Send {
+    async move {
+        let service = &route.service;
+        let key = ClientKey::new(peer, service.hash);
+        // The active pool first. Under `auto`, when none of its members can be reached (the
+        // moments between a whole pool dying and the health checks noticing), the paired pool is
+        // tried too rather than turning the client away; pinned modes never spill over.
+        let (active, spill) = target.pools();
+        let (active, spill) = (active.clone(), spill.cloned());
 
-    let mut attempts = 0;
-    // The last member tried and how it failed, for the access log.
-    let mut last = None;
-    for pool in std::iter::once(&active).chain(spill.as_ref()) {
-        let mut tried = [usize::MAX; MAX_CONNECT_TRIES];
-        for attempt in 0..MAX_CONNECT_TRIES {
-            let Some(index) = pool.pick(key.as_bytes(), &tried[..attempt]) else {
-                break;
-            };
-            tried[attempt] = index;
-            let Some(target) = pool.members.get(index) else {
-                break;
-            };
-            attempts += 1;
-            if attempts > 1 {
-                bump(&cx.stats.retries);
-            }
-            let addr = target.addr.socket_addr(service.port);
-            let outcome = tokio::select! {
-                r = tokio::time::timeout(
-                    service.connect_timeout,
-                    source::connect_tcp(&service.source, peer.ip(), addr, tune),
-                ) => r,
-                _ = kill.forced() => {
-                    return Err(Failed {
-                        outcome: Outcome::DrainDeadline(Cut::Shutdown),
-                        member: Some(addr),
-                        pool: Some(pool.clone()),
-                    });
+        let mut attempts = 0;
+        // The last member tried and how it failed, for the access log.
+        let mut last = None;
+        for pool in std::iter::once(&active).chain(spill.as_ref()) {
+            let mut tried = [usize::MAX; MAX_CONNECT_TRIES];
+            for attempt in 0..MAX_CONNECT_TRIES {
+                let Some(index) = pool.pick(key.as_bytes(), &tried[..attempt]) else {
+                    break;
+                };
+                tried[attempt] = index;
+                let Some(target) = pool.members.get(index) else {
+                    break;
+                };
+                attempts += 1;
+                if attempts > 1 {
+                    bump(&cx.stats.retries);
                 }
-            };
-            let health = &target.health;
-            match outcome {
-                Ok(Ok(stream)) => {
-                    health.connect_succeeded();
-                    kill.attach_member(&target.retired);
-                    return Ok(Connected {
-                        stream,
-                        addr,
-                        health: target.health.clone(),
-                        pool: pool.clone(),
-                    });
-                }
-                Ok(Err(e)) => {
-                    if let Some(reason) = local_error::classify(&e) {
-                        // Out of ports, descriptors or memory here: no member is to blame and
-                        // none would do better, so the member's health is left alone and the
-                        // client closed at once.
-                        bump(&cx.stats.rejected_resources);
-                        if let Some(suppressed) = cx.stats.local_errors.record(reason) {
-                            warn!(service = %cx.name, member = %addr, reason = %reason, error = %e,
-                                  suppressed, remedy = reason.remedy(),
-                                  "cannot open a connection to a member; client closed");
-                        }
+                let addr = target.addr.socket_addr(service.port);
+                let outcome = tokio::select! {
+                    r = tokio::time::timeout(
+                        service.connect_timeout,
+                        source::connect_tcp(&service.source, peer.ip(), addr, tune),
+                    ) => r,
+                    _ = kill.forced() => {
                         return Err(Failed {
-                            outcome: Outcome::Rejected(Rejection::LocalResources),
+                            outcome: Outcome::DrainDeadline(Cut::Shutdown),
                             member: Some(addr),
                             pool: Some(pool.clone()),
                         });
                     }
-                    health.connect_failed();
-                    bump(&cx.stats.connect_failures);
-                    debug!(service = %cx.name, member = %addr, error = %e, "connect to member failed");
-                    last = Some((addr, pool, access::connect_failure(Some(&e))));
-                }
-                Err(_) => {
-                    health.connect_failed();
-                    bump(&cx.stats.connect_failures);
-                    debug!(service = %cx.name, member = %addr, "connect to member timed out");
-                    last = Some((addr, pool, access::connect_failure(None)));
+                };
+                let health = &target.health;
+                match outcome {
+                    Ok(Ok(stream)) => {
+                        health.connect_succeeded();
+                        kill.attach_member(&target.retired);
+                        return Ok(Connected {
+                            stream,
+                            addr,
+                            pool: pool.clone(),
+                            index,
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        if let Some(reason) = local_error::classify(&e) {
+                            // Out of ports, descriptors or memory here: no member is to blame and
+                            // none would do better, so the member's health is left alone and the
+                            // client closed at once.
+                            bump(&cx.stats.rejected_resources);
+                            if let Some(suppressed) = cx.stats.local_errors.record(reason) {
+                                warn!(service = %cx.name, member = %addr, reason = %reason, error = %e,
+                                  suppressed, remedy = reason.remedy(),
+                                  "cannot open a connection to a member; client closed");
+                            }
+                            return Err(Failed {
+                                outcome: Outcome::Rejected(Rejection::LocalResources),
+                                member: Some(addr),
+                                pool: Some(pool.clone()),
+                            });
+                        }
+                        health.connect_failed();
+                        bump(&cx.stats.connect_failures);
+                        debug!(service = %cx.name, member = %addr, error = %e, "connect to member failed");
+                        last = Some((addr, pool, access::connect_failure(Some(&e))));
+                    }
+                    Err(_) => {
+                        health.connect_failed();
+                        bump(&cx.stats.connect_failures);
+                        debug!(service = %cx.name, member = %addr, "connect to member timed out");
+                        last = Some((addr, pool, access::connect_failure(None)));
+                    }
                 }
             }
         }
-    }
-    bump(&cx.stats.rejected_no_member);
-    info!(service = %cx.name, pool = %active.name, client = %peer, tried = attempts,
+        bump(&cx.stats.rejected_no_member);
+        info!(service = %cx.name, pool = %active.name, client = %peer, tried = attempts,
           "no member reachable; client connection closed");
-    Err(match last {
-        Some((addr, pool, failure)) => Failed {
-            outcome: Outcome::ConnectFailed(failure),
-            member: Some(addr),
-            pool: Some(pool.clone()),
-        },
-        None => Failed::new(Outcome::ConnectFailed(
-            crate::access_log::ConnectFailure::NoMember,
-        )),
-    })
+        Err(match last {
+            Some((addr, pool, failure)) => Failed {
+                outcome: Outcome::ConnectFailed(failure),
+                member: Some(addr),
+                pool: Some(pool.clone()),
+            },
+            None => Failed::new(Outcome::ConnectFailed(
+                crate::access_log::ConnectFailure::NoMember,
+            )),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -601,5 +823,20 @@ mod tests {
         assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
         assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
         assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+    }
+
+    /// A held connection costs tokio's task cell around `Connection`: its size plus 112 bytes
+    /// (the task's header, id, scheduler, trailer and the tracker's token), rounded up to 128
+    /// (x86_64). At most 400 bytes keeps it in a 512-byte cell;
+    /// `cargo +nightly rustc --release --lib -- -Zprint-type-sizes` shows what takes the room.
+    /// Debug builds lay out tokio's types larger (a `TcpStream` is 40 bytes there, not 32).
+    #[test]
+    fn a_held_connection_fits_a_512_byte_task_cell() {
+        let limit = if cfg!(debug_assertions) { 416 } else { 400 };
+        let size = std::mem::size_of::<Connection>();
+        assert!(
+            size <= limit,
+            "a connection's future is {size} bytes, more than {limit}"
+        );
     }
 }

@@ -41,8 +41,9 @@ use tokio::time::{Instant, Sleep};
 /// than 16 KiB (HAProxy's and NGINX's default) with iperf3 through one worker (benches/compare.sh
 /// `bulk1`, `bulk8`). Request-response traffic holds a buffer only for the microseconds between
 /// a read and its write, and an idle connection holds none, so the size counts only for streams
-/// whose reader is slower than their writer (64 KiB each way while the write waits).
-const BUFFER_SIZE: usize = 64 * 1024;
+/// whose reader is slower than their writer (63 KiB each way while the write waits). 63 rather
+/// than 64: offsets into the buffer are `u16` in the state of every held connection.
+const BUFFER_SIZE: usize = 63 * 1024;
 /// A read shorter than this (and than the buffer) is taken as a whole message and the socket as
 /// drained: its readiness is cleared and the next read waits for the next epoll event, instead
 /// of a read that finds nothing. Request-response traffic (a SIP message, an HTTP request, a

@@ -6,6 +6,7 @@
 mod access;
 pub mod proxy_protocol;
 pub mod relay;
+mod setup;
 pub mod sni;
 pub mod source;
 pub mod tcp;

@@ -39,9 +39,6 @@ pub(super) struct Opened<'a> {
     pub early_bytes: u64,
 }
 
-/// When the access log is on: when the connection started, and how long its connect took.
-pub(super) type Timing = (Instant, Duration);
-
 /// Options for the member leg, set on its socket before the connect (the client leg inherits
 /// them from the listener, see `tcp::bind`): TCP_NODELAY, a Lync requirement that must hold
 /// from the first byte. Keepalive comes later, from the relay (`tcp::member_keepalive`).
@@ -51,7 +48,9 @@ fn tune(socket: &socket2::Socket) {
 }
 
 /// The limits, the ClientHello when routing by server name, the connect, the PROXY header and
-/// the early bytes. None when the client is closed instead, which has been counted and logged.
+/// the early bytes; with how long the connect took, when `started` is given (the access log is
+/// on). An error when the client is to be closed instead: it has been counted, and the caller
+/// logs it.
 // Not an `async fn`, which would store its arguments twice (rust-lang/rust#62958): this
 // future sits in the connect phase's allocation.
 #[allow(
@@ -62,21 +61,12 @@ pub(super) fn setup<'a>(
     client: &mut TcpStream,
     peer: &SocketAddr,
     cx: &'a ServiceContext,
-) -> impl Future<Output = Option<(Opened<'a>, Option<Timing>)>> + Send {
+    started: Option<Instant>,
+) -> impl Future<Output = Result<(Opened<'a>, Option<Duration>), Failed>> + Send {
     async move {
-        // When the access log is on: the start of the connection, for its connect time and
-        // duration.
-        let started = cx.access_log.enabled().then(Instant::now);
         let Some(route) = cx.routes.load().route(&cx.name).cloned() else {
             // The service was removed between accept and here; its listener is closing.
-            log_failed(
-                cx,
-                client,
-                peer,
-                started,
-                Failed::new(Outcome::Rejected(Rejection::ServiceRemoved)),
-            );
-            return None;
+            return Err(Failed::new(Outcome::Rejected(Rejection::ServiceRemoved)));
         };
         // Limits per client address come first: a refused source costs no read and no connect.
         let source = if route.service.per_source.is_active() {
@@ -98,14 +88,7 @@ pub(super) fn setup<'a>(
                     };
                     bump(counter);
                     debug!(service = %cx.name, %peer, limit = rejection.as_str(), "source over its limit; connection closed");
-                    log_failed(
-                        cx,
-                        client,
-                        peer,
-                        started,
-                        Failed::new(Outcome::Rejected(rejection)),
-                    );
-                    return None;
+                    return Err(Failed::new(Outcome::Rejected(rejection)));
                 }
             }
         } else {
@@ -117,14 +100,10 @@ pub(super) fn setup<'a>(
             match sni::read_hello(client, &route, route.service.connect_timeout).await {
                 Err(e) => {
                     debug!(service = %cx.name, client = %peer, error = %e, "client gone before its ClientHello");
-                    log_failed(
-                        cx,
-                        client,
-                        peer,
-                        started,
-                        Failed::new(Outcome::Error(crate::access_log::Peer::Client, e.kind())),
-                    );
-                    return None;
+                    return Err(Failed::new(Outcome::Error(
+                        crate::access_log::Peer::Client,
+                        e.kind(),
+                    )));
                 }
                 Ok((bytes, choice)) => {
                     let readable = !matches!(
@@ -149,14 +128,7 @@ pub(super) fn setup<'a>(
                         Choice::Refuse { .. } => {
                             bump(&cx.stats.rejected_sni_required);
                             debug!(service = %cx.name, client = %peer, "no server name and sni_required; connection closed");
-                            log_failed(
-                                cx,
-                                client,
-                                peer,
-                                started,
-                                Failed::new(Outcome::Rejected(Rejection::SniRequired)),
-                            );
-                            return None;
+                            return Err(Failed::new(Outcome::Rejected(Rejection::SniRequired)));
                         }
                     }
                 }
@@ -173,10 +145,7 @@ pub(super) fn setup<'a>(
             index,
         } = match connect_member(&route, target, cx, *peer, &kill).await {
             Ok(connected) => connected,
-            Err(failed) => {
-                log_failed(cx, client, peer, started, failed);
-                return None;
-            }
+            Err(failed) => return Err(failed),
         };
         let connect_time = started.map(|s| s.elapsed());
 
@@ -192,20 +161,11 @@ pub(super) fn setup<'a>(
             if let Err(e) = sent {
                 bump(&cx.stats.connect_failures);
                 debug!(service = %cx.name, member = %addr, error = %e, "sending PROXY header failed");
-                log_failed(
-                    cx,
-                    client,
-                    peer,
-                    started,
-                    Failed {
-                        outcome: Outcome::ConnectFailed(
-                            crate::access_log::ConnectFailure::ProxyHeader,
-                        ),
-                        member: Some(addr),
-                        pool: Some(pool),
-                    },
-                );
-                return None;
+                return Err(Failed {
+                    outcome: Outcome::ConnectFailed(crate::access_log::ConnectFailure::ProxyHeader),
+                    member: Some(addr),
+                    pool: Some(pool),
+                });
             }
         }
 
@@ -215,18 +175,11 @@ pub(super) fn setup<'a>(
             Ok(n) => n,
             Err(e) => {
                 debug!(service = %cx.name, member = %addr, error = %e, "sending the ClientHello failed");
-                log_failed(
-                    cx,
-                    client,
-                    peer,
-                    started,
-                    Failed {
-                        outcome: Outcome::Error(crate::access_log::Peer::Member, e.kind()),
-                        member: Some(addr),
-                        pool: Some(pool),
-                    },
-                );
-                return None;
+                return Err(Failed {
+                    outcome: Outcome::Error(crate::access_log::Peer::Member, e.kind()),
+                    member: Some(addr),
+                    pool: Some(pool),
+                });
             }
         };
         let opened = Opened {
@@ -238,20 +191,7 @@ pub(super) fn setup<'a>(
             kill,
             early_bytes,
         };
-        Some((opened, started.zip(connect_time)))
-    }
-}
-
-/// Logs a client closed before its relay, when the access log is on (`started`).
-fn log_failed(
-    cx: &ServiceContext,
-    client: &TcpStream,
-    peer: &SocketAddr,
-    started: Option<Instant>,
-    failed: Failed,
-) {
-    if let Some(started) = started {
-        access::failed(cx, client, *peer, started, failed);
+        Ok((opened, connect_time))
     }
 }
 

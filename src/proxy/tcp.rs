@@ -18,6 +18,7 @@ use pin_project_lite::pin_project;
 use socket2::TcpKeepalive;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -388,6 +389,9 @@ fn open(
     permit: OwnedSemaphorePermit,
 ) -> impl Future<Output = Option<Held>> + Send {
     async move {
+        // When the access log is on: the start of the connection, for its connect time and
+        // duration.
+        let started = cx.access_log.enabled().then(Instant::now);
         let (
             Opened {
                 member,
@@ -398,8 +402,16 @@ fn open(
                 kill,
                 early_bytes,
             },
-            timing,
-        ) = setup(&mut client, &peer, &cx).await?;
+            connect_time,
+        ) = match setup(&mut client, &peer, &cx, started).await {
+            Ok(opened) => opened,
+            Err(failed) => {
+                if let Some(started) = started {
+                    access::failed(&cx, &client, peer, started, failed);
+                }
+                return None;
+            }
+        };
         let kill = kill.into_ticket();
         let traffic = &member_of(&pool, index).health.traffic;
         traffic.connections.fetch_add(1, Relaxed);
@@ -410,7 +422,7 @@ fn open(
             traffic.bytes_to_member.fetch_add(early_bytes, Relaxed);
         }
         let interval = cx.access_log.interval();
-        let line = timing.map(|(started, connect)| {
+        let line = started.zip(connect_time).map(|(started, connect)| {
             Box::new(access::Line {
                 started,
                 connect,
